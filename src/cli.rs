@@ -1,0 +1,68 @@
+//! Command-line interface: argument definitions and dispatch to the library.
+//!
+//! Owns: the clap definitions of every subcommand and the mapping from a parsed command to
+//! the library function that does the work. Each subcommand's arguments live beside the code
+//! that implements it (`XArgs` structs); this file only lists them.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// obdgw: a vehicle diagnostics gateway (CAN, ISO-TP, DoIP) with a resumable tunnel to a
+/// remote operator.
+#[derive(Debug, Parser)]
+#[command(name = "obdgw", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the configuration comes from (shared by commands that read it).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// Configuration file. When not given, /etc/obdgw/obdgw.toml is used if it exists;
+    /// otherwise built-in defaults apply (with a warning).
+    #[arg(long, short = 'c', value_name = "PATH", env = "OBDGW_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway daemon (what the systemd service starts).
+    Run(RunArgs),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print the effective values (secrets redacted).
+    /// Exits 0 when valid, 2 when not.
+    Check(ConfigCheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigCheckArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// Parse the process arguments and run the chosen command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    dispatch(cli)
+}
+
+fn dispatch(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Run(args) => crate::daemon::run_cli(args),
+        Command::Config(ConfigCommand::Check(args)) => crate::config::check_cli(&args.config),
+    }
+}

@@ -1,0 +1,10 @@
+//! obdgw: a vehicle diagnostics gateway.
+//!
+//! See `docs/ARCHITECTURE.md` for the planes, the modules and the data path of one frame.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod logging;
+pub mod router;
+pub mod vehicle;

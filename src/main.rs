@@ -1,0 +1,5 @@
+//! The `obdgw` binary: parse the command line and hand over to the library.
+
+fn main() -> std::process::ExitCode {
+    obdgw::cli::main()
+}
