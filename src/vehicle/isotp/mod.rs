@@ -1,0 +1,1 @@
+//! ISO-TP channels (work in progress).
