@@ -335,6 +335,12 @@ impl<P: CanPort> ChannelTask<P> {
                     None => break,
                 },
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
+                permit = self.pdus.reserve(), if self.dropped > 0 => {
+                    if let Ok(permit) = permit {
+                        permit.send(Err(IsoTpError::ReceiveQueueFull { dropped: self.dropped }));
+                        self.dropped = 0;
+                    }
+                }
             }
         }
         if let Some(p) = pending.take() {
