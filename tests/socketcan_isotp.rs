@@ -43,9 +43,8 @@ fn can_or_skip(test: &str) -> bool {
     if std::env::var("OBDGW_REQUIRE_CAN").as_deref() == Ok("1") {
         panic!("{test}: AF_CAN unavailable ({err}) but OBDGW_REQUIRE_CAN=1");
     }
-    let line = format!(
-        "{test}: SKIPPED (no AF_CAN in this kernel; run tests/vm/cargo-test.sh) [{err}]"
-    );
+    let line =
+        format!("{test}: SKIPPED (no AF_CAN in this kernel; run tests/vm/cargo-test.sh) [{err}]");
     println!("{line}");
     eprintln!("{line}");
     false
@@ -127,7 +126,13 @@ impl RawCan {
         let set = |name: libc::c_int, ptr: *const libc::c_void, len: usize| -> io::Result<()> {
             // SAFETY: ptr/len describe a live value.
             let r = unsafe {
-                libc::setsockopt(fd.as_raw_fd(), SOL_CAN_RAW, name, ptr, len as libc::socklen_t)
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    SOL_CAN_RAW,
+                    name,
+                    ptr,
+                    len as libc::socklen_t,
+                )
             };
             if r < 0 {
                 Err(io::Error::last_os_error())
@@ -282,7 +287,12 @@ struct Pair {
 }
 
 /// `ours` transmits on `a` and receives on `b`; the kernel socket the other way round.
-fn pair(a: u16, b: u16, ours: impl FnOnce(&mut IsoTpConfig), kern: impl FnOnce(&mut IsoTpConfig)) -> Pair {
+fn pair(
+    a: u16,
+    b: u16,
+    ours: impl FnOnce(&mut IsoTpConfig),
+    kern: impl FnOnce(&mut IsoTpConfig),
+) -> Pair {
     let mut ocfg = IsoTpConfig::new(sid(a), sid(b));
     ours(&mut ocfg);
     let mut kcfg = IsoTpConfig::new(sid(b), sid(a));
@@ -338,14 +348,23 @@ async fn classic_user_space_sender_to_kernel_receiver() {
     for (i, (bs, st)) in FLOW.into_iter().enumerate() {
         let base = 0x100 + 0x10 * i as u16;
         // The kernel receives and announces BS/STmin; our sender must respect them.
-        let p = pair(base, base + 1, |_| {}, |k| {
-            k.block_size = bs;
-            k.st_min = StMin::from_byte(st);
-        });
+        let p = pair(
+            base,
+            base + 1,
+            |_| {},
+            |k| {
+                k.block_size = bs;
+                k.st_min = StMin::from_byte(st);
+            },
+        );
         for len in [1usize, 7, 8, 62, 4095] {
             let took = user_to_kernel(&p, pdu(len, i as u8)).await;
             let n_cf = if len <= 7 { 0 } else { (len - 6).div_ceil(7) };
-            let blocks = if bs == 0 { n_cf.min(1) } else { n_cf.div_ceil(bs as usize) };
+            let blocks = if bs == 0 {
+                n_cf.min(1)
+            } else {
+                n_cf.div_ceil(bs as usize)
+            };
             let min = StMin::from_byte(st).duration() * (n_cf - blocks) as u32;
             assert!(
                 took >= min,
@@ -364,10 +383,15 @@ async fn classic_kernel_sender_to_user_space_receiver() {
     for (i, (bs, st)) in FLOW.into_iter().enumerate() {
         let base = 0x200 + 0x10 * i as u16;
         // We receive and announce BS/STmin; the kernel sends.
-        let p = pair(base, base + 1, |o| {
-            o.block_size = bs;
-            o.st_min = StMin::from_byte(st);
-        }, |_| {});
+        let p = pair(
+            base,
+            base + 1,
+            |o| {
+                o.block_size = bs;
+                o.st_min = StMin::from_byte(st);
+            },
+            |_| {},
+        );
         for len in [1usize, 7, 8, 100, 4095] {
             kernel_to_user(&p, pdu(len, 0x40 + i as u8)).await;
         }
@@ -385,12 +409,18 @@ async fn classic_padding_and_extended_addressing_both_ways() {
         0x301,
         |o| {
             o.padding = Some(0xAA);
-            o.addressing = Addressing::Extended { tx_ta: 0x33, rx_ta: 0xF1 };
+            o.addressing = Addressing::Extended {
+                tx_ta: 0x33,
+                rx_ta: 0xF1,
+            };
             o.block_size = 4;
         },
         |k| {
             k.padding = Some(0x55);
-            k.addressing = Addressing::Extended { tx_ta: 0xF1, rx_ta: 0x33 };
+            k.addressing = Addressing::Extended {
+                tx_ta: 0xF1,
+                rx_ta: 0x33,
+            };
             k.block_size = 5;
             k.st_min = StMin::from_byte(0xF1);
         },

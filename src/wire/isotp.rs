@@ -315,7 +315,10 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// The bytes after the N_PCI (data plus any padding).
     pub fn payload(&self) -> &[u8] {
-        self.buffer.as_ref().get(self.payload_start()..).unwrap_or(&[])
+        self.buffer
+            .as_ref()
+            .get(self.payload_start()..)
+            .unwrap_or(&[])
     }
 }
 
@@ -376,8 +379,7 @@ impl<'a> Repr<'a> {
             }
             PCI_FIRST => {
                 let ff_dl = packet.ff_dl();
-                if frame_len < 8 || (ff_dl as usize) <= max_single_frame_data(frame_len, has_ext)
-                {
+                if frame_len < 8 || (ff_dl as usize) <= max_single_frame_data(frame_len, has_ext) {
                     return Err(Error::BadFirstFrameLength { ff_dl, frame_len });
                 }
                 let data = rest;
@@ -501,19 +503,36 @@ mod tests {
         let padded = [0x02, 0x10, 0x03, 0xAA, 0xAA, 0xAA, 0xAA, 0xAA];
         assert_eq!(
             parse(&padded, false),
-            Ok(Repr::Single { data: &[0x10, 0x03] })
+            Ok(Repr::Single {
+                data: &[0x10, 0x03]
+            })
         );
         assert_eq!(
-            emit(&Repr::Single { data: &[0x10, 0x03] }, None),
+            emit(
+                &Repr::Single {
+                    data: &[0x10, 0x03]
+                },
+                None
+            ),
             vec![0x02, 0x10, 0x03]
         );
         // Extended addressing: target byte first.
         let ext = [0xF1, 0x02, 0x3E, 0x00];
         let p = Packet::new_checked(&ext[..], true).unwrap();
         assert_eq!(p.ext(), Some(0xF1));
-        assert_eq!(parse(&ext, true), Ok(Repr::Single { data: &[0x3E, 0x00] }));
         assert_eq!(
-            emit(&Repr::Single { data: &[0x3E, 0x00] }, Some(0xF1)),
+            parse(&ext, true),
+            Ok(Repr::Single {
+                data: &[0x3E, 0x00]
+            })
+        );
+        assert_eq!(
+            emit(
+                &Repr::Single {
+                    data: &[0x3E, 0x00]
+                },
+                Some(0xF1)
+            ),
             ext.to_vec()
         );
     }
@@ -725,9 +744,18 @@ mod tests {
     #[test]
     fn st_min_codes() {
         assert_eq!(StMin::from_byte(0).duration(), Duration::ZERO);
-        assert_eq!(StMin::from_byte(0x7F).duration(), Duration::from_millis(127));
-        assert_eq!(StMin::from_byte(0xF1).duration(), Duration::from_micros(100));
-        assert_eq!(StMin::from_byte(0xF9).duration(), Duration::from_micros(900));
+        assert_eq!(
+            StMin::from_byte(0x7F).duration(),
+            Duration::from_millis(127)
+        );
+        assert_eq!(
+            StMin::from_byte(0xF1).duration(),
+            Duration::from_micros(100)
+        );
+        assert_eq!(
+            StMin::from_byte(0xF9).duration(),
+            Duration::from_micros(900)
+        );
         for reserved in [0x80u8, 0xF0, 0xFA, 0xFF] {
             assert!(StMin::from_byte(reserved).is_reserved());
             assert_eq!(
@@ -735,7 +763,10 @@ mod tests {
                 Duration::from_millis(127)
             );
         }
-        assert_eq!(StMin::from_duration(Duration::from_micros(250)).byte(), 0xF3);
+        assert_eq!(
+            StMin::from_duration(Duration::from_micros(250)).byte(),
+            0xF3
+        );
         assert_eq!(StMin::from_duration(Duration::from_micros(901)).byte(), 1);
         assert_eq!(StMin::from_duration(Duration::from_millis(5)).byte(), 5);
         assert_eq!(StMin::from_duration(Duration::from_secs(1)).byte(), 127);

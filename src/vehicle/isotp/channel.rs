@@ -589,13 +589,9 @@ impl IsoTpChannel {
     /// belongs to fails with `err`.
     pub fn on_tx_error(&mut self, _now: Instant, err: IsoTpError) {
         match self.in_flight.take() {
-            Some(InFlight::Fc { .. }) => {
-                if self.rx.is_some() {
-                    self.fail_receive(err);
-                }
-            }
+            Some(InFlight::Fc { .. }) if self.rx.is_some() => self.fail_receive(err),
             Some(InFlight::Data) => self.fail_send(err),
-            None => {}
+            _ => {}
         }
     }
 

@@ -145,7 +145,11 @@ impl IsoTpConfig {
         if self.max_pdu_len == 0 {
             return Err(ConfigError::ZeroMaxPduLen);
         }
-        for (name, d) in [("n_as", self.n_as), ("n_bs", self.n_bs), ("n_cr", self.n_cr)] {
+        for (name, d) in [
+            ("n_as", self.n_as),
+            ("n_bs", self.n_bs),
+            ("n_cr", self.n_cr),
+        ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroTimeout(name));
             }

@@ -62,7 +62,9 @@ struct Shared {
 }
 
 impl Shared {
-    fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<RouteKey, (u64, mpsc::Sender<CanAnyFrame>)>> {
+    fn routes(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<RouteKey, (u64, mpsc::Sender<CanAnyFrame>)>> {
         // The lock is never held across a panic point; recover the map if it ever was.
         self.routes.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -162,9 +164,9 @@ impl<P: CanPort> IsoTpMux<P> {
             let mut routes = self.shared.routes();
             // A normal-addressing channel takes every frame of its id, so it conflicts with
             // any other channel on that id.
-            let clash = routes
-                .keys()
-                .any(|(id, ext)| *id == key.0 && (ext.is_none() || key.1.is_none() || *ext == key.1));
+            let clash = routes.keys().any(|(id, ext)| {
+                *id == key.0 && (ext.is_none() || key.1.is_none() || *ext == key.1)
+            });
             if clash {
                 return Err(IsoTpError::DuplicateChannel {
                     rx_id: key.0,

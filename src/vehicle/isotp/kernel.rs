@@ -154,7 +154,10 @@ impl KernelIsoTpSocket {
             )
         };
         if raw < 0 {
-            return Err(kernel_err("socket(AF_CAN, CAN_ISOTP)", io::Error::last_os_error()));
+            return Err(kernel_err(
+                "socket(AF_CAN, CAN_ISOTP)",
+                io::Error::last_os_error(),
+            ));
         }
         // SAFETY: `raw` is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };

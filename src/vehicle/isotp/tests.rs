@@ -129,9 +129,13 @@ fn golden_last_cf_padding_and_single_frame() {
     ta.padding = Some(0x55);
     let mut a = ch(ta);
     let now = Instant::now();
-    a.send(now, Bytes::from_static(&[0x22, 0xF1, 0x90])).unwrap();
+    a.send(now, Bytes::from_static(&[0x22, 0xF1, 0x90]))
+        .unwrap();
     let sf = a.poll_transmit(now).unwrap();
-    assert_eq!(bytes_of(&sf), [0x03, 0x22, 0xF1, 0x90, 0x55, 0x55, 0x55, 0x55]);
+    assert_eq!(
+        bytes_of(&sf),
+        [0x03, 0x22, 0xF1, 0x90, 0x55, 0x55, 0x55, 0x55]
+    );
     // Never a silent success: nothing is reported until the port confirms.
     assert!(events(&mut a).is_empty());
     a.on_tx_confirm(now);
@@ -143,7 +147,10 @@ fn golden_last_cf_padding_and_single_frame() {
     a.on_frame(now, &classic(0x7E8, &[0x30, 0, 0]));
     tx(&mut a, now).unwrap();
     let last = tx(&mut a, now).unwrap();
-    assert_eq!(bytes_of(&last), [0x22, 13, 14, 0x55, 0x55, 0x55, 0x55, 0x55]);
+    assert_eq!(
+        bytes_of(&last),
+        [0x22, 13, 14, 0x55, 0x55, 0x55, 0x55, 0x55]
+    );
 
     // Without padding the last CF is minimal.
     let (ta, _) = pair_cfg();
@@ -351,7 +358,9 @@ fn invalid_flow_status_aborts_send() {
     a.on_frame(t0, &classic(0x7E8, &[0x37, 0, 0]));
     assert_eq!(
         events(&mut a),
-        [IsoTpEvent::SendComplete(Err(IsoTpError::InvalidFlowStatus(7)))]
+        [IsoTpEvent::SendComplete(Err(
+            IsoTpError::InvalidFlowStatus(7)
+        ))]
     );
 }
 
@@ -365,12 +374,10 @@ fn wrong_sequence_number_drops_pdu() {
     b.on_frame(t0, &classic(0x7E0, &[0x22, 6, 7, 8, 9, 10, 11, 12]));
     assert_eq!(
         events(&mut b),
-        [IsoTpEvent::ReceiveFailed(
-            IsoTpError::WrongSequenceNumber {
-                expected: 1,
-                got: 2
-            }
-        )]
+        [IsoTpEvent::ReceiveFailed(IsoTpError::WrongSequenceNumber {
+            expected: 1,
+            got: 2
+        })]
     );
     // Later CFs are ignored; a new SF is delivered.
     b.on_frame(t0, &classic(0x7E0, &[0x23, 1]));
@@ -410,7 +417,10 @@ fn sequence_numbers_wrap_after_15() {
         now += Duration::from_micros(1);
     }
     assert_eq!(sns.len(), 28); // (200 - 6) / 7 rounded up
-    assert_eq!(&sns[..17], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1]);
+    assert_eq!(
+        &sns[..17],
+        &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1]
+    );
     assert_eq!(events(&mut b), [IsoTpEvent::Received(pdu(200))]);
 }
 
@@ -532,8 +542,8 @@ fn extended_addressing_golden() {
 
 #[test]
 fn mixed_addressing_29_bit_round_trip() {
-    let tx_id = CanId::extended(0x18CE_F1_10).unwrap();
-    let rx_id = CanId::extended(0x18CE_10_F1).unwrap();
+    let tx_id = CanId::extended(0x18CE_F110).unwrap();
+    let rx_id = CanId::extended(0x18CE_10F1).unwrap();
     let mut ta = IsoTpConfig::new(tx_id, rx_id);
     ta.addressing = Addressing::Mixed { ae: 0x7A };
     let mut tb = IsoTpConfig::new(rx_id, tx_id);
@@ -640,7 +650,16 @@ fn reassembly_reserves_once() {
 }
 
 fn arb_fd_dl() -> impl Strategy<Value = u8> {
-    prop_oneof![Just(8u8), Just(12), Just(16), Just(20), Just(24), Just(32), Just(48), Just(64)]
+    prop_oneof![
+        Just(8u8),
+        Just(12),
+        Just(16),
+        Just(20),
+        Just(24),
+        Just(32),
+        Just(48),
+        Just(64)
+    ]
 }
 
 fn arb_addressing() -> impl Strategy<Value = (Addressing, Addressing)> {
@@ -926,7 +945,8 @@ async fn driver_rejects_clashing_channels_and_fd_on_classic_port() {
     let a = IsoTpMux::new(pa);
     let _h = a.open(IsoTpConfig::new(sid(0x7E0), sid(0x7E8))).unwrap();
     assert_eq!(
-        a.open(IsoTpConfig::new(sid(0x7E1), sid(0x7E8))).unwrap_err(),
+        a.open(IsoTpConfig::new(sid(0x7E1), sid(0x7E8)))
+            .unwrap_err(),
         IsoTpError::DuplicateChannel {
             rx_id: sid(0x7E8),
             ext: None
