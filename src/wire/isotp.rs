@@ -162,6 +162,21 @@ pub const fn max_single_frame_data(frame_len: usize, has_ext: bool) -> usize {
     }
 }
 
+/// Fast path for the bulk of a transfer: when `buf` is a consecutive frame, its address
+/// byte (if `has_ext`), sequence number and data (padding included). Same result as
+/// `Packet::new_checked` + `Repr::parse` for that type, in fewer branches; `None` for any
+/// other frame (use the full parse then).
+#[inline]
+pub fn parse_consecutive(buf: &[u8], has_ext: bool) -> Option<(Option<u8>, u8, &[u8])> {
+    let off = has_ext as usize;
+    let pci = *buf.get(off)?;
+    if pci >> 4 != PCI_CONSECUTIVE {
+        return None;
+    }
+    let ext = if has_ext { buf.first().copied() } else { None };
+    Some((ext, pci & 0x0F, buf.get(off + 1..)?))
+}
+
 /// A checked view over one CAN payload holding an ISO-TP frame.
 #[derive(Debug, Clone)]
 pub struct Packet<T: AsRef<[u8]>> {
@@ -786,6 +801,12 @@ mod tests {
     proptest! {
         #[test]
         fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..70), ext in any::<bool>()) {
+            let fast = parse_consecutive(&bytes, ext);
+            let full = Packet::new_checked(&bytes[..], ext).ok().and_then(|p| match Repr::parse(&p) {
+                Ok(Repr::Consecutive { sn, data }) => Some((p.ext(), sn, data)),
+                _ => None,
+            });
+            prop_assert_eq!(fast, full);
             if let Ok(p) = Packet::new_checked(&bytes[..], ext) {
                 let _ = (p.pci_type(), p.sf_dl(), p.ff_dl(), p.sn(), p.block_size(), p.st_min(), p.payload(), p.ext());
                 if let Ok(r) = Repr::parse(&p) {

@@ -126,7 +126,10 @@ enum TxPhase {
     /// `send` accepted the PDU at `since`; the SF or FF is ready.
     Start { since: Instant },
     /// A frame is in flight; what to do once it is confirmed.
-    AwaitConfirm { deadline: Instant, then: AfterTx },
+    /// A frame is in flight since `since` (N_As runs from there); what to do once it is
+    /// confirmed. Deadlines are computed when polled, not stored, to keep the per-frame
+    /// path free of clock arithmetic.
+    AwaitConfirm { since: Instant, then: AfterTx },
     /// Waiting for flow control (N_Bs).
     AwaitFc { deadline: Instant },
     /// The next consecutive frame may go at `ready_at`.
@@ -166,15 +169,15 @@ struct Rx {
     next_sn: u8,
     /// Consecutive frames received since our last FC.
     in_block: u8,
-    /// N_Cr deadline.
-    deadline: Instant,
+    /// Last activity (FF, CF, or our FC confirmed); N_Cr runs from there.
+    last: Instant,
 }
 
 /// Which side owns the frame in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum InFlight {
-    /// Our flow control (receiver side), with its N_Ar deadline.
-    Fc { deadline: Instant },
+    /// Our flow control (receiver side), in flight since `since` (N_Ar).
+    Fc { since: Instant },
     /// A frame of the PDU we send (deadline in `TxPhase::AwaitConfirm`).
     Data,
 }
@@ -278,6 +281,7 @@ impl IsoTpChannel {
 
     /// Feed a received CAN frame. Returns whether it was addressed to this channel (id,
     /// frame type and address byte match); frames for other channels are left alone.
+    #[inline]
     pub fn on_frame(&mut self, now: Instant, frame: &CanAnyFrame) -> bool {
         if frame.id() != self.cfg.rx_id {
             return false;
@@ -297,6 +301,20 @@ impl IsoTpChannel {
     /// whether the address byte (if any) matched.
     pub fn on_payload(&mut self, now: Instant, data: &[u8]) -> bool {
         let rx_ext = self.cfg.addressing.rx_ext();
+        // Fast path for the bulk of a transfer: consecutive frames.
+        if let Some((ext, sn, payload)) = isotp::parse_consecutive(data, rx_ext.is_some()) {
+            if ext != rx_ext {
+                return false;
+            }
+            self.stats.frames_in += 1;
+            self.on_consecutive(now, sn, payload);
+            return true;
+        }
+        self.on_other(now, data, rx_ext)
+    }
+
+    #[inline(never)]
+    fn on_other(&mut self, now: Instant, data: &[u8], rx_ext: Option<u8>) -> bool {
         let packet = match Packet::new_checked(data, rx_ext.is_some()) {
             Ok(p) => p,
             Err(_) => {
@@ -369,47 +387,52 @@ impl IsoTpChannel {
                     total,
                     next_sn: 1,
                     in_block: 0,
-                    deadline: now + self.cfg.n_cr,
+                    last: now,
                 });
                 self.fc_pending = Some((FlowStatus::ContinueToSend, now));
             }
-            Repr::Consecutive { sn, data } => {
-                let Some(rx) = self.rx.as_mut() else {
-                    self.stats.frames_ignored += 1;
-                    return;
-                };
-                if sn != rx.next_sn {
-                    let expected = rx.next_sn;
-                    self.rx = None;
-                    self.events.push_back(IsoTpEvent::ReceiveFailed(
-                        IsoTpError::WrongSequenceNumber { expected, got: sn },
-                    ));
-                    return;
-                }
-                let take = (rx.total - rx.buf.len()).min(data.len());
-                rx.buf.extend_from_slice(&data[..take]);
-                rx.next_sn = (sn + 1) & 0x0F;
-                if rx.buf.len() == rx.total {
-                    if let Some(rx) = self.rx.take() {
-                        self.stats.pdus_in += 1;
-                        self.events.push_back(IsoTpEvent::Received(rx.buf.freeze()));
-                    }
-                    return;
-                }
-                rx.deadline = now + self.cfg.n_cr;
-                if self.cfg.block_size > 0 {
-                    rx.in_block += 1;
-                    if rx.in_block == self.cfg.block_size {
-                        rx.in_block = 0;
-                        self.fc_pending = Some((FlowStatus::ContinueToSend, now));
-                    }
-                }
-            }
+            Repr::Consecutive { sn, data } => self.on_consecutive(now, sn, data),
             Repr::FlowControl {
                 status,
                 block_size,
                 st_min,
             } => self.on_flow_control(now, status, block_size, st_min),
+        }
+    }
+
+    #[inline]
+    fn on_consecutive(&mut self, now: Instant, sn: u8, data: &[u8]) {
+        let Some(rx) = self.rx.as_mut() else {
+            self.stats.frames_ignored += 1;
+            return;
+        };
+        if sn != rx.next_sn {
+            let expected = rx.next_sn;
+            self.rx = None;
+            self.events
+                .push_back(IsoTpEvent::ReceiveFailed(IsoTpError::WrongSequenceNumber {
+                    expected,
+                    got: sn,
+                }));
+            return;
+        }
+        let take = (rx.total - rx.buf.len()).min(data.len());
+        rx.buf.extend_from_slice(&data[..take]);
+        rx.next_sn = (sn + 1) & 0x0F;
+        if rx.buf.len() == rx.total {
+            if let Some(rx) = self.rx.take() {
+                self.stats.pdus_in += 1;
+                self.events.push_back(IsoTpEvent::Received(rx.buf.freeze()));
+            }
+            return;
+        }
+        rx.last = now;
+        if self.cfg.block_size > 0 {
+            rx.in_block += 1;
+            if rx.in_block == self.cfg.block_size {
+                rx.in_block = 0;
+                self.fc_pending = Some((FlowStatus::ContinueToSend, now));
+            }
         }
     }
 
@@ -463,27 +486,30 @@ impl IsoTpChannel {
 
     /// The next frame to transmit now, if any. See the module doc for the confirmation
     /// contract.
+    #[inline]
     pub fn poll_transmit(&mut self, now: Instant) -> Option<CanAnyFrame> {
-        if self.in_flight.is_some() {
+        if self.in_flight.is_some() || (self.fc_pending.is_none() && self.tx.is_none()) {
             return None;
         }
+        self.transmit(now)
+    }
+
+    #[inline(never)]
+    fn transmit(&mut self, now: Instant) -> Option<CanAnyFrame> {
         if let Some((status, _)) = self.fc_pending.take() {
             let repr = Repr::FlowControl {
                 status,
                 block_size: self.cfg.block_size,
                 st_min: self.cfg.st_min,
             };
-            self.in_flight = Some(InFlight::Fc {
-                deadline: now + self.cfg.n_as,
-            });
+            self.in_flight = Some(InFlight::Fc { since: now });
             self.stats.frames_out += 1;
             return Some(build_frame(&self.cfg, self.cfg.addressing.tx_ext(), &repr));
         }
+        let tx = self.tx.as_mut()?;
         let tx_ext = self.cfg.addressing.tx_ext();
         let e = tx_ext.is_some() as usize;
         let tx_dl = self.tx_dl;
-        let n_as = self.cfg.n_as;
-        let tx = self.tx.as_mut()?;
         let (repr_kind, taken, then) = match tx.phase {
             TxPhase::Start { .. } => {
                 let len = tx.data.len();
@@ -540,10 +566,7 @@ impl IsoTpChannel {
             tx.sn = (tx.sn + 1) & 0x0F;
         }
         tx.offset += taken;
-        tx.phase = TxPhase::AwaitConfirm {
-            deadline: now + n_as,
-            then,
-        };
+        tx.phase = TxPhase::AwaitConfirm { since: now, then };
         self.in_flight = Some(InFlight::Data);
         self.stats.frames_out += 1;
         Some(frame)
@@ -554,7 +577,7 @@ impl IsoTpChannel {
         match self.in_flight.take() {
             Some(InFlight::Fc { .. }) => {
                 if let Some(rx) = self.rx.as_mut() {
-                    rx.deadline = now + self.cfg.n_cr;
+                    rx.last = now;
                 }
             }
             Some(InFlight::Data) => {
@@ -575,9 +598,12 @@ impl IsoTpChannel {
                         }
                     }
                     AfterTx::Cf => {
-                        tx.phase = TxPhase::Cf {
-                            ready_at: now + tx.st_min,
-                        }
+                        let ready_at = if tx.st_min.is_zero() {
+                            now
+                        } else {
+                            now + tx.st_min
+                        };
+                        tx.phase = TxPhase::Cf { ready_at }
                     }
                 }
             }
@@ -597,8 +623,8 @@ impl IsoTpChannel {
 
     /// Run the timers: N_As/N_Ar, N_Bs and N_Cr expiries become error events.
     pub fn poll(&mut self, now: Instant) {
-        if let Some(InFlight::Fc { deadline }) = self.in_flight
-            && now >= deadline
+        if let Some(InFlight::Fc { since }) = self.in_flight
+            && now >= since + self.cfg.n_as
         {
             self.in_flight = None;
             if self.rx.is_some() {
@@ -607,7 +633,7 @@ impl IsoTpChannel {
         }
         if let Some(tx) = &self.tx {
             match tx.phase {
-                TxPhase::AwaitConfirm { deadline, .. } if now >= deadline => {
+                TxPhase::AwaitConfirm { since, .. } if now >= since + self.cfg.n_as => {
                     self.fail_send(IsoTpError::TimeoutAs)
                 }
                 TxPhase::AwaitFc { deadline } if now >= deadline => {
@@ -620,7 +646,7 @@ impl IsoTpChannel {
             matches!(self.in_flight, Some(InFlight::Fc { .. })) || self.fc_pending.is_some();
         if let Some(rx) = &self.rx
             && !fc_busy
-            && now >= rx.deadline
+            && now >= rx.last + self.cfg.n_cr
         {
             self.fail_receive(IsoTpError::TimeoutCr);
         }
@@ -632,7 +658,7 @@ impl IsoTpChannel {
         let mut at: Option<Instant> = None;
         let mut add = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
         match self.in_flight {
-            Some(InFlight::Fc { deadline }) => add(deadline),
+            Some(InFlight::Fc { since }) => add(since + self.cfg.n_as),
             Some(InFlight::Data) => {}
             None => {
                 if let Some((_, since)) = self.fc_pending {
@@ -644,14 +670,13 @@ impl IsoTpChannel {
             match tx.phase {
                 TxPhase::Start { since } if self.in_flight.is_none() => add(since),
                 TxPhase::Start { .. } => {}
-                TxPhase::AwaitConfirm { deadline, .. } | TxPhase::AwaitFc { deadline } => {
-                    add(deadline)
-                }
+                TxPhase::AwaitConfirm { since, .. } => add(since + self.cfg.n_as),
+                TxPhase::AwaitFc { deadline } => add(deadline),
                 TxPhase::Cf { ready_at } => add(ready_at),
             }
         }
         if let Some(rx) = &self.rx {
-            add(rx.deadline);
+            add(rx.last + self.cfg.n_cr);
         }
         at
     }
