@@ -140,6 +140,25 @@ impl RawCan {
                 Ok(())
             }
         };
+        // vcan has no bit rate: a kernel sender told "BS 0, STmin 0" bursts a whole PDU at
+        // once, faster than a debug build under TCG reads it. A large receive buffer keeps
+        // the burst (root may exceed rmem_max with SO_RCVBUFFORCE).
+        let rcvbuf: libc::c_int = 8 << 20;
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+            // SAFETY: pointer and size of a live c_int.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&rcvbuf as *const libc::c_int).cast(),
+                    4,
+                )
+            };
+            if r == 0 {
+                break;
+            }
+        }
         if fd_mode {
             let on: libc::c_int = 1;
             set(CAN_RAW_FD_FRAMES, (&on as *const libc::c_int).cast(), 4)?;
