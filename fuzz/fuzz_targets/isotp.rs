@@ -24,7 +24,10 @@ fuzz_target!(|input: &[u8]| {
     let mut cfg = IsoTpConfig::new(CanId::standard(0x7E8).unwrap(), rx_id);
     cfg.addressing = match setup & 3 {
         0 | 3 => Addressing::Normal,
-        1 => Addressing::Extended { tx_ta: 0xF1, rx_ta: 0x10 },
+        1 => Addressing::Extended {
+            tx_ta: 0xF1,
+            rx_ta: 0x10,
+        },
         _ => Addressing::Mixed { ae: 0x10 },
     };
     let fd = setup & 4 != 0;

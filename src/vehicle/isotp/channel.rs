@@ -361,6 +361,14 @@ impl IsoTpChannel {
                     self.events
                         .push_back(IsoTpEvent::ReceiveFailed(IsoTpError::UnexpectedPdu));
                 }
+                if data.len() as u64 > self.cfg.max_pdu_len as u64 {
+                    self.events
+                        .push_back(IsoTpEvent::ReceiveFailed(IsoTpError::BufferOverflow {
+                            len: data.len() as u32,
+                            max: self.cfg.max_pdu_len,
+                        }));
+                    return;
+                }
                 self.stats.pdus_in += 1;
                 self.events
                     .push_back(IsoTpEvent::Received(Bytes::copy_from_slice(data)));

@@ -47,6 +47,9 @@ impl Default for MuxOptions {
     }
 }
 
+/// Pause of the receive loop after a port error other than `Closed`.
+const RECV_ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(10);
+
 type RouteKey = (CanId, Option<u8>);
 type SendReq = (Bytes, oneshot::Sender<Result<(), IsoTpError>>);
 type PduItem = Result<IsoTpPdu, IsoTpError>;
@@ -204,7 +207,8 @@ async fn receive_loop<P: CanPort>(port: Arc<P>, shared: Arc<Shared>) {
             Err(CanError::Closed(_)) => break,
             Err(e) => {
                 tracing::warn!(port = port.name(), error = %e, "ISO-TP receive loop: port error");
-                tokio::task::yield_now().await;
+                // Do not spin on a port that keeps failing (interface down, bus-off).
+                tokio::time::sleep(RECV_ERROR_BACKOFF).await;
                 continue;
             }
         };

@@ -328,6 +328,25 @@ fn overflow_both_ways() {
     );
     assert!(!b.is_receiving());
 
+    // A single frame above the limit is refused too (no FC exists for it).
+    b.on_frame(t0, &classic(0x7E0, &[0x01, 0xAA]));
+    let mut tc = IsoTpConfig::new(sid(0x7E8), sid(0x7E0));
+    tc.max_pdu_len = 5;
+    let mut c = ch(tc);
+    c.on_frame(t0, &classic(0x7E0, &[0x06, 1, 2, 3, 4, 5, 6]));
+    assert_eq!(
+        events(&mut c),
+        [IsoTpEvent::ReceiveFailed(IsoTpError::BufferOverflow {
+            len: 6,
+            max: 5
+        })]
+    );
+    assert!(c.poll_transmit(t0).is_none());
+    assert_eq!(
+        events(&mut b),
+        [IsoTpEvent::Received(Bytes::from_static(&[0xAA]))]
+    );
+
     let (ta, _) = pair_cfg();
     let mut a = ch(ta);
     a.send(t0, pdu(200)).unwrap();
