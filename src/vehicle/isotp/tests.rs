@@ -1023,3 +1023,52 @@ async fn driver_closed_port_fails_channels() {
     assert_eq!(h.recv().await, Err(IsoTpError::Closed));
     assert_eq!(h.send(pdu(3)).await, Err(IsoTpError::Closed));
 }
+
+/// A port whose first `fail` receives return an I/O error, then behaves like `inner`.
+struct FlakyPort {
+    inner: Arc<LinkPort>,
+    fail: std::sync::atomic::AtomicU32,
+}
+
+impl CanPort for FlakyPort {
+    fn name(&self) -> &str {
+        "flaky"
+    }
+    fn fd_capable(&self) -> bool {
+        false
+    }
+    async fn send(&self, frame: CanAnyFrame) -> Result<(), CanError> {
+        self.inner.send(frame).await
+    }
+    async fn recv(&self) -> Result<CanAnyFrame, CanError> {
+        use std::sync::atomic::Ordering;
+        if self
+            .fail
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(CanError::Io {
+                iface: "flaky".into(),
+                op: "read",
+                source: std::io::Error::from_raw_os_error(libc::ENETDOWN),
+            });
+        }
+        self.inner.recv().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn driver_survives_transient_port_errors_with_backoff() {
+    let (pa, pb) = link(false);
+    let port = Arc::new(FlakyPort {
+        inner: pa,
+        fail: std::sync::atomic::AtomicU32::new(5),
+    });
+    let a = IsoTpMux::new(port);
+    let h = a.open(IsoTpConfig::new(sid(0x7E0), sid(0x7E8))).unwrap();
+    let t0 = Instant::now();
+    pb.send(classic(0x7E8, &[0x02, 0x50, 0x03])).await.unwrap();
+    assert_eq!(h.recv().await.unwrap(), Bytes::from_static(&[0x50, 0x03]));
+    // Five errors, each followed by a 10 ms pause: the loop did not spin.
+    assert!(t0.elapsed() >= Duration::from_millis(50));
+}
