@@ -695,6 +695,30 @@ impl IsoTpChannel {
     }
 }
 
+/// The single frame carrying `data` on `cfg.tx_id` (with its addressing, frame mode and
+/// padding), for functionally addressed requests (e.g. OBD-II to 0x7DF), which ISO 15765-2
+/// limits to single frames. Fails with `EmptyPdu`, or `TooLong` when `data` needs more
+/// than one frame.
+pub fn functional_frame(cfg: &IsoTpConfig, data: &[u8]) -> Result<CanAnyFrame, IsoTpError> {
+    cfg.validate()?;
+    let tx_ext = cfg.addressing.tx_ext();
+    let max = if cfg.is_fd() {
+        isotp::max_single_frame_data(cfg.tx_dl(), tx_ext.is_some())
+    } else {
+        7 - tx_ext.is_some() as usize
+    };
+    if data.is_empty() {
+        return Err(IsoTpError::EmptyPdu);
+    }
+    if data.len() > max {
+        return Err(IsoTpError::TooLong {
+            len: data.len(),
+            max: max as u32,
+        });
+    }
+    Ok(build_frame(cfg, tx_ext, &Repr::Single { data }))
+}
+
 /// Emit `repr` into a CAN or CAN FD frame with the configured padding.
 fn build_frame(cfg: &IsoTpConfig, ext: Option<u8>, repr: &Repr<'_>) -> CanAnyFrame {
     let mut buf = [0u8; 64];

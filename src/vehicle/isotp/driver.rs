@@ -153,6 +153,22 @@ impl<P: CanPort> IsoTpMux<P> {
         self.shared.unrouted.load(Ordering::Relaxed)
     }
 
+    /// Send one functionally addressed single frame (e.g. an OBD-II request to 0x7DF) on
+    /// `cfg.tx_id` with `cfg`'s addressing, frame mode and padding; `cfg.rx_id` is unused.
+    /// Responses arrive on the physical channels opened for each ECU. Returns when the port
+    /// accepted the frame (N_As bounded).
+    pub async fn send_functional(&self, cfg: &IsoTpConfig, data: &[u8]) -> Result<(), IsoTpError> {
+        let frame = super::channel::functional_frame(cfg, data)?;
+        if cfg.is_fd() && !self.port.fd_capable() {
+            return Err(IsoTpError::FdNotSupported);
+        }
+        match timeout(cfg.n_as, self.port.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(IsoTpError::Port(e.to_string().into())),
+            Err(_) => Err(IsoTpError::TimeoutAs),
+        }
+    }
+
     /// Open a channel. Fails on an invalid config, an FD channel on a classic port, or a
     /// receive id (and address byte) already open on this port.
     pub fn open(&self, cfg: IsoTpConfig) -> Result<IsoTpHandle, IsoTpError> {

@@ -17,7 +17,7 @@ mod kernel;
 #[cfg(test)]
 mod tests;
 
-pub use channel::{ChannelStats, IsoTpChannel, IsoTpError, IsoTpEvent};
+pub use channel::{ChannelStats, IsoTpChannel, IsoTpError, IsoTpEvent, functional_frame};
 pub use config::{
     Addressing, ConfigError, DEFAULT_MAX_PDU_LEN, DEFAULT_MAX_WAIT_FRAMES, DEFAULT_TIMEOUT,
     FD_DEFAULT_PAD, FrameMode, IsoTpConfig,

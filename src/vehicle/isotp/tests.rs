@@ -1072,3 +1072,36 @@ async fn driver_survives_transient_port_errors_with_backoff() {
     // Five errors, each followed by a 10 ms pause: the loop did not spin.
     assert!(t0.elapsed() >= Duration::from_millis(50));
 }
+
+#[tokio::test(start_paused = true)]
+async fn functional_request_then_physical_responses() {
+    let (pa, pb) = link(false);
+    let (gw, ecus) = (IsoTpMux::new(pa), IsoTpMux::new(pb));
+    let mut functional = IsoTpConfig::new(sid(0x7DF), sid(0x7E8));
+    functional.padding = Some(0xCC);
+    // Two ECUs listen on the functional id and answer on their own ids.
+    let ecu_fn = ecus.open(IsoTpConfig::new(sid(0x7E8), sid(0x7DF))).unwrap();
+    let engine = gw.open(IsoTpConfig::new(sid(0x7E0), sid(0x7E8))).unwrap();
+    gw.send_functional(&functional, &[0x09, 0x02])
+        .await
+        .unwrap();
+    assert_eq!(
+        ecu_fn.recv().await.unwrap(),
+        Bytes::from_static(&[0x09, 0x02])
+    );
+    // The ECU answers with a multi-frame VIN; our flow control goes to its physical request
+    // id 0x7E0, where its physical channel (same tx id 0x7E8) listens.
+    let ecu = ecus.open(IsoTpConfig::new(sid(0x7E8), sid(0x7E0))).unwrap();
+    let vin = Bytes::from_static(b"\x49\x02\x01WVWZZZ1JZXW000001");
+    let (s, r) = tokio::join!(ecu.send(vin.clone()), engine.recv());
+    s.unwrap();
+    assert_eq!(r.unwrap(), vin);
+    // Functional requests are single frames only.
+    assert_eq!(
+        gw.send_functional(&functional, &[0; 8]).await,
+        Err(IsoTpError::TooLong { len: 8, max: 7 })
+    );
+    let f = functional_frame(&functional, &[0x01, 0x0D]).unwrap();
+    assert_eq!(f.id(), sid(0x7DF));
+    assert_eq!(f.data(), [0x02, 0x01, 0x0D, 0xCC, 0xCC, 0xCC, 0xCC, 0xCC]);
+}
