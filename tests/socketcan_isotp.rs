@@ -461,7 +461,7 @@ async fn fd_both_ways_4095_and_beyond() {
         let base = 0x400 + 0x10 * i as u16;
         let fd = |c: &mut IsoTpConfig| {
             c.frame_mode = FrameMode::Fd { tx_dl: 64 };
-            c.max_pdu_len = 8200;
+            c.max_pdu_len = 8192;
         };
         let p = pair(
             base,
@@ -531,4 +531,50 @@ async fn kernel_backend_open_errors_are_clear() {
     let err = KernelIsoTpSocket::open("nosuchcan9", &cfg).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("nosuchcan9"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_backend_reports_n_cr_timeout() {
+    if !can_or_skip("kernel_backend_reports_n_cr_timeout") {
+        return;
+    }
+    // The kernel receives on 0x611; we play a sender that stops after the first frame.
+    let cfg = IsoTpConfig::new(sid(0x610), sid(0x611));
+    let k = KernelIsoTpSocket::open(IFACE, &cfg).expect("kernel socket");
+    let raw = RawCan::open(IFACE, false, &[sid(0x610)]).expect("raw socket");
+    let ff = CanFrame::new(sid(0x611), &[0x10, 0x20, 1, 2, 3, 4, 5, 6]).unwrap();
+    raw.send(CanAnyFrame::Classic(ff)).await.unwrap();
+    let fc = tokio::time::timeout(EXCHANGE_TIMEOUT, raw.recv())
+        .await
+        .expect("no flow control from the kernel")
+        .unwrap();
+    assert_eq!(fc.data()[0] >> 4, 3, "flow control expected, got {fc:?}");
+    let r = tokio::time::timeout(EXCHANGE_TIMEOUT, k.recv())
+        .await
+        .expect("kernel recv did not return");
+    assert_eq!(r, Err(IsoTpError::TimeoutCr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_escape_first_frame_both_ways_and_kernel_overflow() {
+    if !can_or_skip("classic_escape_first_frame_both_ways_and_kernel_overflow") {
+        return;
+    }
+    // PDUs above 4095 bytes over classic CAN use the 32-bit FF_DL, both ways.
+    let p = pair(
+        0x620,
+        0x621,
+        |o| o.max_pdu_len = 200_000,
+        |k| k.max_pdu_len = 200_000,
+    );
+    user_to_kernel(&p, pdu(9000, 9)).await;
+    kernel_to_user(&p, pdu(9000, 10)).await;
+    // The kernel buffers far less than 100 000 bytes and answers FC OVERFLOW, which must
+    // fail our send.
+    let r = tokio::time::timeout(EXCHANGE_TIMEOUT, p.ours.send(pdu(100_000, 9)))
+        .await
+        .expect("send did not return");
+    assert_eq!(r, Err(IsoTpError::PeerOverflow));
+    // The channel is usable afterwards.
+    user_to_kernel(&p, pdu(5000, 9)).await;
 }

@@ -9,15 +9,16 @@
 //! Mapping of the config: ids and addressing go to `bind` and `CAN_ISOTP_OPTS`
 //! (`EXTEND_ADDR`/`RX_EXT_ADDR`, `TX_PADDING`), our BS/STmin/N_WFTmax to
 //! `CAN_ISOTP_RECV_FC`, the FD mode to `CAN_ISOTP_LL_OPTS` (MTU 72, `tx_dl`). The kernel's
-//! N_As/N_Bs/N_Cr are fixed (1 s) and `max_pdu_len` only sizes our receive buffer (Linux
-//! 6.1 takes PDUs up to 8200 bytes).
+//! N_As/N_Bs/N_Cr are fixed (1 s); `max_pdu_len` sizes our receive buffer and bounds our
+//! sends, and the kernel has its own limit (a PDU above it gets FC OVERFLOW or EMSGSIZE).
 //!
 //! Sends use `CAN_ISOTP_WAIT_TX_DONE`, so `send` returns only when the kernel has sent the
 //! whole PDU or failed; that `write` blocks even on a non-blocking socket, so it runs on
 //! tokio's blocking pool. Receives go through `AsyncFd`. The kernel reports protocol
 //! errors through the socket's pending error, which the next `send` or `recv` returns,
 //! whichever comes first: ECOMM (N_Bs timeout), ETIMEDOUT (N_Cr timeout), EMSGSIZE (FC
-//! OVERFLOW), EILSEQ (wrong SN), EBADMSG (bad flow status).
+//! OVERFLOW), EILSEQ (wrong SN), EBADMSG (bad flow status). A failed reception raises only
+//! EPOLLERR, so `recv` waits for readable *or* error readiness.
 
 use super::channel::IsoTpError;
 use super::config::IsoTpConfig;
@@ -26,6 +27,7 @@ use bytes::{Bytes, BytesMut};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
+use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 const SOL_CAN_BASE: libc::c_int = 100;
@@ -41,8 +43,6 @@ const CAN_ISOTP_RX_EXT_ADDR: u32 = 0x200;
 const CAN_ISOTP_WAIT_TX_DONE: u32 = 0x400;
 /// `sizeof(struct canfd_frame)`.
 const CANFD_MTU: u8 = 72;
-/// Largest PDU Linux 6.1's can-isotp handles.
-const KERNEL_MAX_PDU: usize = 8200;
 
 /// `struct sockaddr_can` with the `tp` member of its address union.
 #[repr(C, align(8))]
@@ -121,7 +121,7 @@ pub struct KernelIsoTpSocket {
     tx_lock: tokio::sync::Mutex<()>,
     /// One receiver at a time, owning the reusable receive buffer size.
     rx_lock: tokio::sync::Mutex<()>,
-    /// Receive buffer size: the largest PDU we accept.
+    /// Receive buffer size and send limit: `max_pdu_len`.
     max_pdu: usize,
     addr: IsoTpAddr,
 }
@@ -221,7 +221,7 @@ impl KernelIsoTpSocket {
             fd: Arc::new(fd),
             tx_lock: tokio::sync::Mutex::new(()),
             rx_lock: tokio::sync::Mutex::new(()),
-            max_pdu: (cfg.max_pdu_len as usize).min(KERNEL_MAX_PDU),
+            max_pdu: cfg.max_pdu_len as usize,
             addr: cfg.addr(),
         })
     }
@@ -236,10 +236,10 @@ impl KernelIsoTpSocket {
         if data.is_empty() {
             return Err(IsoTpError::EmptyPdu);
         }
-        if data.len() > KERNEL_MAX_PDU {
+        if data.len() > self.max_pdu {
             return Err(IsoTpError::TooLong {
                 len: data.len(),
-                max: KERNEL_MAX_PDU as u32,
+                max: self.max_pdu as u32,
             });
         }
         let _guard = self.tx_lock.lock().await;
@@ -286,9 +286,11 @@ impl KernelIsoTpSocket {
         let _guard = self.rx_lock.lock().await;
         let mut buf = BytesMut::zeroed(self.max_pdu);
         loop {
+            // ERROR too: the kernel signals a failed reception (N_Cr, wrong SN) with
+            // EPOLLERR only; the recv below then returns the pending error.
             let mut ready = self
                 .fd
-                .readable()
+                .ready(Interest::READABLE | Interest::ERROR)
                 .await
                 .map_err(|e| kernel_err("poll", e))?;
             let res = ready.try_io(|fd| {
