@@ -331,6 +331,26 @@ fn valid_port_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
 }
 
+/// A log filter is a comma-separated list of `LEVEL` or `TARGET=LEVEL` directives. tracing's
+/// own parser takes a bare word as a target name, so `loud` would silently mean "everything
+/// from a module called loud"; reject that here.
+fn check_log_filter(s: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |l: &str| LEVELS.iter().any(|x| x.eq_ignore_ascii_case(l.trim()));
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.rsplit_once('=') {
+            Some((_, level)) if is_level(level) => {}
+            Some((_, level)) => return Err(format!("`{level}` is not a level")),
+            None if is_level(part) => {}
+            None => return Err(format!("`{part}` is neither a level nor TARGET=LEVEL")),
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(s)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// The cross-field validation pass. Returns every problem found, not just the first.
 pub fn validate(config: &Config) -> Vec<ConfigIssue> {
     let mut issues = Vec::new();
@@ -342,11 +362,11 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
         })
     };
 
-    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&config.log.level) {
+    if let Err(e) = check_log_filter(&config.log.level) {
         issue(
             "log.level".into(),
             format!(
-                "`{}` is not a log filter ({e}); expected a level such as `info` or directives such as `info,obdgw::router=debug`",
+                "`{}` is not a log filter ({e}); expected a level (off, error, warn, info, debug, trace) or directives such as `info,obdgw::router=debug`",
                 config.log.level
             ),
         );
