@@ -108,7 +108,7 @@ fn core_routes_a_million_frames_without_allocating() {
             r.route(src, f).expect("queues are drained, nothing blocks");
             if i % 64 == 63 {
                 for p in [mirror, diag, fd] {
-                    sink_count += r.pop_batch(p, usize::MAX, |f| drop(f));
+                    sink_count += r.pop_batch(p, usize::MAX, drop);
                 }
                 r.take_wakes(|_| ());
             }
