@@ -156,3 +156,51 @@ fn help_and_version() {
         assert!(text.contains("Usage:"), "{args:?}: {text}");
     }
 }
+
+#[test]
+fn run_speaks_the_systemd_notify_protocol() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut child = obdgw()
+        .args(["run", "--config"])
+        .arg(root().join("config/obdgw.toml"))
+        .env("NOTIFY_SOCKET", &sock_path)
+        // A 200 ms watchdog: the daemon must ping every 100 ms.
+        .env("WATCHDOG_USEC", "200000")
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let mut recv = || {
+        let n = sock
+            .recv(&mut buf)
+            .expect("no notification from the daemon");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let mut msgs = Vec::new();
+    while !msgs.iter().any(|m: &String| m.contains("READY=1")) {
+        msgs.push(recv());
+    }
+    let mut pings = 0;
+    while pings < 3 {
+        if recv().contains("WATCHDOG=1") {
+            pings += 1;
+        }
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    loop {
+        let m = recv();
+        if m.contains("STOPPING=1") {
+            break;
+        }
+    }
+    assert!(child.wait().unwrap().success());
+}
