@@ -439,8 +439,8 @@ pub fn format_into(msg: &Message, out: &mut String) {
         Message::Frame { frame, secs, usecs } => {
             out.push_str("frame ");
             let (id, data) = match frame {
-                CanCanAnyFrame::Classic(f) => (f.id(), f.data()),
-                CanCanAnyFrame::Fd(f) => (f.id(), f.data()),
+                CanAnyFrame::Classic(f) => (f.id(), f.data()),
+                CanAnyFrame::Fd(f) => (f.id(), f.data()),
             };
             push_id(out, id);
             let _ = write!(out, " {secs}.{usecs:06} ");
@@ -449,8 +449,8 @@ pub fn format_into(msg: &Message, out: &mut String) {
         Message::Send(frame) => {
             out.push_str("send ");
             let (id, data) = match frame {
-                CanCanAnyFrame::Classic(f) => (f.id(), f.data()),
-                CanCanAnyFrame::Fd(f) => (f.id(), f.data()),
+                CanAnyFrame::Classic(f) => (f.id(), f.data()),
+                CanAnyFrame::Fd(f) => (f.id(), f.data()),
             };
             push_id(out, id);
             let _ = write!(out, " {:X}", data.len());
@@ -532,7 +532,7 @@ mod tests {
         assert_eq!(format(&Message::Ok), "< ok >");
         let f = CanFrame::new(id(0x123), &[0x11, 0x22, 0x33, 0x44]).unwrap();
         let m = Message::Frame {
-            frame: CanCanAnyFrame::Classic(f),
+            frame: CanAnyFrame::Classic(f),
             secs: 23,
             usecs: 424242,
         };
@@ -542,7 +542,7 @@ mod tests {
         assert_eq!(one("< frame 123 23.424242 11 22 33 44 >").unwrap(), m);
         let ext = CanFrame::new(CanId::extended(0x1AAAAAAA).unwrap(), &[]).unwrap();
         let m = Message::Frame {
-            frame: CanCanAnyFrame::Classic(ext),
+            frame: CanAnyFrame::Classic(ext),
             secs: 1,
             usecs: 5,
         };
@@ -564,17 +564,17 @@ mod tests {
         // python-can's form: lowercase, unpadded bytes, hex length.
         let m = one("< send 1AAAAAAA 2 1 f1 >").unwrap();
         let want = CanFrame::new(CanId::extended(0x1AAAAAAA).unwrap(), &[0x01, 0xF1]).unwrap();
-        assert_eq!(m, Message::Send(CanCanAnyFrame::Classic(want)));
+        assert_eq!(m, Message::Send(CanAnyFrame::Classic(want)));
         assert_eq!(format(&m), "< send 1AAAAAAA 2 01 F1 >");
         assert_eq!(
             one("< send 123 0 >").unwrap(),
-            Message::Send(CanCanAnyFrame::Classic(
+            Message::Send(CanAnyFrame::Classic(
                 CanFrame::new(id(0x123), &[]).unwrap()
             ))
         );
         // CAN FD: length 0x40.
         let m = one(&format!("< send 7E0 40 {} >", "AB ".repeat(64))).unwrap();
-        let Message::Send(CanCanAnyFrame::Fd(fd)) = m else {
+        let Message::Send(CanAnyFrame::Fd(fd)) = m else {
             panic!("not FD: {m:?}")
         };
         assert_eq!(fd.data(), &[0xAB; 64][..]);
@@ -665,7 +665,7 @@ mod tests {
             #[test]
             fn frames_round_trip(raw in 0u32..0x2000_0000, ext: bool, data in proptest::collection::vec(any::<u8>(), 0..=8), secs in 0u64..4_000_000_000, usecs in 0u32..1_000_000) {
                 let id = if ext { CanId::extended(raw).unwrap() } else { CanId::standard((raw & 0x7FF) as u16).unwrap() };
-                let frame = CanCanAnyFrame::Classic(CanFrame::new(id, &data).unwrap());
+                let frame = CanAnyFrame::Classic(CanFrame::new(id, &data).unwrap());
                 for m in [Message::Frame { frame, secs, usecs }, Message::Send(frame)] {
                     prop_assert_eq!(one(&format(&m)).unwrap(), m);
                 }
