@@ -231,7 +231,7 @@ fn timestamp(cmd: &'static str, s: &str) -> Result<(u64, u32), ParseError> {
 fn make_frame(cmd: &'static str, id: CanId, data: &[u8]) -> Result<CanAnyFrame, ParseError> {
     if data.len() <= 8 {
         CanFrame::new(id, data)
-            .map(CanAnyFrame::Can)
+            .map(CanAnyFrame::Classic)
             .map_err(|e| bad(cmd, e.to_string()))
     } else {
         CanFdFrame::new(id, data)
