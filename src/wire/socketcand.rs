@@ -98,9 +98,9 @@ pub enum Message {
 /// Why bytes are not a valid message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
-    #[error("message longer than {limit} bytes without a closing `>`")]
+    #[error("message longer than {limit} bytes; discarded up to its end")]
     TooLong { limit: usize },
-    #[error("expected `<` to start a message, found {0:?}")]
+    #[error("stray bytes between messages (starting with {0:?}); see the socketcand protocol")]
     NoStart(char),
     #[error("message is not ASCII")]
     NotAscii,
@@ -108,6 +108,8 @@ pub enum ParseError {
     Empty,
     #[error("unknown command `{0}`")]
     Unknown(String),
+    #[error("`{0}` (broadcast-manager mode) is not supported by obdgw; switch to rawmode")]
+    Unsupported(&'static str),
     #[error("`{cmd}`: {what}")]
     Bad { cmd: &'static str, what: String },
 }
@@ -123,26 +125,41 @@ fn bad(cmd: &'static str, what: impl Into<String>) -> ParseError {
 #[derive(Debug)]
 pub struct Framer {
     max: usize,
+    /// After an over-long message: drop bytes up to and including the next `>`.
+    discarding: bool,
 }
 
 impl Default for Framer {
     fn default() -> Self {
-        Framer {
-            max: DEFAULT_MAX_MESSAGE,
-        }
+        Framer::new(DEFAULT_MAX_MESSAGE)
     }
 }
 
 impl Framer {
     pub fn new(max_message: usize) -> Self {
-        Framer { max: max_message }
+        Framer {
+            max: max_message,
+            discarding: false,
+        }
     }
 
     /// Take the next complete message from `buf`: `Ok(None)` when more bytes are needed.
     /// Whitespace between messages is skipped. On error the offending bytes are consumed
     /// (up to and including the next `>` if there is one), so the caller may report the
     /// error and continue with the rest of the stream.
-    pub fn next(&self, buf: &mut BytesMut) -> Result<Option<Message>, ParseError> {
+    pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, ParseError> {
+        if self.discarding {
+            match buf.iter().position(|&b| b == b'>') {
+                Some(end) => {
+                    buf.advance(end + 1);
+                    self.discarding = false;
+                }
+                None => {
+                    buf.clear();
+                    return Ok(None);
+                }
+            }
+        }
         let skip = buf
             .iter()
             .position(|b| !b.is_ascii_whitespace())
@@ -167,6 +184,7 @@ impl Framer {
             }
             None if buf.len() > self.max => {
                 buf.clear();
+                self.discarding = true;
                 Err(ParseError::TooLong { limit: self.max })
             }
             None => Ok(None),
@@ -389,6 +407,13 @@ pub fn parse(raw: &[u8]) -> Result<Message, ParseError> {
                 rx_ext_address: byte(9, "rx_ext_address")?,
             }))
         }
+        "add" => Err(ParseError::Unsupported("add")),
+        "update" => Err(ParseError::Unsupported("update")),
+        "delete" => Err(ParseError::Unsupported("delete")),
+        "filter" => Err(ParseError::Unsupported("filter")),
+        "muxfilter" => Err(ParseError::Unsupported("muxfilter")),
+        "subscribe" => Err(ParseError::Unsupported("subscribe")),
+        "unsubscribe" => Err(ParseError::Unsupported("unsubscribe")),
         other => Err(ParseError::Unknown(other.chars().take(32).collect())),
     }
 }
@@ -568,9 +593,7 @@ mod tests {
         assert_eq!(format(&m), "< send 1AAAAAAA 2 01 F1 >");
         assert_eq!(
             one("< send 123 0 >").unwrap(),
-            Message::Send(CanAnyFrame::Classic(
-                CanFrame::new(id(0x123), &[]).unwrap()
-            ))
+            Message::Send(CanAnyFrame::Classic(CanFrame::new(id(0x123), &[]).unwrap()))
         );
         // CAN FD: length 0x40.
         let m = one(&format!("< send 7E0 40 {} >", "AB ".repeat(64))).unwrap();
@@ -605,7 +628,7 @@ mod tests {
 
     #[test]
     fn framing_handles_partial_and_back_to_back_messages() {
-        let f = Framer::default();
+        let mut f = Framer::default();
         let mut buf = BytesMut::from("< hi >< open vcan0 >\n< raw");
         assert_eq!(f.next(&mut buf).unwrap(), Some(Message::Hi));
         assert_eq!(
@@ -620,7 +643,7 @@ mod tests {
 
     #[test]
     fn bad_input_is_reported_and_skipped() {
-        let f = Framer::new(64);
+        let mut f = Framer::new(64);
         let mut buf = BytesMut::from("junk< bogus 1 >< send 123 3 11 22 >< echo >");
         assert_eq!(f.next(&mut buf), Err(ParseError::NoStart('j')));
         assert_eq!(f.next(&mut buf), Err(ParseError::Unknown("bogus".into())));
@@ -631,6 +654,14 @@ mod tests {
         let mut buf = BytesMut::from(format!("< sendpdu {}", "A".repeat(100)).as_str());
         assert_eq!(f.next(&mut buf), Err(ParseError::TooLong { limit: 64 }));
         assert!(buf.is_empty());
+        // The rest of it is dropped silently, up to its `>`.
+        buf.extend_from_slice(b"AAAA >< echo >");
+        assert_eq!(f.next(&mut buf).unwrap(), Some(Message::Echo));
+        assert_eq!(f.next(&mut buf.split_off(0)), Ok(None));
+        assert_eq!(
+            f.next(&mut BytesMut::from("< subscribe 0 0 123 >")),
+            Err(ParseError::Unsupported("subscribe"))
+        );
         for bad in [
             "< send 800000000 0 >",
             "< send 123 9 1 2 3 4 5 6 7 8 9 >", // 9 is not an FD length
@@ -652,7 +683,7 @@ mod tests {
         proptest! {
             #[test]
             fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-                let f = Framer::new(128);
+                let mut f = Framer::new(128);
                 let mut buf = BytesMut::from(&bytes[..]);
                 // Every call either consumes bytes or asks for more, so this terminates.
                 for _ in 0..=bytes.len() {
