@@ -1,5 +1,7 @@
 //! The socketcand server against a client speaking real bytes over loopback.
 
+mod common;
+
 use bytes::Bytes;
 use obdgw::operator::socketcand::{BusProvider, PduAccess, RawAccess, ServerConfig, serve};
 use obdgw::router::{CanFrame, CanId, Timestamp};
@@ -246,4 +248,58 @@ async fn control_mode_reports_statistics() {
     assert_eq!(first, "< stat 0 0 2 1 >");
     assert_eq!(c.msg().await, "< stat 0 0 2 1 >");
     drop(f);
+}
+
+/// python-can's socketcand interface (an independent client) receives the bus's frames and
+/// sends frames the bus sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_can_socketcand_interoperates() {
+    let Some(python) = common::interop_python("python_can_socketcand_interoperates") else {
+        return;
+    };
+    let mut f = start().await;
+    let child = tokio::process::Command::new(python)
+        .arg(common::interop_script("socketcand_client.py"))
+        .args([
+            "127.0.0.1",
+            &f.addr.port().to_string(),
+            "vcan0",
+            "500",
+            "300",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the client is in raw mode, then play 500 frames.
+    let listener = loop {
+        if let Some(l) = f.bus.listeners.lock().unwrap().first().cloned() {
+            break l;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    for i in 0..500u32 {
+        let id = 0x100 + (i % 0x100) as u16;
+        listener
+            .send((frame(id, &[i as u8, 0xAA]), Timestamp(i as u64 * 1000)))
+            .await
+            .unwrap();
+    }
+    let mut seen = 0u32;
+    while seen < 300 {
+        let got = tokio::time::timeout(Duration::from_secs(30), f.sent.recv())
+            .await
+            .expect("python-can stopped sending")
+            .unwrap();
+        assert_eq!(got, frame(0x7DF, &[0x02, 0x01, seen as u8]), "frame {seen}");
+        seen += 1;
+    }
+    let out = child.wait_with_output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python-can client failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"received\": 500"), "{stdout}");
 }
