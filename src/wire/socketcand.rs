@@ -14,7 +14,7 @@
 //! Formatting follows the reference server: standard ids as 3 hex digits, extended as 8,
 //! frame data packed (`< frame 123 23.424242 11223344 >`), timestamps as `secs.usecs`.
 
-use crate::router::frame::{CanFdFrame, CanFrame, CanId};
+use crate::router::frame::{CANFD_MAX_DLEN, CanFdFrame, CanFrame, CanId};
 pub use crate::vehicle::can::CanAnyFrame;
 use bytes::{Buf, Bytes, BytesMut};
 use std::fmt::Write as _;
@@ -236,14 +236,15 @@ fn hex_bytes(cmd: &'static str, parts: &[&str], out: &mut Vec<u8>) -> Result<(),
     Ok(())
 }
 
+/// `SECS.FRACTION` with at most 6 fraction digits (`1.5` is 1 s 500000 µs).
 fn timestamp(cmd: &'static str, s: &str) -> Result<(u64, u32), ParseError> {
-    let (secs, usecs) = s.split_once('.').unwrap_or((s, "0"));
+    let (secs, frac) = s.split_once('.').unwrap_or((s, "0"));
     let secs = dec(cmd, "seconds", secs)?;
-    let usecs: u32 = dec(cmd, "microseconds", usecs)?;
-    if usecs >= 1_000_000 {
-        return Err(bad(cmd, "microseconds above 999999"));
+    if frac.is_empty() || frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(cmd, format!("timestamp `{s}` is not SECS.USECS")));
     }
-    Ok((secs, usecs))
+    let usecs: u32 = dec(cmd, "microseconds", frac)?;
+    Ok((secs, usecs * 10u32.pow(6 - frac.len() as u32)))
 }
 
 fn make_frame(cmd: &'static str, id: CanId, data: &[u8]) -> Result<CanAnyFrame, ParseError> {
@@ -307,6 +308,9 @@ pub fn parse(raw: &[u8]) -> Result<Message, ParseError> {
             };
             let id = can_id("send", id)?;
             let len = hex_u32("send", "length", len)? as usize;
+            if len > CANFD_MAX_DLEN {
+                return Err(bad("send", format!("length {len} above 64")));
+            }
             let mut bytes = Vec::with_capacity(len);
             hex_bytes("send", data, &mut bytes)?;
             if bytes.len() != len {
@@ -449,10 +453,7 @@ pub fn format_into(msg: &Message, out: &mut String) {
         Message::Error(text) => {
             out.push_str("error ");
             // A `>` inside would end the message early.
-            out.extend(
-                text.chars()
-                    .map(|c| if c == '>' || c == '<' { '_' } else { c }),
-            );
+            out.extend(text.chars().map(|c| if c == '>' { '_' } else { c }));
         }
         Message::Open(bus) => {
             out.push_str("open ");
@@ -580,6 +581,11 @@ mod tests {
         };
         assert_eq!(format(&pdu), "< pdu 1417687245.814579 001122FF >");
         assert_eq!(one(&format(&pdu)).unwrap(), pdu);
+        // A short fraction is a decimal fraction, not microseconds.
+        let Message::Pdu { usecs, .. } = one("< pdu 1.5 AB >").unwrap() else {
+            panic!()
+        };
+        assert_eq!(usecs, 500_000);
     }
 
     #[test]
@@ -664,6 +670,7 @@ mod tests {
         );
         for bad in [
             "< send 800000000 0 >",
+            "< send 0AAAAA 0AAAAAAAA >", // found by the fuzzer: a 2.8 GB reservation
             "< send 123 9 1 2 3 4 5 6 7 8 9 >", // 9 is not an FD length
             "< open abcdefghijklmnopq >",
             "< isotpconf 7E0 7E8 0 16 0 >",
