@@ -133,7 +133,7 @@ impl ServiceId {
 
     /// The positive response id (request id + 0x40), `None` for ids that have none.
     pub const fn positive_response(self) -> Option<u8> {
-        if self.0 < 0x40 || (self.0 >= 0x80 && self.0 < 0xC0) {
+        if self.0 < 0x3F || (self.0 >= 0x80 && self.0 < 0xC0) {
             Some(self.0 + POSITIVE_RESPONSE_OFFSET)
         } else {
             None
@@ -342,7 +342,9 @@ impl<'a> Response<'a> {
                     })
                 }
             }
-            [NEGATIVE_RESPONSE_SID, ..] => Err(MalformedResponse::NegativeLength { len: pdu.len() }),
+            [NEGATIVE_RESPONSE_SID, ..] => {
+                Err(MalformedResponse::NegativeLength { len: pdu.len() })
+            }
             [rsid, data @ ..] => {
                 let is_positive = (0x40..0x80).contains(rsid) || (0xC0..=0xFF).contains(rsid);
                 if is_positive {
@@ -385,7 +387,9 @@ impl<'a> Response<'a> {
                 *head = sid.0.wrapping_add(POSITIVE_RESPONSE_OFFSET);
                 tail.copy_from_slice(data);
             }
-            Response::Negative { sid, nrc } => out.copy_from_slice(&[NEGATIVE_RESPONSE_SID, sid.0, nrc.0]),
+            Response::Negative { sid, nrc } => {
+                out.copy_from_slice(&[NEGATIVE_RESPONSE_SID, sid.0, nrc.0])
+            }
             Response::Pending { sid } => {
                 out.copy_from_slice(&[NEGATIVE_RESPONSE_SID, sid.0, Nrc::RESPONSE_PENDING.0])
             }
@@ -428,7 +432,10 @@ pub const fn tester_present(suppress_positive_response: bool) -> [u8; 2] {
 
 /// DiagnosticSessionControl: `10 session`, with bit 7 set when the positive response is to be
 /// suppressed.
-pub const fn diagnostic_session_control(session: Session, suppress_positive_response: bool) -> [u8; 2] {
+pub const fn diagnostic_session_control(
+    session: Session,
+    suppress_positive_response: bool,
+) -> [u8; 2] {
     let sub = session.to_byte() & !SUPPRESS_POSITIVE_RESPONSE;
     [
         ServiceId::DIAGNOSTIC_SESSION_CONTROL.0,
@@ -496,7 +503,11 @@ pub enum VinError {
     #[error(
         "VIN {vin:?} has {ch:?} at position {position}; a VIN uses only 0-9 and A-Z without I, O and Q"
     )]
-    InvalidChar { vin: String, ch: char, position: usize },
+    InvalidChar {
+        vin: String,
+        ch: char,
+        position: usize,
+    },
     #[error(
         "VIN {vin} is a North American VIN (first character 1-5) but its check digit (position 9) is {found:?}, expected {expected:?}"
     )]
@@ -533,7 +544,9 @@ impl Vin {
     /// [`Vin::check_digit`] for others.
     pub fn parse(text: &str) -> Result<Vin, VinError> {
         let vin = Self::parse_chars(text.as_bytes())?;
-        if let (true, CheckDigit::Mismatch { expected, found }) = (vin.is_north_american(), vin.check_digit()) {
+        if let (true, CheckDigit::Mismatch { expected, found }) =
+            (vin.is_north_american(), vin.check_digit())
+        {
             return Err(VinError::CheckDigit {
                 vin: vin.to_string(),
                 expected,
@@ -739,7 +752,11 @@ impl fmt::Debug for HexBytes {
 ///
 /// A 0x78 response-pending here is reported as [`VinReadError::Unexpected`]: callers handle
 /// pending responses (by waiting P2*) before they call this.
-fn positive_data<'a>(pdu: &'a [u8], sid: ServiceId, source_kind: VinSource) -> Result<&'a [u8], VinReadError> {
+fn positive_data<'a>(
+    pdu: &'a [u8],
+    sid: ServiceId,
+    source_kind: VinSource,
+) -> Result<&'a [u8], VinReadError> {
     let hex = || HexBytes(Bytes::copy_from_slice(pdu));
     match Response::parse(pdu) {
         Err(reason) => Err(VinReadError::MalformedResponse {
@@ -780,7 +797,8 @@ pub fn parse_vin_from_rdbi(pdu: &[u8]) -> Result<Vin, VinReadError> {
         });
     };
     let vin = strip_padding(vin);
-    Vin::parse(vin_text(vin).as_str()).map_err(|error| VinReadError::MalformedVin { source_kind, error })
+    Vin::parse(vin_text(vin).as_str())
+        .map_err(|error| VinReadError::MalformedVin { source_kind, error })
 }
 
 /// Parse the answer to OBD-II service 09 PID 02: `49 02 <count> <17 ASCII>`.
@@ -804,7 +822,8 @@ pub fn parse_vin_from_obd(pdu: &[u8]) -> Result<Vin, VinReadError> {
         _ => rest,
     };
     let vin = strip_padding(body);
-    Vin::parse(vin_text(vin).as_str()).map_err(|error| VinReadError::MalformedVin { source_kind, error })
+    Vin::parse(vin_text(vin).as_str())
+        .map_err(|error| VinReadError::MalformedVin { source_kind, error })
 }
 
 fn is_padding(b: u8) -> bool {
@@ -857,7 +876,10 @@ impl KeepAlive {
     pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 
     pub fn new(interval: Duration) -> KeepAlive {
-        KeepAlive { interval, next: None }
+        KeepAlive {
+            interval,
+            next: None,
+        }
     }
 
     /// Whether keep-alives are being sent.
@@ -888,7 +910,10 @@ impl KeepAlive {
     /// Follow session changes from the responses the tester receives: a positive
     /// DiagnosticSessionControl response switches the keep-alive on or off.
     pub fn observe_response(&mut self, response: &Response<'_>, now: Instant) {
-        if let Response::Positive { sid, data: [session, ..] } = response
+        if let Response::Positive {
+            sid,
+            data: [session, ..],
+        } = response
             && *sid == ServiceId::DIAGNOSTIC_SESSION_CONTROL
         {
             self.session_changed(Session::from_byte(*session), now);
@@ -932,9 +957,15 @@ mod tests {
         assert_eq!(Nrc(0x78).name(), "requestCorrectlyReceivedResponsePending");
         assert_eq!(Nrc(0x7F).name(), "serviceNotSupportedInActiveSession");
         assert_eq!(Nrc(0x73).name(), "wrongBlockSequenceCounter");
-        assert_eq!(Nrc(0x40).name(), "reservedByExtendedDataLinkSecurityDocument");
+        assert_eq!(
+            Nrc(0x40).name(),
+            "reservedByExtendedDataLinkSecurityDocument"
+        );
         assert_eq!(Nrc(0xA0).name(), "reservedForSpecificConditionsNotCorrect");
-        assert_eq!(Nrc(0xF3).name(), "vehicleManufacturerSpecificConditionsNotCorrect");
+        assert_eq!(
+            Nrc(0xF3).name(),
+            "vehicleManufacturerSpecificConditionsNotCorrect"
+        );
         assert_eq!(Nrc(0x01).name(), "ISOSAEReserved");
         assert_eq!(Nrc(0xFF).name(), "ISOSAEReserved");
     }
@@ -975,10 +1006,16 @@ mod tests {
     #[test]
     fn service_names() {
         assert_eq!(ServiceId(0x22).to_string(), "ReadDataByIdentifier (0x22)");
-        assert_eq!(ServiceId(0x09).to_string(), "OBD RequestVehicleInformation (0x09)");
+        assert_eq!(
+            ServiceId(0x09).to_string(),
+            "OBD RequestVehicleInformation (0x09)"
+        );
         assert_eq!(ServiceId(0x55).to_string(), "service 0x55");
         assert_eq!(ServiceId::TESTER_PRESENT.positive_response(), Some(0x7E));
-        assert_eq!(ServiceId::CONTROL_DTC_SETTING.positive_response(), Some(0xC5));
+        assert_eq!(
+            ServiceId::CONTROL_DTC_SETTING.positive_response(),
+            Some(0xC5)
+        );
         assert_eq!(ServiceId(0x50).positive_response(), None);
     }
 
@@ -1000,10 +1037,21 @@ mod tests {
         );
         assert_eq!(
             Response::parse(&[0x7F, 0x31, 0x78]),
-            Ok(Response::Pending { sid: ServiceId(0x31) })
+            Ok(Response::Pending {
+                sid: ServiceId(0x31)
+            })
         );
-        assert_eq!(Response::parse(&[0x7E]), Ok(Response::Positive { sid: ServiceId(0x3E), data: &[] }));
-        assert_eq!(Response::parse(&[0xC5, 0x02]).map(|r| r.sid()), Ok(ServiceId(0x85)));
+        assert_eq!(
+            Response::parse(&[0x7E]),
+            Ok(Response::Positive {
+                sid: ServiceId(0x3E),
+                data: &[]
+            })
+        );
+        assert_eq!(
+            Response::parse(&[0xC5, 0x02]).map(|r| r.sid()),
+            Ok(ServiceId(0x85))
+        );
         assert_eq!(Response::parse(&[]), Err(MalformedResponse::Empty));
         assert_eq!(
             Response::parse(&[0x7F, 0x22]),
@@ -1013,13 +1061,24 @@ mod tests {
             Response::parse(&[0x7F, 0x22, 0x31, 0x00]),
             Err(MalformedResponse::NegativeLength { len: 4 })
         );
-        assert_eq!(Response::parse(&[0x22, 0xF1]), Err(MalformedResponse::UnknownResponseId(0x22)));
-        assert_eq!(Response::parse(&[0x90]), Err(MalformedResponse::UnknownResponseId(0x90)));
+        assert_eq!(
+            Response::parse(&[0x22, 0xF1]),
+            Err(MalformedResponse::UnknownResponseId(0x22))
+        );
+        assert_eq!(
+            Response::parse(&[0x90]),
+            Err(MalformedResponse::UnknownResponseId(0x90))
+        );
     }
 
     #[test]
     fn emit_round_trips_golden() {
-        let cases: &[&[u8]] = &[&[0x62, 0xF1, 0x90, 0x41], &[0x7F, 0x27, 0x35], &[0x7F, 0x36, 0x78], &[0x7E]];
+        let cases: &[&[u8]] = &[
+            &[0x62, 0xF1, 0x90, 0x41],
+            &[0x7F, 0x27, 0x35],
+            &[0x7F, 0x36, 0x78],
+            &[0x7E],
+        ];
         for pdu in cases {
             let r = Response::parse(pdu).expect("golden parses");
             let mut buf = [0u8; 8];
@@ -1041,9 +1100,18 @@ mod tests {
         assert_eq!(OBD_VIN_REQUEST, [0x09, 0x02]);
         assert_eq!(tester_present(true), [0x3E, 0x80]);
         assert_eq!(tester_present(false), [0x3E, 0x00]);
-        assert_eq!(diagnostic_session_control(Session::Extended, false), [0x10, 0x03]);
-        assert_eq!(diagnostic_session_control(Session::Programming, true), [0x10, 0x82]);
-        assert_eq!(negative_response(0x27, Nrc::INVALID_KEY), [0x7F, 0x27, 0x35]);
+        assert_eq!(
+            diagnostic_session_control(Session::Extended, false),
+            [0x10, 0x03]
+        );
+        assert_eq!(
+            diagnostic_session_control(Session::Programming, true),
+            [0x10, 0x82]
+        );
+        assert_eq!(
+            negative_response(0x27, Nrc::INVALID_KEY),
+            [0x7F, 0x27, 0x35]
+        );
     }
 
     #[test]
@@ -1075,7 +1143,10 @@ mod tests {
         assert!(err.to_string().contains("check digit"));
         // ... only a warning elsewhere (European VINs often carry a 'Z' there).
         let eu = Vin::parse("WVWZZZ1KZ6W000001").expect("EU VIN accepted");
-        assert!(matches!(eu.check_digit(), CheckDigit::Mismatch { found: 'Z', .. }));
+        assert!(matches!(
+            eu.check_digit(),
+            CheckDigit::Mismatch { found: 'Z', .. }
+        ));
         assert!(eu.warning().expect("warning").contains("position 9"));
     }
 
@@ -1090,8 +1161,14 @@ mod tests {
             }
         );
         assert!(err.to_string().contains("exactly 17"));
-        assert!(matches!(Vin::parse("1HGCM82633A0043521"), Err(VinError::Length { len: 18, .. })));
-        assert!(matches!(Vin::parse(""), Err(VinError::Length { len: 0, .. })));
+        assert!(matches!(
+            Vin::parse("1HGCM82633A0043521"),
+            Err(VinError::Length { len: 18, .. })
+        ));
+        assert!(matches!(
+            Vin::parse(""),
+            Err(VinError::Length { len: 0, .. })
+        ));
         for (bad, ch, pos) in [
             ("IHGCM82633A004352", 'I', 1),
             ("1HGCM826O3A004352", 'O', 9),
@@ -1125,17 +1202,33 @@ mod tests {
         // ISO 15765-4 layout: item count 0x01 then 17 bytes.
         let mut with_count = vec![0x01];
         with_count.extend_from_slice(vin);
-        assert_eq!(parse_vin_from_obd(&obd(&with_count)).expect("count layout").as_str(), GOOD_NA);
+        assert_eq!(
+            parse_vin_from_obd(&obd(&with_count))
+                .expect("count layout")
+                .as_str(),
+            GOOD_NA
+        );
         // No count byte.
-        assert_eq!(parse_vin_from_obd(&obd(vin)).expect("bare layout").as_str(), GOOD_NA);
+        assert_eq!(
+            parse_vin_from_obd(&obd(vin)).expect("bare layout").as_str(),
+            GOOD_NA
+        );
         // Count byte and leading zero padding (older ECUs pad to 20 bytes).
         let mut padded = vec![0x01, 0x00, 0x00, 0x00];
         padded.extend_from_slice(vin);
-        assert_eq!(parse_vin_from_obd(&obd(&padded)).expect("padded").as_str(), GOOD_NA);
+        assert_eq!(
+            parse_vin_from_obd(&obd(&padded)).expect("padded").as_str(),
+            GOOD_NA
+        );
         // Trailing 0xFF padding.
         let mut trailing = with_count.clone();
         trailing.extend_from_slice(&[0xFF, 0xFF]);
-        assert_eq!(parse_vin_from_obd(&obd(&trailing)).expect("trailing").as_str(), GOOD_NA);
+        assert_eq!(
+            parse_vin_from_obd(&obd(&trailing))
+                .expect("trailing")
+                .as_str(),
+            GOOD_NA
+        );
         // Too short.
         let err = parse_vin_from_obd(&obd(&[0x01, b'1', b'H'])).expect_err("short");
         assert!(matches!(
@@ -1217,7 +1310,10 @@ mod tests {
         // A negative response changes nothing; default session stops it.
         ka.observe_response(&Response::parse(&[0x7F, 0x10, 0x22]).expect("parses"), t0);
         assert!(ka.is_active());
-        ka.observe_response(&Response::parse(&[0x50, 0x01, 0, 0x32, 1, 0xF4]).expect("parses"), t0);
+        ka.observe_response(
+            &Response::parse(&[0x50, 0x01, 0, 0x32, 1, 0xF4]).expect("parses"),
+            t0,
+        );
         assert!(!ka.is_active());
         assert_eq!(ka.poll(t0 + Duration::from_secs(60)), None);
         // request_sent while stopped does not start it.
@@ -1236,7 +1332,7 @@ mod tests {
         }
 
         #[test]
-        fn positive_round_trip(sid in 0x00u8..0x40, data in proptest::collection::vec(any::<u8>(), 0..32)) {
+        fn positive_round_trip(sid in 0x00u8..0x3F, data in proptest::collection::vec(any::<u8>(), 0..32)) {
             let r = Response::Positive { sid: ServiceId(sid), data: &data };
             let mut buf = vec![0u8; r.buffer_len()];
             prop_assert_eq!(r.emit(&mut buf), Some(buf.len()));

@@ -31,7 +31,8 @@ pub mod dtc_status {
     pub const TEST_NOT_COMPLETED_THIS_OPERATION_CYCLE: u8 = 0x40;
     pub const WARNING_INDICATOR_REQUESTED: u8 = 0x80;
     /// Status of a DTC right after ClearDiagnosticInformation.
-    pub const AFTER_CLEAR: u8 = TEST_NOT_COMPLETED_SINCE_LAST_CLEAR | TEST_NOT_COMPLETED_THIS_OPERATION_CYCLE;
+    pub const AFTER_CLEAR: u8 =
+        TEST_NOT_COMPLETED_SINCE_LAST_CLEAR | TEST_NOT_COMPLETED_THIS_OPERATION_CYCLE;
 }
 
 impl Dtc {
@@ -239,20 +240,29 @@ impl EcuConfig {
     /// confirmed with MIL, P0420 pending).
     pub fn engine(vin: Vin) -> EcuConfig {
         use dtc_status::*;
-        let mut c = Self::base("engine", vin, "8W0907115B", "ECM0012345678", "EA888 2.0 TFSI");
+        let mut c = Self::base(
+            "engine",
+            vin,
+            "8W0907115B",
+            "ECM0012345678",
+            "EA888 2.0 TFSI",
+        );
         c.software_version = "SW 0815.3".to_owned();
         c.dtcs = vec![
             Dtc::new(
                 0x03_01_00,
-                TEST_FAILED | TEST_FAILED_THIS_OPERATION_CYCLE | CONFIRMED | TEST_FAILED_SINCE_LAST_CLEAR
+                TEST_FAILED
+                    | TEST_FAILED_THIS_OPERATION_CYCLE
+                    | CONFIRMED
+                    | TEST_FAILED_SINCE_LAST_CLEAR
                     | WARNING_INDICATOR_REQUESTED,
             ),
             Dtc::new(0x04_20_00, PENDING | TEST_FAILED_SINCE_LAST_CLEAR),
         ];
         c.obd = Some(ObdConfig {
             pids: vec![
-                0x01, 0x04, 0x05, 0x0B, 0x0C, 0x0D, 0x0F, 0x10, 0x11, 0x1C, 0x1F, 0x21, 0x2F, 0x31, 0x33,
-                0x42, 0x46, 0x51, 0x5C,
+                0x01, 0x04, 0x05, 0x0B, 0x0C, 0x0D, 0x0F, 0x10, 0x11, 0x1C, 0x1F, 0x21, 0x2F, 0x31,
+                0x33, 0x42, 0x46, 0x51, 0x5C,
             ],
             reports_vin: true,
             ecu_name: ("ECM".to_owned(), "EngineControl".to_owned()),
@@ -265,8 +275,17 @@ impl EcuConfig {
 
     /// Transmission control module: OBD-II live data (speed) and DTC services, no VIN.
     pub fn transmission(vin: Vin) -> EcuConfig {
-        let mut c = Self::base("transmission", vin, "0GC927711C", "TCM0098765432", "DQ381 7-speed");
-        c.dtcs = vec![Dtc::new(0x07_00_00, dtc_status::TEST_FAILED_SINCE_LAST_CLEAR)];
+        let mut c = Self::base(
+            "transmission",
+            vin,
+            "0GC927711C",
+            "TCM0098765432",
+            "DQ381 7-speed",
+        );
+        c.dtcs = vec![Dtc::new(
+            0x07_00_00,
+            dtc_status::TEST_FAILED_SINCE_LAST_CLEAR,
+        )];
         c.obd = Some(ObdConfig {
             pids: vec![0x01, 0x0D, 0x1C],
             reports_vin: false,
@@ -283,7 +302,10 @@ impl EcuConfig {
         use dtc_status::*;
         let mut c = Self::base("abs", vin, "5Q0907379AB", "ABS0055512345", "ESC MK100");
         // C0035 left front wheel speed sensor, circuit (failure type 0x31: no signal).
-        c.dtcs = vec![Dtc::new(0x40_35_31, TEST_FAILED | CONFIRMED | TEST_FAILED_SINCE_LAST_CLEAR)];
+        c.dtcs = vec![Dtc::new(
+            0x40_35_31,
+            TEST_FAILED | CONFIRMED | TEST_FAILED_SINCE_LAST_CLEAR,
+        )];
         c.flash.size = 1024 * 1024 + 64 * 1024;
         c.security.seed_salt ^= 0x03;
         c

@@ -18,7 +18,11 @@ const CRC_TABLE: [u32; 256] = {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
             k += 1;
         }
         table[i] = c;
@@ -131,7 +135,11 @@ impl Flash {
     }
 
     /// RoutineControl eraseMemory: erase `range` (or all of the memory).
-    pub(crate) fn erase(&mut self, cfg: &FlashConfig, range: Option<(u32, u32)>) -> Result<(), Nrc> {
+    pub(crate) fn erase(
+        &mut self,
+        cfg: &FlashConfig,
+        range: Option<(u32, u32)>,
+    ) -> Result<(), Nrc> {
         if self.active.is_some() {
             return Err(Nrc::CONDITIONS_NOT_CORRECT);
         }
@@ -144,7 +152,12 @@ impl Flash {
     }
 
     /// RequestDownload.
-    pub(crate) fn request_download(&mut self, cfg: &FlashConfig, address: u32, size: u32) -> Result<(), Nrc> {
+    pub(crate) fn request_download(
+        &mut self,
+        cfg: &FlashConfig,
+        address: u32,
+        size: u32,
+    ) -> Result<(), Nrc> {
         if self.active.is_some() {
             return Err(Nrc::CONDITIONS_NOT_CORRECT);
         }
@@ -168,7 +181,12 @@ impl Flash {
     }
 
     /// TransferData with `counter` and `data` (the request length was checked by the caller).
-    pub(crate) fn transfer(&mut self, cfg: &FlashConfig, counter: u8, data: &[u8]) -> Result<(), Nrc> {
+    pub(crate) fn transfer(
+        &mut self,
+        cfg: &FlashConfig,
+        counter: u8,
+        data: &[u8],
+    ) -> Result<(), Nrc> {
         let Some(d) = self.active.as_mut() else {
             return Err(Nrc::REQUEST_SEQUENCE_ERROR);
         };
@@ -244,14 +262,35 @@ mod tests {
             ..FlashConfig::default()
         };
         let mut f = Flash::default();
-        assert_eq!(f.erase(&cfg, Some((0x0FFF, 1))), Err(Nrc::REQUEST_OUT_OF_RANGE));
-        assert_eq!(f.erase(&cfg, Some((0x1FFF, 2))), Err(Nrc::REQUEST_OUT_OF_RANGE));
-        assert_eq!(f.erase(&cfg, Some((0x1000, 0))), Err(Nrc::REQUEST_OUT_OF_RANGE));
-        assert_eq!(f.erase(&cfg, Some((u32::MAX, u32::MAX))), Err(Nrc::REQUEST_OUT_OF_RANGE));
-        assert_eq!(f.request_download(&cfg, 0x1000, 16), Err(Nrc::UPLOAD_DOWNLOAD_NOT_ACCEPTED));
+        assert_eq!(
+            f.erase(&cfg, Some((0x0FFF, 1))),
+            Err(Nrc::REQUEST_OUT_OF_RANGE)
+        );
+        assert_eq!(
+            f.erase(&cfg, Some((0x1FFF, 2))),
+            Err(Nrc::REQUEST_OUT_OF_RANGE)
+        );
+        assert_eq!(
+            f.erase(&cfg, Some((0x1000, 0))),
+            Err(Nrc::REQUEST_OUT_OF_RANGE)
+        );
+        assert_eq!(
+            f.erase(&cfg, Some((u32::MAX, u32::MAX))),
+            Err(Nrc::REQUEST_OUT_OF_RANGE)
+        );
+        assert_eq!(
+            f.request_download(&cfg, 0x1000, 16),
+            Err(Nrc::UPLOAD_DOWNLOAD_NOT_ACCEPTED)
+        );
         assert_eq!(f.erase(&cfg, Some((0x1000, 0x100))), Ok(()));
-        assert_eq!(f.request_download(&cfg, 0x1000, 0x101), Err(Nrc::UPLOAD_DOWNLOAD_NOT_ACCEPTED));
+        assert_eq!(
+            f.request_download(&cfg, 0x1000, 0x101),
+            Err(Nrc::UPLOAD_DOWNLOAD_NOT_ACCEPTED)
+        );
         assert_eq!(f.request_download(&cfg, 0x1000, 0x100), Ok(()));
-        assert_eq!(f.request_download(&cfg, 0x1000, 0x100), Err(Nrc::CONDITIONS_NOT_CORRECT));
+        assert_eq!(
+            f.request_download(&cfg, 0x1000, 0x100),
+            Err(Nrc::CONDITIONS_NOT_CORRECT)
+        );
     }
 }

@@ -30,11 +30,13 @@ pub use flash::{Crc32, DownloadSummary, crc32};
 pub use obd::LiveData;
 pub use security::{KeyFn, default_key};
 pub use vehicle::{
-    DEFAULT_VIN, EcuAddress, EcuIndex, FUNCTIONAL_CAN_ID, FUNCTIONAL_DOIP_ADDRESS, Vehicle, VehicleConfig,
-    VehicleConfigError, VehicleDescription, VehicleEcu,
+    DEFAULT_VIN, EcuAddress, EcuIndex, FUNCTIONAL_CAN_ID, FUNCTIONAL_DOIP_ADDRESS, Vehicle,
+    VehicleConfig, VehicleConfigError, VehicleDescription, VehicleEcu,
 };
 
-use crate::vehicle::uds::{Nrc, SUPPRESS_POSITIVE_RESPONSE, Session, SessionTiming, negative_response};
+use crate::vehicle::uds::{
+    Nrc, SUPPRESS_POSITIVE_RESPONSE, Session, SessionTiming, negative_response,
+};
 use bytes::Bytes;
 use std::time::{Duration, Instant};
 
@@ -229,7 +231,10 @@ impl Ecu {
             {
                 let next = now + self.config.pending.repeat_every;
                 p.next_repeat = (next < p.final_at).then_some(next);
-                return Some(Bytes::copy_from_slice(&negative_response(p.sid, Nrc::RESPONSE_PENDING)));
+                return Some(Bytes::copy_from_slice(&negative_response(
+                    p.sid,
+                    Nrc::RESPONSE_PENDING,
+                )));
             }
             return None;
         }
@@ -292,7 +297,14 @@ impl Ecu {
         self.finish(sid, reply, functional, suppress, now)
     }
 
-    fn finish(&mut self, sid: u8, reply: Reply, functional: bool, suppress: bool, now: Instant) -> EcuAction {
+    fn finish(
+        &mut self,
+        sid: u8,
+        reply: Reply,
+        functional: bool,
+        suppress: bool,
+        now: Instant,
+    ) -> EcuAction {
         let reply = match reply {
             Reply::Positive(pdu) if pdu.len() > self.config.max_response_len => {
                 Reply::Negative(Nrc::RESPONSE_TOO_LONG)
@@ -311,9 +323,15 @@ impl Ecu {
                 if functional && suppressed_when_functional {
                     return EcuAction::None;
                 }
-                (negative_response(sid, nrc).to_vec(), self.config.pending.all_requests)
+                (
+                    negative_response(sid, nrc).to_vec(),
+                    self.config.pending.all_requests,
+                )
             }
-            Reply::Delayed(pdu, d) => (pdu, Some(d.max(self.config.pending.all_requests.unwrap_or_default()))),
+            Reply::Delayed(pdu, d) => (
+                pdu,
+                Some(d.max(self.config.pending.all_requests.unwrap_or_default())),
+            ),
         };
         match delay {
             None => EcuAction::Respond(Bytes::from(pdu)),
@@ -327,7 +345,10 @@ impl Ecu {
                     response: Bytes::from(pdu),
                 });
                 EcuAction::Pending {
-                    response: Bytes::copy_from_slice(&negative_response(sid, Nrc::RESPONSE_PENDING)),
+                    response: Bytes::copy_from_slice(&negative_response(
+                        sid,
+                        Nrc::RESPONSE_PENDING,
+                    )),
                     final_at,
                 }
             }
@@ -395,7 +416,9 @@ impl Ecu {
     fn ecu_reset(&mut self, rest: &[u8]) -> Reply {
         match rest {
             [] => Reply::Negative(Nrc::INCORRECT_MESSAGE_LENGTH_OR_INVALID_FORMAT),
-            [sub, ..] if !(1..=3).contains(&(sub & 0x7F)) => Reply::Negative(Nrc::SUB_FUNCTION_NOT_SUPPORTED),
+            [sub, ..] if !(1..=3).contains(&(sub & 0x7F)) => {
+                Reply::Negative(Nrc::SUB_FUNCTION_NOT_SUPPORTED)
+            }
             [sub] => {
                 self.enter_default_session();
                 Reply::Delayed(vec![0x51, sub & 0x7F], self.config.pending.ecu_reset)
@@ -407,7 +430,11 @@ impl Ecu {
     /// Clear DTCs matching `group` (all when `None`).
     pub(crate) fn clear_dtcs(&mut self, code: Option<u32>, now: Instant) {
         let avail = self.config.dtc_status_availability;
-        for d in self.dtcs.iter_mut().filter(|d| code.is_none_or(|c| c == d.code)) {
+        for d in self
+            .dtcs
+            .iter_mut()
+            .filter(|d| code.is_none_or(|c| c == d.code))
+        {
             d.status = dtc_status::AFTER_CLEAR & avail;
         }
         if code.is_none() {
@@ -460,7 +487,9 @@ impl Ecu {
                 }
                 Reply::Positive(out)
             }
-            [] | [0x01 | 0x02, ..] | [0x0A, ..] => Reply::Negative(Nrc::INCORRECT_MESSAGE_LENGTH_OR_INVALID_FORMAT),
+            [] | [0x01 | 0x02, ..] | [0x0A, ..] => {
+                Reply::Negative(Nrc::INCORRECT_MESSAGE_LENGTH_OR_INVALID_FORMAT)
+            }
             [_, ..] => Reply::Negative(Nrc::SUB_FUNCTION_NOT_SUPPORTED),
         }
     }
@@ -482,7 +511,10 @@ impl Ecu {
     }
 
     fn read_data_by_identifier(&self, rest: &[u8]) -> Reply {
-        if rest.is_empty() || rest.len() % 2 != 0 || rest.len() / 2 > self.config.max_dids_per_request {
+        if rest.is_empty()
+            || rest.len() % 2 != 0
+            || rest.len() / 2 > self.config.max_dids_per_request
+        {
             return Reply::Negative(Nrc::INCORRECT_MESSAGE_LENGTH_OR_INVALID_FORMAT);
         }
         let mut out = vec![0x62];
@@ -507,7 +539,11 @@ impl Ecu {
             return Reply::Negative(Nrc::INCORRECT_MESSAGE_LENGTH_OR_INVALID_FORMAT);
         };
         let sub = raw_sub & 0x7F;
-        let level = if sub % 2 == 1 { sub } else { sub.wrapping_sub(1) };
+        let level = if sub % 2 == 1 {
+            sub
+        } else {
+            sub.wrapping_sub(1)
+        };
         if sub == 0 || sub > 0x42 || !self.config.security.levels.contains(&level) {
             return Reply::Negative(Nrc::SUB_FUNCTION_NOT_SUPPORTED);
         }
@@ -576,7 +612,9 @@ impl Ecu {
     fn routine_control(&mut self, rest: &[u8]) -> Reply {
         let sub = match rest.first() {
             None => return Reply::Negative(Nrc::INCORRECT_MESSAGE_LENGTH_OR_INVALID_FORMAT),
-            Some(s) if !(1..=3).contains(&(s & 0x7F)) => return Reply::Negative(Nrc::SUB_FUNCTION_NOT_SUPPORTED),
+            Some(s) if !(1..=3).contains(&(s & 0x7F)) => {
+                return Reply::Negative(Nrc::SUB_FUNCTION_NOT_SUPPORTED);
+            }
             Some(s) => s & 0x7F,
         };
         let [_, hi, lo, options @ ..] = rest else {
@@ -586,10 +624,18 @@ impl Ecu {
         let head = |sub: u8| vec![0x71, sub, *hi, *lo];
         // Both routines exist only in the programming session ("routine not supported in the
         // active session" is requestOutOfRange).
-        if !matches!(rid, RID_ERASE_MEMORY | RID_CHECK_MEMORY) || self.session != Session::Programming {
+        if !matches!(rid, RID_ERASE_MEMORY | RID_CHECK_MEMORY)
+            || self.session != Session::Programming
+        {
             return Reply::Negative(Nrc::REQUEST_OUT_OF_RANGE);
         }
-        let stored = |r: &RoutineResults| if rid == RID_ERASE_MEMORY { r.erase.clone() } else { r.check.clone() };
+        let stored = |r: &RoutineResults| {
+            if rid == RID_ERASE_MEMORY {
+                r.erase.clone()
+            } else {
+                r.check.clone()
+            }
+        };
         match sub {
             0x02 => return Reply::Negative(Nrc::SUB_FUNCTION_NOT_SUPPORTED),
             0x03 => {
@@ -662,7 +708,10 @@ impl Ecu {
         if *dfi != 0x00 {
             return Reply::Negative(Nrc::REQUEST_OUT_OF_RANGE);
         }
-        if let Err(nrc) = self.flash.request_download(&self.config.flash, address, size) {
+        if let Err(nrc) = self
+            .flash
+            .request_download(&self.config.flash, address, size)
+        {
             return Reply::Negative(nrc);
         }
         let max = self.config.flash.max_block_length;

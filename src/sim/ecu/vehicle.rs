@@ -67,10 +67,19 @@ impl VehicleConfig {
         VehicleConfig {
             vin,
             ecus: vec![
-                (EcuAddress::can11(0x7E0, 0x7E8, 0x1000), EcuConfig::engine(vin)),
-                (EcuAddress::can11(0x7E1, 0x7E9, 0x1001), EcuConfig::transmission(vin)),
+                (
+                    EcuAddress::can11(0x7E0, 0x7E8, 0x1000),
+                    EcuConfig::engine(vin),
+                ),
+                (
+                    EcuAddress::can11(0x7E1, 0x7E9, 0x1001),
+                    EcuConfig::transmission(vin),
+                ),
                 (EcuAddress::can11(0x7E2, 0x7EA, 0x1002), EcuConfig::abs(vin)),
-                (EcuAddress::can11(0x740, 0x748, 0x1003), EcuConfig::body(vin)),
+                (
+                    EcuAddress::can11(0x740, 0x748, 0x1003),
+                    EcuConfig::body(vin),
+                ),
             ],
             functional_can: CanId::from_raw(u32::from(FUNCTIONAL_CAN_ID)),
             functional_doip: FUNCTIONAL_DOIP_ADDRESS,
@@ -204,17 +213,26 @@ impl Vehicle {
 
     /// The ECU named `name`.
     pub fn find_by_name(&self, name: &str) -> Option<EcuIndex> {
-        self.ecus.iter().position(|e| e.ecu.name() == name).map(EcuIndex)
+        self.ecus
+            .iter()
+            .position(|e| e.ecu.name() == name)
+            .map(EcuIndex)
     }
 
     /// The ECU whose physical request id is `id`.
     pub fn find_by_can_request(&self, id: CanId) -> Option<EcuIndex> {
-        self.ecus.iter().position(|e| e.address.can_request == id).map(EcuIndex)
+        self.ecus
+            .iter()
+            .position(|e| e.address.can_request == id)
+            .map(EcuIndex)
     }
 
     /// The ECU at DoIP logical address `address`.
     pub fn find_by_doip(&self, address: u16) -> Option<EcuIndex> {
-        self.ecus.iter().position(|e| e.address.doip == address).map(EcuIndex)
+        self.ecus
+            .iter()
+            .position(|e| e.address.doip == address)
+            .map(EcuIndex)
     }
 
     pub fn functional_can(&self) -> CanId {
@@ -235,7 +253,11 @@ impl Vehicle {
 
     /// A functionally addressed request: every ECU sees it; returns the ECUs that answer, in
     /// address order, with what they answer.
-    pub fn handle_functional(&mut self, request: &[u8], now: Instant) -> Vec<(EcuIndex, EcuAction)> {
+    pub fn handle_functional(
+        &mut self,
+        request: &[u8],
+        now: Instant,
+    ) -> Vec<(EcuIndex, EcuAction)> {
         self.ecus
             .iter_mut()
             .enumerate()
