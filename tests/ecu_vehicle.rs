@@ -99,7 +99,7 @@ fn config_errors() {
 
     let mut c = VehicleConfig::standard(vin);
     c.ecus[3].0 = EcuAddress::can11(0x7E1, 0x748, 0x1003);
-    let err = Vehicle::new(c, t).err().expect("duplicate CAN id");
+    let err = Vehicle::new(c, t).expect_err("duplicate CAN id");
     assert_eq!(
         err.to_string(),
         "ECUs \"transmission\" and \"body\" share the CAN id 0x7E1; every ECU needs its own"

@@ -752,11 +752,11 @@ impl fmt::Debug for HexBytes {
 ///
 /// A 0x78 response-pending here is reported as [`VinReadError::Unexpected`]: callers handle
 /// pending responses (by waiting P2*) before they call this.
-fn positive_data<'a>(
-    pdu: &'a [u8],
+fn positive_data(
+    pdu: &[u8],
     sid: ServiceId,
     source_kind: VinSource,
-) -> Result<&'a [u8], VinReadError> {
+) -> Result<&[u8], VinReadError> {
     let hex = || HexBytes(Bytes::copy_from_slice(pdu));
     match Response::parse(pdu) {
         Err(reason) => Err(VinReadError::MalformedResponse {

@@ -512,7 +512,7 @@ impl Ecu {
 
     fn read_data_by_identifier(&self, rest: &[u8]) -> Reply {
         if rest.is_empty()
-            || rest.len() % 2 != 0
+            || !rest.len().is_multiple_of(2)
             || rest.len() / 2 > self.config.max_dids_per_request
         {
             return Reply::Negative(Nrc::INCORRECT_MESSAGE_LENGTH_OR_INVALID_FORMAT);

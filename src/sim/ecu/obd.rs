@@ -149,7 +149,7 @@ fn u16_of(v: f64) -> [u8; 2] {
 
 /// Whether service 01 PID `pid` is supported by `obd` (bitmap PIDs follow from the data PIDs).
 fn pid_supported(obd: &ObdConfig, pid: u8) -> bool {
-    if pid % 0x20 == 0 {
+    if pid.is_multiple_of(0x20) {
         pid == 0 || obd.pids.iter().any(|&q| q > pid)
     } else {
         obd.pids.contains(&pid)
@@ -200,7 +200,7 @@ impl Ecu {
         let live = self.live_data(now);
         out.push(pid);
         match pid {
-            p if p % 0x20 == 0 => out.extend_from_slice(&bitmap(p, |q| {
+            p if p.is_multiple_of(0x20) => out.extend_from_slice(&bitmap(p, |q| {
                 u8::try_from(q).is_ok_and(|q| pid_supported(obd, q))
             })),
             0x01 => {
