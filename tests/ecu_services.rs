@@ -1046,3 +1046,28 @@ fn erase_not_required_when_configured() {
         &[0x74, 0x20, 0x0F, 0xFF],
     );
 }
+
+#[test]
+fn final_response_kept_when_a_request_comes_before_poll() {
+    let t = Instant::now();
+    let mut e = engine(t);
+    enter(&mut e, 0x02, t);
+    unlock(&mut e, 0x01, t);
+    assert!(matches!(
+        e.handle(&[0x31, 0x01, 0xFF, 0x00], false, t),
+        EcuAction::Pending { .. }
+    ));
+    // The transport handles a new slow request after the erase finished but before it polled.
+    let EcuAction::Pending { final_at, .. } = e.handle(&[0x11, 0x01], false, t + ms(1600)) else {
+        panic!("reset answers pending");
+    };
+    assert_eq!(final_at, t + ms(1800));
+    assert_eq!(e.poll_at(), Some(t + ms(1500)));
+    assert_eq!(
+        e.poll(t + ms(1600)).as_deref(),
+        Some(&[0x71, 0x01, 0xFF, 0x00, 0x00][..])
+    );
+    assert_eq!(e.poll_at(), Some(t + ms(1800)));
+    assert_eq!(e.poll(t + ms(1700)), None);
+    assert_eq!(e.poll(t + ms(1800)).as_deref(), Some(&[0x51, 0x01][..]));
+}

@@ -38,6 +38,7 @@ use crate::vehicle::uds::{
     Nrc, SUPPRESS_POSITIVE_RESPONSE, Session, SessionTiming, negative_response,
 };
 use bytes::Bytes;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use flash::Flash;
@@ -105,7 +106,15 @@ pub struct Ecu {
     flash: Flash,
     routines: RoutineResults,
     pending: Option<PendingOp>,
+    /// Final responses that fell due while the transport handed in a new request before
+    /// polling; [`Ecu::poll`] returns them first, oldest first. At most one is added per
+    /// request, and beyond [`READY_LIMIT`] the oldest is dropped.
+    ready: VecDeque<(Instant, Bytes)>,
 }
+
+/// Bound of [`Ecu`]'s queue of due-but-unpolled final responses (only reached by a transport
+/// that never polls).
+const READY_LIMIT: usize = 4;
 
 /// Services that have a sub-function byte (whose bit 7 is the suppress bit).
 fn has_suppressible_subfunction(sid: u8) -> bool {
@@ -147,6 +156,7 @@ impl Ecu {
             flash: Flash::default(),
             routines: RoutineResults::default(),
             pending: None,
+            ready: VecDeque::new(),
         }
     }
 
@@ -206,6 +216,9 @@ impl Ecu {
     /// When [`Ecu::poll`] next has work: a final or repeated pending response, or the S3
     /// session timeout.
     pub fn poll_at(&self) -> Option<Instant> {
+        if let Some((due, _)) = self.ready.front() {
+            return Some(*due);
+        }
         let pending = self
             .pending
             .as_ref()
@@ -220,6 +233,9 @@ impl Ecu {
     /// Advance to `now`: returns a response to send (a due final response, or a repeated
     /// 0x78), and applies the S3 timeout. Call until it returns `None`.
     pub fn poll(&mut self, now: Instant) -> Option<Bytes> {
+        if let Some((_, response)) = self.ready.pop_front() {
+            return Some(response);
+        }
         if let Some(p) = self.pending.as_mut() {
             if now >= p.final_at {
                 let done = self.pending.take()?;
@@ -269,6 +285,14 @@ impl Ecu {
         let Some((&sid, rest)) = request.split_first() else {
             return EcuAction::None;
         };
+        // A slow operation that finished before this request: keep its final response for
+        // poll, so starting another one cannot overwrite it.
+        if let Some(p) = self.pending.take_if(|p| now >= p.final_at) {
+            if self.ready.len() >= READY_LIMIT {
+                self.ready.pop_front();
+            }
+            self.ready.push_back((p.final_at, p.response));
+        }
         // Apply a session timeout the transport has not polled for yet.
         if self.pending.is_none()
             && let Some(deadline) = self.s3_deadline
@@ -276,7 +300,7 @@ impl Ecu {
         {
             self.enter_default_session();
         }
-        let busy = self.pending.as_ref().is_some_and(|p| now < p.final_at);
+        let busy = self.pending.is_some();
         let suppress = has_suppressible_subfunction(sid)
             && rest
                 .first()
