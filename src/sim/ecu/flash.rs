@@ -11,8 +11,10 @@ use crate::vehicle::uds::Nrc;
 
 use super::config::FlashConfig;
 
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
+/// Slicing-by-8 tables: `CRC_TABLES[0]` is the classic byte table, `CRC_TABLES[k][i]` the
+/// CRC of byte `i` followed by `k` zero bytes.
+const CRC_TABLES: [[u32; 256]; 8] = {
+    let mut t = [[0u32; 256]; 8];
     let mut i = 0;
     while i < 256 {
         let mut c = i as u32;
@@ -25,10 +27,20 @@ const CRC_TABLE: [u32; 256] = {
             };
             k += 1;
         }
-        table[i] = c;
+        t[0][i] = c;
         i += 1;
     }
-    table
+    let mut i = 0;
+    while i < 256 {
+        let mut k = 1;
+        while k < 8 {
+            let prev = t[k - 1][i];
+            t[k][i] = (prev >> 8) ^ t[0][(prev & 0xFF) as usize];
+            k += 1;
+        }
+        i += 1;
+    }
+    t
 };
 
 /// Running CRC-32 (reflected, polynomial 0x04C11DB7, init and final XOR 0xFFFFFFFF).
@@ -41,9 +53,26 @@ impl Crc32 {
     }
 
     pub fn update(&mut self, data: &[u8]) {
+        let t = &CRC_TABLES;
         let mut c = self.0;
-        for b in data {
-            c = CRC_TABLE[usize::from((c as u8) ^ b)] ^ (c >> 8);
+        let mut chunks = data.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            let lo = c ^ u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            let hi = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+            let idx = |v: u32, shift: u32| usize::from((v >> shift) as u8);
+            c = t[7][idx(lo, 0)]
+                ^ t[6][idx(lo, 8)]
+                ^ t[5][idx(lo, 16)]
+                ^ t[4][idx(lo, 24)]
+                ^ t[3][idx(hi, 0)]
+                ^ t[2][idx(hi, 8)]
+                ^ t[1][idx(hi, 16)]
+                ^ t[0][idx(hi, 24)];
+        }
+        for b in chunks.remainder() {
+            c = t[0][usize::from((c as u8) ^ b)] ^ (c >> 8);
         }
         self.0 = c;
     }
@@ -242,6 +271,33 @@ impl Flash {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bit-at-a-time reference, independent of the tables.
+    fn crc32_bitwise(data: &[u8]) -> u32 {
+        let mut c = 0xFFFF_FFFFu32;
+        for b in data {
+            c ^= u32::from(*b);
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    (c >> 1) ^ 0xEDB8_8320
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn sliced_crc_matches_bitwise(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100), split in 0usize..100) {
+            let mut c = Crc32::new();
+            let split = split.min(data.len());
+            c.update(&data[..split]);
+            c.update(&data[split..]);
+            proptest::prop_assert_eq!(c.finish(), crc32_bitwise(&data));
+        }
+    }
 
     #[test]
     fn crc32_check_value() {

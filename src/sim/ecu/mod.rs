@@ -518,20 +518,25 @@ impl Ecu {
         }
     }
 
-    fn did_data(&self, did: u16) -> Option<Vec<u8>> {
+    /// Append `did` and its data to `out`; `false` for a DID this ECU does not have.
+    fn append_did(&self, did: u16, out: &mut Vec<u8>) -> bool {
         use crate::vehicle::uds::*;
         let c = &self.config;
-        Some(match did {
-            DID_VIN => c.vin.as_bytes().to_vec(),
-            DID_ACTIVE_SESSION => vec![self.session.to_byte()],
-            DID_SPARE_PART_NUMBER => c.spare_part_number.as_bytes().to_vec(),
-            DID_SUPPLIER_ID => c.supplier.as_bytes().to_vec(),
-            DID_ECU_SERIAL => c.serial_number.as_bytes().to_vec(),
-            DID_HARDWARE_NUMBER => c.hardware_number.as_bytes().to_vec(),
-            DID_SOFTWARE_VERSION => c.software_version.as_bytes().to_vec(),
-            DID_SYSTEM_NAME => c.system_name.as_bytes().to_vec(),
-            _ => return None,
-        })
+        let session = [self.session.to_byte()];
+        let data: &[u8] = match did {
+            DID_VIN => c.vin.as_bytes(),
+            DID_ACTIVE_SESSION => &session,
+            DID_SPARE_PART_NUMBER => c.spare_part_number.as_bytes(),
+            DID_SUPPLIER_ID => c.supplier.as_bytes(),
+            DID_ECU_SERIAL => c.serial_number.as_bytes(),
+            DID_HARDWARE_NUMBER => c.hardware_number.as_bytes(),
+            DID_SOFTWARE_VERSION => c.software_version.as_bytes(),
+            DID_SYSTEM_NAME => c.system_name.as_bytes(),
+            _ => return false,
+        };
+        out.extend_from_slice(&did.to_be_bytes());
+        out.extend_from_slice(data);
+        true
     }
 
     fn read_data_by_identifier(&self, rest: &[u8]) -> Reply {
@@ -544,11 +549,8 @@ impl Ecu {
         let mut out = vec![0x62];
         let mut any = false;
         for pair in rest.chunks_exact(2) {
-            let did = u16::from_be_bytes([pair[0], pair[1]]);
-            if let Some(data) = self.did_data(did) {
-                out.extend_from_slice(pair);
-                out.extend_from_slice(&data);
-                any = true;
+            if let [hi, lo] = pair {
+                any |= self.append_did(u16::from_be_bytes([*hi, *lo]), &mut out);
             }
         }
         if any {

@@ -192,7 +192,7 @@ impl Ecu {
             .filter(|d| d.status & dtc_status::CONFIRMED != 0)
     }
 
-    /// The data bytes of service 01 PID `pid`, `None` when unsupported.
+    /// Append service 01 PID `pid` and its data to `out`; `false` when unsupported.
     fn pid_data(&self, obd: &ObdConfig, pid: u8, now: Instant, out: &mut Vec<u8>) -> bool {
         if !pid_supported(obd, pid) {
             return false;
@@ -246,7 +246,14 @@ impl Ecu {
 
     /// OBD-II services; `sid` is 0x01..=0x0A, `rest` the bytes after it.
     pub(super) fn obd_service(&mut self, sid: u8, rest: &[u8], now: Instant) -> Reply {
-        let Some(obd) = self.config.obd.clone() else {
+        if self.config.obd.is_some() && sid == 0x04 {
+            if !rest.is_empty() {
+                return Reply::Negative(Nrc::INCORRECT_MESSAGE_LENGTH_OR_INVALID_FORMAT);
+            }
+            self.clear_dtcs(None, now);
+            return Reply::Positive(vec![0x44]);
+        }
+        let Some(obd) = self.config.obd.as_ref() else {
             return Reply::Negative(Nrc::SERVICE_NOT_SUPPORTED);
         };
         match sid {
@@ -257,7 +264,7 @@ impl Ecu {
                 let mut out = vec![0x41];
                 let mut any = false;
                 for &pid in rest {
-                    any |= self.pid_data(&obd, pid, now, &mut out);
+                    any |= self.pid_data(obd, pid, now, &mut out);
                 }
                 if any {
                     Reply::Positive(out)
@@ -284,13 +291,6 @@ impl Ecu {
                     *count = n;
                 }
                 Reply::Positive(out)
-            }
-            0x04 => {
-                if !rest.is_empty() {
-                    return Reply::Negative(Nrc::INCORRECT_MESSAGE_LENGTH_OR_INVALID_FORMAT);
-                }
-                self.clear_dtcs(None, now);
-                Reply::Positive(vec![0x44])
             }
             0x09 => match rest {
                 [0x00] => {
