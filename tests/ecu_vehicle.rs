@@ -489,3 +489,51 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn vin_query_against_the_simulator() {
+    use obdgw::vehicle::uds::{VinQuery, VinReadError};
+    let t = Instant::now();
+    let timeout = Duration::from_secs(1);
+    let mut v = Vehicle::standard(DEFAULT_VIN, t);
+
+    // Functional OBD-II: the engine answers.
+    let mut q = VinQuery::obd("CAN 0x7DF", true, timeout, t);
+    let mut result = None;
+    for (_, action) in v.handle_functional(q.request(), t) {
+        if let Some(r) = q.on_response(respond(&action), t) {
+            result = Some(r);
+        }
+    }
+    assert_eq!(result.expect("answered").expect("vin"), DEFAULT_VIN);
+
+    // Physical OBD-II to the ABS: refused with the NRC name.
+    let mut q = VinQuery::obd("CAN 0x7E2", false, timeout, t);
+    let action = v.handle(EcuIndex(2), q.request(), t);
+    let err = q
+        .on_response(respond(&action), t)
+        .expect("done")
+        .expect_err("no OBD on ABS");
+    assert!(matches!(err, VinReadError::Negative { .. }));
+    assert!(
+        err.to_string().ends_with("NRC 0x11 serviceNotSupported"),
+        "{err}"
+    );
+
+    // UDS through an ECU that answers everything with 0x78 first.
+    let mut config = VehicleConfig::standard(DEFAULT_VIN);
+    config.ecus[0].1.pending.all_requests = Some(Duration::from_millis(1500));
+    let mut v = Vehicle::new(config, t).expect("valid plan");
+    let mut q = VinQuery::uds("DoIP 0x1000", false, timeout, t);
+    let EcuAction::Pending { response, final_at } = v.handle(EcuIndex(0), q.request(), t) else {
+        panic!("expected pending");
+    };
+    assert!(q.on_response(&response, t).is_none());
+    // Past the original 1 s timeout, still waiting thanks to P2*.
+    assert!(q.poll(t + timeout).is_none());
+    let (_, fin) = v.poll(final_at).expect("final response");
+    assert_eq!(
+        q.on_response(&fin, final_at).expect("done").expect("vin"),
+        DEFAULT_VIN
+    );
+}

@@ -5,7 +5,8 @@
 //! builders for what the box sends on its own (ReadDataByIdentifier, OBD-II service 09 PID 02,
 //! TesterPresent, DiagnosticSessionControl); VIN parsing and validation (from text, from a UDS
 //! 0xF190 answer, from an OBD-II mode 09 PID 02 answer); the error type for VIN reading; and a
-//! sans-IO tester-present keep-alive scheduler.
+//! sans-IO VIN query ([`VinQuery`]: one request, answers from one or many ECUs, 0x78, timeout)
+//! and a sans-IO tester-present keep-alive scheduler.
 //!
 //! Does not own: any transport (ISO-TP, DoIP) or timer; callers pass `now` and send the bytes
 //! these helpers build. The simulated ECUs (the *server* side of UDS) live in `crate::sim::ecu`.
@@ -854,6 +855,160 @@ fn vin_text(bytes: &[u8]) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
+// VIN query
+
+/// Sans-IO VIN read over any transport: one request, then any number of answers (a functional
+/// request reaches several ECUs), 0x78 response-pending handling and an overall timeout.
+///
+/// Send [`VinQuery::request`] once; feed every response PDU to [`VinQuery::on_response`] and
+/// call [`VinQuery::poll`] at [`VinQuery::poll_at`]. Each returns `Some(result)` exactly once,
+/// when the query is over: the first valid VIN wins. A physical query ends at its first answer
+/// (a refusal or a malformed VIN is the result); a functional query keeps listening to the
+/// other ECUs and reports the first refusal only if no ECU gives a VIN before the deadline.
+/// Responses to other services are ignored.
+#[derive(Debug)]
+pub struct VinQuery {
+    source: VinSource,
+    /// Where the request went, for the "no answer" message.
+    target: String,
+    functional: bool,
+    timeout: Duration,
+    /// When the query gives up; extended by P2* after each 0x78.
+    deadline: Instant,
+    p2_star: Duration,
+    /// The first refusal or malformed answer of a functional query.
+    first_error: Option<VinReadError>,
+    finished: bool,
+}
+
+impl VinQuery {
+    /// P2*server default: how long one 0x78 extends the wait.
+    pub const DEFAULT_P2_STAR: Duration = Duration::from_secs(5);
+
+    /// Read the VIN with UDS ReadDataByIdentifier 0xF190.
+    pub fn uds(
+        target: impl Into<String>,
+        functional: bool,
+        timeout: Duration,
+        now: Instant,
+    ) -> VinQuery {
+        Self::new(VinSource::UdsF190, target.into(), functional, timeout, now)
+    }
+
+    /// Read the VIN with OBD-II service 09 PID 02.
+    pub fn obd(
+        target: impl Into<String>,
+        functional: bool,
+        timeout: Duration,
+        now: Instant,
+    ) -> VinQuery {
+        Self::new(
+            VinSource::ObdMode09,
+            target.into(),
+            functional,
+            timeout,
+            now,
+        )
+    }
+
+    fn new(
+        source: VinSource,
+        target: String,
+        functional: bool,
+        timeout: Duration,
+        now: Instant,
+    ) -> VinQuery {
+        VinQuery {
+            source,
+            target,
+            functional,
+            timeout,
+            deadline: now + timeout,
+            p2_star: Self::DEFAULT_P2_STAR,
+            first_error: None,
+            finished: false,
+        }
+    }
+
+    /// Use the P2* the ECU announced (see [`SessionTiming`]).
+    pub fn with_p2_star(mut self, p2_star: Duration) -> VinQuery {
+        self.p2_star = p2_star;
+        self
+    }
+
+    /// The request PDU to send.
+    pub fn request(&self) -> &'static [u8] {
+        match self.source {
+            VinSource::ObdMode09 => &OBD_VIN_REQUEST,
+            VinSource::UdsF190 | VinSource::DoipAnnouncement => &READ_VIN_REQUEST,
+        }
+    }
+
+    fn sid(&self) -> ServiceId {
+        match self.source {
+            VinSource::ObdMode09 => ServiceId::OBD_VEHICLE_INFO,
+            VinSource::UdsF190 | VinSource::DoipAnnouncement => ServiceId::READ_DATA_BY_IDENTIFIER,
+        }
+    }
+
+    /// Whether a result was returned already.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// When [`VinQuery::poll`] must run (the deadline), until the query is over.
+    pub fn poll_at(&self) -> Option<Instant> {
+        (!self.finished).then_some(self.deadline)
+    }
+
+    /// One response PDU from the vehicle.
+    pub fn on_response(&mut self, pdu: &[u8], now: Instant) -> Option<Result<Vin, VinReadError>> {
+        if self.finished {
+            return None;
+        }
+        match Response::parse(pdu) {
+            // Not an answer to our request (a stray or late response to something else).
+            Ok(r) if r.sid() != self.sid() => return None,
+            Ok(Response::Pending { .. }) => {
+                self.deadline = self.deadline.max(now + self.p2_star);
+                return None;
+            }
+            _ => {}
+        }
+        let result = match self.source {
+            VinSource::ObdMode09 => parse_vin_from_obd(pdu),
+            VinSource::UdsF190 | VinSource::DoipAnnouncement => parse_vin_from_rdbi(pdu),
+        };
+        match result {
+            Err(e) if self.functional => {
+                self.first_error.get_or_insert(e);
+                None
+            }
+            result => {
+                self.finished = true;
+                Some(result)
+            }
+        }
+    }
+
+    /// Advance to `now`: at the deadline, the query ends with the first refusal of a
+    /// functional query, or with "no answer".
+    pub fn poll(&mut self, now: Instant) -> Option<Result<Vin, VinReadError>> {
+        if self.finished || now < self.deadline {
+            return None;
+        }
+        self.finished = true;
+        Some(Err(self.first_error.take().unwrap_or_else(|| {
+            VinReadError::NoAnswer {
+                source_kind: self.source,
+                target: self.target.clone(),
+                timeout: self.timeout,
+            }
+        })))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Tester-present keep-alive
 
 /// Sans-IO scheduler for the tester-present keep-alive (`3E 80`).
@@ -1287,6 +1442,88 @@ mod tests {
             err.to_string(),
             "no answer to OBD-II service 09 PID 02 from CAN 0x7DF on can0 within 2s: check the connection to the vehicle, the ignition, and the addresses"
         );
+    }
+
+    #[test]
+    fn vin_query_physical() {
+        let t = Instant::now();
+        let timeout = Duration::from_secs(1);
+        let mut good = vec![0x62, 0xF1, 0x90];
+        good.extend_from_slice(GOOD_NA.as_bytes());
+
+        let mut q = VinQuery::uds("DoIP 0x1000", false, timeout, t);
+        assert_eq!(q.request(), &[0x22, 0xF1, 0x90]);
+        assert_eq!(q.poll_at(), Some(t + timeout));
+        // A stray answer to another service is ignored.
+        assert!(q.on_response(&[0x7E, 0x00], t).is_none());
+        let vin = q.on_response(&good, t).expect("done").expect("vin");
+        assert_eq!(vin.as_str(), GOOD_NA);
+        assert!(q.is_finished());
+        assert_eq!(q.poll_at(), None);
+        assert!(q.on_response(&good, t).is_none());
+        assert!(q.poll(t + timeout).is_none());
+
+        // Physical refusal ends the query with the NRC name.
+        let mut q = VinQuery::uds("DoIP 0x1000", false, timeout, t);
+        let err = q
+            .on_response(&[0x7F, 0x22, 0x31], t)
+            .expect("done")
+            .expect_err("refused");
+        assert!(
+            err.to_string().ends_with("NRC 0x31 requestOutOfRange"),
+            "{err}"
+        );
+
+        // 0x78 extends the deadline by P2*.
+        let mut q = VinQuery::uds("x", false, timeout, t).with_p2_star(Duration::from_secs(3));
+        assert!(
+            q.on_response(&[0x7F, 0x22, 0x78], t + Duration::from_millis(500))
+                .is_none()
+        );
+        assert_eq!(q.poll_at(), Some(t + Duration::from_millis(3500)));
+        assert!(q.poll(t + Duration::from_millis(3499)).is_none());
+        assert!(
+            q.on_response(&good, t + Duration::from_millis(3000))
+                .expect("done")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn vin_query_functional_and_timeouts() {
+        let t = Instant::now();
+        let timeout = Duration::from_millis(500);
+        let mut good = vec![0x49, 0x02, 0x01];
+        good.extend_from_slice(GOOD_NA.as_bytes());
+
+        // One ECU refuses, another answers: the VIN wins.
+        let mut q = VinQuery::obd("CAN 0x7DF", true, timeout, t);
+        assert_eq!(q.request(), &[0x09, 0x02]);
+        assert!(q.on_response(&[0x7F, 0x09, 0x22], t).is_none());
+        assert!(q.on_response(&[0x49, 0x02, 0x01, b'X'], t).is_none());
+        assert!(q.on_response(&good, t).expect("done").is_ok());
+
+        // Only a refusal: reported at the deadline.
+        let mut q = VinQuery::obd("CAN 0x7DF", true, timeout, t);
+        assert!(q.on_response(&[0x7F, 0x09, 0x22], t).is_none());
+        assert!(q.poll(t + Duration::from_millis(499)).is_none());
+        let err = q.poll(t + timeout).expect("done").expect_err("refused");
+        assert!(matches!(
+            err,
+            VinReadError::Negative {
+                nrc: Nrc::CONDITIONS_NOT_CORRECT,
+                ..
+            }
+        ));
+
+        // Silence.
+        let mut q = VinQuery::obd("CAN 0x7DF on vcan0", true, timeout, t);
+        let err = q.poll(t + timeout).expect("done").expect_err("silence");
+        assert_eq!(
+            err.to_string(),
+            "no answer to OBD-II service 09 PID 02 from CAN 0x7DF on vcan0 within 500ms: check the connection to the vehicle, the ignition, and the addresses"
+        );
+        assert!(q.poll(t + timeout).is_none());
     }
 
     #[test]
