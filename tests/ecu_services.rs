@@ -748,72 +748,38 @@ fn routine_control_negative() {
         Nrc::REQUEST_OUT_OF_RANGE,
     );
     enter(&mut e, 0x02, t);
-    expect_nrc(
-        &mut e,
-        &[0x31, 0x01, 0xFF, 0x00],
-        t,
-        Nrc::SECURITY_ACCESS_DENIED,
-    );
-    expect_nrc(
-        &mut e,
-        &[0x31, 0x01, 0x12, 0x34],
-        t,
-        Nrc::REQUEST_OUT_OF_RANGE,
-    );
+    let locked: &[(&[u8], Nrc)] = &[
+        (&[0x31, 0x01, 0xFF, 0x00], Nrc::SECURITY_ACCESS_DENIED),
+        (&[0x31, 0x01, 0x12, 0x34], Nrc::REQUEST_OUT_OF_RANGE),
+        (&[0x31, 0x04, 0xFF, 0x00], Nrc::SUB_FUNCTION_NOT_SUPPORTED),
+        (&[0x31, 0x00, 0xFF, 0x00], Nrc::SUB_FUNCTION_NOT_SUPPORTED),
+        (&[0x31, 0x02, 0xFF, 0x00], Nrc::SUB_FUNCTION_NOT_SUPPORTED),
+        (&[0x31, 0x01, 0xFF], e13),
+        (&[0x31], e13),
+    ];
+    for (req, nrc) in locked {
+        expect_nrc(&mut e, req, t, *nrc);
+    }
     expect_silent(&mut e, &[0x31, 0x01, 0x12, 0x34], true, t);
-    expect_nrc(
-        &mut e,
-        &[0x31, 0x04, 0xFF, 0x00],
-        t,
-        Nrc::SUB_FUNCTION_NOT_SUPPORTED,
-    );
-    expect_nrc(
-        &mut e,
-        &[0x31, 0x00, 0xFF, 0x00],
-        t,
-        Nrc::SUB_FUNCTION_NOT_SUPPORTED,
-    );
-    expect_nrc(
-        &mut e,
-        &[0x31, 0x02, 0xFF, 0x00],
-        t,
-        Nrc::SUB_FUNCTION_NOT_SUPPORTED,
-    );
-    expect_nrc(&mut e, &[0x31, 0x01, 0xFF], t, e13);
-    expect_nrc(&mut e, &[0x31], t, e13);
     unlock(&mut e, 0x01, t);
-    // Bad ALFID, wrong option length, range outside the 4 MiB flash.
-    expect_nrc(
-        &mut e,
-        &[0x31, 0x01, 0xFF, 0x00, 0x50, 0, 0, 0, 0, 0],
-        t,
-        Nrc::REQUEST_OUT_OF_RANGE,
-    );
-    expect_nrc(
-        &mut e,
-        &[0x31, 0x01, 0xFF, 0x00, 0x44, 0, 0, 0, 0, 0, 0x10, 0],
-        t,
-        e13,
-    );
-    expect_nrc(
-        &mut e,
-        &[0x31, 0x01, 0xFF, 0x00, 0x44, 0, 0x40, 0, 0, 0, 0, 0, 1],
-        t,
-        Nrc::REQUEST_OUT_OF_RANGE,
-    );
-    // Check routine before any download.
-    expect_nrc(
-        &mut e,
-        &[0x31, 0x01, 0x02, 0x02],
-        t,
-        Nrc::REQUEST_SEQUENCE_ERROR,
-    );
-    expect_nrc(
-        &mut e,
-        &[0x31, 0x03, 0x02, 0x02],
-        t,
-        Nrc::REQUEST_SEQUENCE_ERROR,
-    );
+    let unlocked: &[(&[u8], Nrc)] = &[
+        // Bad ALFID, wrong option length, range outside the 4 MiB flash.
+        (
+            &[0x31, 0x01, 0xFF, 0x00, 0x50, 0, 0, 0, 0, 0],
+            Nrc::REQUEST_OUT_OF_RANGE,
+        ),
+        (&[0x31, 0x01, 0xFF, 0x00, 0x44, 0, 0, 0, 0, 0, 0x10, 0], e13),
+        (
+            &[0x31, 0x01, 0xFF, 0x00, 0x44, 0, 0x40, 0, 0, 0, 0, 0, 1],
+            Nrc::REQUEST_OUT_OF_RANGE,
+        ),
+        // Check routine before any download.
+        (&[0x31, 0x01, 0x02, 0x02], Nrc::REQUEST_SEQUENCE_ERROR),
+        (&[0x31, 0x03, 0x02, 0x02], Nrc::REQUEST_SEQUENCE_ERROR),
+    ];
+    for (req, nrc) in unlocked {
+        expect_nrc(&mut e, req, t, *nrc);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
