@@ -314,9 +314,8 @@ impl Ecu {
                 Nrc::BUSY_REPEAT_REQUEST,
             )));
         }
-        self.restart_s3(now);
         let reply = self.dispatch(sid, rest, now);
-        // A session change inside dispatch sets its own S3 deadline; restart from now.
+        // Any request restarts S3 (in the session the request left the ECU in).
         self.restart_s3(now);
         self.finish(sid, reply, functional, suppress, now)
     }
@@ -395,7 +394,7 @@ impl Ecu {
         }
         match sid {
             0x01..=0x0A => self.obd_service(sid, rest, now),
-            0x10 => self.session_control(rest, now),
+            0x10 => self.session_control(rest),
             0x11 => self.ecu_reset(rest),
             0x14 => self.clear_diagnostic_information(rest, now),
             0x19 => self.read_dtc_information(rest),
@@ -412,7 +411,7 @@ impl Ecu {
         }
     }
 
-    fn session_control(&mut self, rest: &[u8], now: Instant) -> Reply {
+    fn session_control(&mut self, rest: &[u8]) -> Reply {
         let [sub] = rest else {
             return Reply::Negative(Nrc::INCORRECT_MESSAGE_LENGTH_OR_INVALID_FORMAT);
         };
@@ -427,7 +426,6 @@ impl Ecu {
             self.flash.abort();
             self.session = session;
         }
-        self.restart_s3(now);
         let timing = SessionTiming {
             p2: self.config.timing.p2,
             p2_star: self.config.timing.p2_star,

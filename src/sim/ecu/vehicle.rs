@@ -35,7 +35,7 @@ pub struct EcuAddress {
 }
 
 impl EcuAddress {
-    /// Standard 11-bit ids. Panics never: ids above 0x7FF are masked to 11 bits.
+    /// Standard 11-bit ids (values above 0x7FF are masked to 11 bits).
     pub fn can11(request: u16, response: u16, doip: u16) -> EcuAddress {
         EcuAddress {
             can_request: CanId::from_raw(u32::from(request & 0x7FF)),
