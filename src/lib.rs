@@ -8,5 +8,6 @@ pub mod daemon;
 pub mod logging;
 pub mod operator;
 pub mod router;
+pub mod sim;
 pub mod vehicle;
 pub mod wire;
