@@ -8,3 +8,4 @@ pub mod daemon;
 pub mod logging;
 pub mod router;
 pub mod vehicle;
+pub mod wire;

@@ -5,3 +5,4 @@
 //! tunnel.
 
 pub mod can;
+pub mod doip;

@@ -1,0 +1,7 @@
+//! DoIP (ISO 13400-2) on the vehicle side: the tester (client) and a reusable entity (server).
+//!
+//! Owns: vehicle discovery, the client connection state machine and its tokio driver, the
+//! entity (UDP identification, TCP routing activation, diagnostic message dispatch).
+//!
+//! Does not own: byte layouts (`crate::wire::doip`), UDS semantics beyond "0x7F xx 0x78 means
+//! response pending", nor what the ECUs behind an entity answer (a [`entity::DiagHandler`]).
