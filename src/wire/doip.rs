@@ -315,6 +315,9 @@ pub enum Error {
     /// The payload is longer than the configured maximum.
     #[error("DoIP payload of {len} bytes exceeds the maximum of {max} bytes")]
     TooLarge { len: u32, max: u32 },
+    /// The payload fits the maximum but the receiver has no buffer space for it now.
+    #[error("no buffer space for a DoIP payload of {len} bytes ({available} available)")]
+    OutOfMemory { len: u32, available: u32 },
     /// The payload length is impossible for the payload type.
     #[error("invalid payload length {len} for DoIP payload type 0x{payload_type:04X}")]
     InvalidLength { payload_type: u16, len: u32 },
@@ -330,6 +333,7 @@ impl Error {
             Error::IncorrectPattern { .. } => Some(NackCode::INCORRECT_PATTERN),
             Error::UnknownPayloadType(_) => Some(NackCode::UNKNOWN_PAYLOAD_TYPE),
             Error::TooLarge { .. } => Some(NackCode::MESSAGE_TOO_LARGE),
+            Error::OutOfMemory { .. } => Some(NackCode::OUT_OF_MEMORY),
             Error::InvalidLength { .. } | Error::TrailingBytes { .. } => {
                 Some(NackCode::INVALID_PAYLOAD_LENGTH)
             }
@@ -968,6 +972,17 @@ impl DoipCodec {
 
     /// Decode one message from `src`; `Ok(None)` means "need more bytes".
     pub fn decode_frame(&mut self, src: &mut BytesMut) -> Result<Option<Decoded>, Error> {
+        self.decode_frame_within(src, u32::MAX)
+    }
+
+    /// Like [`DoipCodec::decode_frame`], with the receiver's free buffer space: a message
+    /// that fits the maximum but not `available` is rejected as out of memory (generic NACK
+    /// 0x03) on its header alone and skipped. Messages without payload are never refused.
+    pub fn decode_frame_within(
+        &mut self,
+        src: &mut BytesMut,
+        available: u32,
+    ) -> Result<Option<Decoded>, Error> {
         if self.skip > 0 {
             let n = usize::try_from(self.skip).unwrap_or(usize::MAX).min(src.len());
             src.advance(n);
@@ -982,12 +997,26 @@ impl DoipCodec {
                 if src.len() < HEADER_LEN {
                     return Ok(None);
                 }
-                match HeaderRepr::parse(src, self.max_payload) {
+                let parsed = HeaderRepr::parse(src, self.max_payload).and_then(|h| {
+                    if h.payload_length > available {
+                        Err(Error::OutOfMemory {
+                            len: h.payload_length,
+                            available,
+                        })
+                    } else {
+                        Ok(h)
+                    }
+                });
+                match parsed {
                     Ok(h) => {
                         self.current = Some(h);
                         h
                     }
-                    Err(error @ (Error::UnknownPayloadType(_) | Error::TooLarge { .. })) => {
+                    Err(
+                        error @ (Error::UnknownPayloadType(_)
+                        | Error::TooLarge { .. }
+                        | Error::OutOfMemory { .. }),
+                    ) => {
                         let p = Packet::new_unchecked(&src[..HEADER_LEN]);
                         let version = p.version();
                         self.skip = u64::from(p.payload_length());

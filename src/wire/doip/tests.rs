@@ -622,3 +622,28 @@ proptest! {
         let _ = codec.decode_frame(&mut buf);
     }
 }
+
+#[test]
+fn out_of_memory_is_rejected_on_the_header_and_skipped() {
+    let mut codec = DoipCodec::new(1000);
+    let mut buf = BytesMut::from(&hex("02FD 8001 00000008 0E00 1001 01020304 02FD 0007 00000000")[..]);
+    assert_eq!(
+        codec.decode_frame_within(&mut buf, 7).unwrap(),
+        Some(Decoded::Rejected {
+            version: 2,
+            error: Error::OutOfMemory { len: 8, available: 7 }
+        })
+    );
+    assert_eq!(
+        Error::OutOfMemory { len: 8, available: 7 }.nack_code(),
+        Some(NackCode::OUT_OF_MEMORY)
+    );
+    // a zero-length message is never refused for memory
+    assert_eq!(
+        codec.decode_frame_within(&mut buf, 0).unwrap(),
+        Some(Decoded::Message(Message {
+            version: 2,
+            repr: Repr::AliveCheckRequest
+        }))
+    );
+}
