@@ -202,6 +202,17 @@ pub trait DiagHandler: Send + Sync + 'static {
     fn handle(&self, request: DiagRequest, replies: Replies) -> impl Future<Output = ()> + Send;
 }
 
+/// A shared handler is a handler (so the caller can keep a reference to it).
+impl<H: DiagHandler> DiagHandler for Arc<H> {
+    fn reachable(&self, target: u16) -> bool {
+        (**self).reachable(target)
+    }
+
+    fn handle(&self, request: DiagRequest, replies: Replies) -> impl Future<Output = ()> + Send {
+        (**self).handle(request, replies)
+    }
+}
+
 /// A [`DiagHandler`] from a closure: `FnHandler(|req, replies| async move { ... })`.
 pub struct FnHandler<F>(pub F);
 
