@@ -7,9 +7,7 @@ use bytes::Bytes;
 use doip_common::*;
 use obdgw::vehicle::doip::discovery::{self, IdentificationRequest};
 use obdgw::vehicle::doip::{ClientError, Connection, DoipClient, DoipClientConfig};
-use obdgw::wire::doip::{
-    DiagNackCode, NackCode, PowerMode, Repr, RoutingActivationCode, version,
-};
+use obdgw::wire::doip::{DiagNackCode, NackCode, PowerMode, Repr, RoutingActivationCode, version};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -26,8 +24,14 @@ async fn client_reads_vin_and_talks_to_two_targets_over_one_connection() {
         .unwrap();
     assert_eq!(&vin[..3], &[0x62, 0xF1, 0x90]);
     assert_eq!(&vin[3..], VIN);
-    let a = conn.request(ECU1, Bytes::from_static(&[0x10, 0x03])).await.unwrap();
-    let b = conn.request(ECU2, Bytes::from_static(&[0x10, 0x03])).await.unwrap();
+    let a = conn
+        .request(ECU1, Bytes::from_static(&[0x10, 0x03]))
+        .await
+        .unwrap();
+    let b = conn
+        .request(ECU2, Bytes::from_static(&[0x10, 0x03]))
+        .await
+        .unwrap();
     assert_eq!(&a[..], &[0x10, 0x03, 0x01]);
     assert_eq!(&b[..], &[0x10, 0x03, 0x02]);
     // concurrent requests to both targets over the one connection
@@ -38,7 +42,9 @@ async fn client_reads_vin_and_talks_to_two_targets_over_one_connection() {
     assert_eq!(&x.unwrap()[..], &[0x3E, 0x00, 0x01]);
     assert_eq!(&y.unwrap()[..], &[0x3E, 0x00, 0x02]);
     // suppress-positive-response: only the DoIP ack
-    conn.send(ECU1, Bytes::from_static(&[0x3E, 0x80])).await.unwrap();
+    conn.send(ECU1, Bytes::from_static(&[0x3E, 0x80]))
+        .await
+        .unwrap();
     assert_eq!(e.entity.connections().len(), 1);
     assert_eq!(e.entity.connections()[0].tester, Some(TESTER));
 }
@@ -47,10 +53,16 @@ async fn client_reads_vin_and_talks_to_two_targets_over_one_connection() {
 async fn tcp_nodelay_is_set_on_both_ends() {
     let e = start_entity(entity_config()).await;
     let conn = Connection::open(e.tcp, client_config()).await.unwrap();
-    assert!(conn.nodelay(), "client socket: TCP_NODELAY read back with getsockopt");
+    assert!(
+        conn.nodelay(),
+        "client socket: TCP_NODELAY read back with getsockopt"
+    );
     let conns = e.entity.connections();
     assert_eq!(conns.len(), 1);
-    assert!(conns[0].nodelay, "entity socket: TCP_NODELAY read back with getsockopt");
+    assert!(
+        conns[0].nodelay,
+        "entity socket: TCP_NODELAY read back with getsockopt"
+    );
     assert_eq!(conns[0].peer, conn.local_addr());
 }
 
@@ -114,7 +126,10 @@ async fn silent_ecu_times_out_and_connection_survives() {
     );
     e.handler.release.notify_one();
     // ECU2 is independent; ECU1 works again once the handler is free
-    let r = conn.request(ECU2, Bytes::from_static(&[0x10, 0x01])).await.unwrap();
+    let r = conn
+        .request(ECU2, Bytes::from_static(&[0x10, 0x01]))
+        .await
+        .unwrap();
     assert_eq!(&r[..], &[0x10, 0x01, 0x02]);
 }
 
@@ -154,12 +169,17 @@ async fn silent_peer_after_activation_ack_times_out() {
             reserved: 0,
             oem: None,
         };
-        tokio::io::AsyncWriteExt::write_all(&mut t.0, &resp.to_bytes(2)).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut t.0, &resp.to_bytes(2))
+            .await
+            .unwrap();
         let mut sink = Vec::new();
         let _ = t.0.read_to_end(&mut sink).await;
     });
     let conn = Connection::open(addr, client_config()).await.unwrap();
-    let err = conn.request(ECU1, Bytes::from_static(&[0x3E, 0x00])).await.unwrap_err();
+    let err = conn
+        .request(ECU1, Bytes::from_static(&[0x3E, 0x00]))
+        .await
+        .unwrap_err();
     assert_eq!(
         err,
         ClientError::AckTimeout {
@@ -186,7 +206,9 @@ async fn peer_closing_mid_message_fails_requests() {
             reserved: 0,
             oem: None,
         };
-        tokio::io::AsyncWriteExt::write_all(&mut s, &resp.to_bytes(2)).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, &resp.to_bytes(2))
+            .await
+            .unwrap();
         let mut req = [0u8; 14];
         s.read_exact(&mut req).await.unwrap();
         // half of an acknowledgement, then close
@@ -195,7 +217,10 @@ async fn peer_closing_mid_message_fails_requests() {
             .unwrap();
     });
     let conn = Connection::open(addr, client_config()).await.unwrap();
-    let err = conn.request(ECU1, Bytes::from_static(&[0x3E, 0x00])).await.unwrap_err();
+    let err = conn
+        .request(ECU1, Bytes::from_static(&[0x3E, 0x00]))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClientError::Closed(_)), "{err:?}");
     assert!(err.to_string().contains("closed"), "{err}");
 }
@@ -234,7 +259,11 @@ async fn routing_activation_refusals_are_named() {
     );
     // the entity keeps serving
     let conn = Connection::open(e.tcp, client_config()).await.unwrap();
-    assert!(conn.request(ECU1, Bytes::from_static(&[0x3E, 0x00])).await.is_ok());
+    assert!(
+        conn.request(ECU1, Bytes::from_static(&[0x3E, 0x00]))
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -250,7 +279,12 @@ async fn same_tester_on_second_socket_is_refused_while_first_is_alive() {
             tester: TESTER
         }
     );
-    assert!(first.request(ECU1, Bytes::from_static(&[0x3E, 0x00])).await.is_ok());
+    assert!(
+        first
+            .request(ECU1, Bytes::from_static(&[0x3E, 0x00]))
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -268,7 +302,11 @@ async fn same_tester_takes_over_a_dead_socket() {
         }
     ));
     let conn = Connection::open(e.tcp, client_config()).await.unwrap();
-    assert!(conn.request(ECU1, Bytes::from_static(&[0x3E, 0x00])).await.is_ok());
+    assert!(
+        conn.request(ECU1, Bytes::from_static(&[0x3E, 0x00]))
+            .await
+            .is_ok()
+    );
     // the dead socket got an alive check request and was then closed
     assert_eq!(dead.recv().await, Some(Repr::AliveCheckRequest));
     assert_eq!(dead.recv().await, None);
@@ -295,7 +333,12 @@ async fn all_sockets_active_is_refused() {
             tester: 0x0E01
         }
     );
-    assert!(first.request(ECU1, Bytes::from_static(&[0x3E, 0x00])).await.is_ok());
+    assert!(
+        first
+            .request(ECU1, Bytes::from_static(&[0x3E, 0x00]))
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -327,7 +370,10 @@ async fn second_activation_with_other_source_on_same_socket_is_refused() {
 async fn diagnostic_nacks_unknown_target_too_large_unreachable() {
     let e = start_entity(entity_config()).await;
     let conn = Connection::open(e.tcp, client_config()).await.unwrap();
-    let err = conn.request(0x2222, Bytes::from_static(&[0x3E, 0x00])).await.unwrap_err();
+    let err = conn
+        .request(0x2222, Bytes::from_static(&[0x3E, 0x00]))
+        .await
+        .unwrap_err();
     assert_eq!(
         err,
         ClientError::DiagNack {
@@ -344,7 +390,10 @@ async fn diagnostic_nacks_unknown_target_too_large_unreachable() {
             code: DiagNackCode::MESSAGE_TOO_LARGE
         }
     );
-    let err = conn.request(ECU_OFF, Bytes::from_static(&[0x3E, 0x00])).await.unwrap_err();
+    let err = conn
+        .request(ECU_OFF, Bytes::from_static(&[0x3E, 0x00]))
+        .await
+        .unwrap_err();
     assert_eq!(
         err,
         ClientError::DiagNack {
@@ -357,7 +406,10 @@ async fn diagnostic_nacks_unknown_target_too_large_unreachable() {
         "diagnostic message to 0x10FF refused: target unreachable (DoIP diagnostic NACK 0x06)"
     );
     // the largest accepted request still works on the same connection
-    let ok = conn.request(ECU1, Bytes::from(vec![0x36; 4096])).await.unwrap();
+    let ok = conn
+        .request(ECU1, Bytes::from(vec![0x36; 4096]))
+        .await
+        .unwrap();
     assert_eq!(ok.len(), 4097);
 }
 
@@ -422,7 +474,10 @@ async fn handler_queue_full_is_out_of_memory() {
         .to_bytes(2),
     );
     t.send_raw(&both).await;
-    assert!(matches!(t.recv().await, Some(Repr::DiagnosticAck { source: ECU1, .. })));
+    assert!(matches!(
+        t.recv().await,
+        Some(Repr::DiagnosticAck { source: ECU1, .. })
+    ));
     assert_eq!(
         t.recv().await,
         Some(Repr::DiagnosticNack {
@@ -441,7 +496,10 @@ async fn handler_queue_full_is_out_of_memory() {
     })
     .await;
     assert!(matches!(t.recv().await, Some(Repr::DiagnosticAck { .. })));
-    assert!(matches!(t.recv().await, Some(Repr::DiagnosticMessage { source: ECU2, .. })));
+    assert!(matches!(
+        t.recv().await,
+        Some(Repr::DiagnosticMessage { source: ECU2, .. })
+    ));
 }
 
 #[tokio::test]
@@ -452,25 +510,43 @@ async fn generic_nacks_and_closing_rules() {
 
     // wrong protocol version: NACK 0x00, socket closed
     let mut t = RawTester::connect(e.tcp).await;
-    t.send_raw(&hex("04FB 0005 00000007 0E00 00 00000000")).await;
-    assert_eq!(t.recv().await, Some(Repr::GenericNack(NackCode::INCORRECT_PATTERN)));
+    t.send_raw(&hex("04FB 0005 00000007 0E00 00 00000000"))
+        .await;
+    assert_eq!(
+        t.recv().await,
+        Some(Repr::GenericNack(NackCode::INCORRECT_PATTERN))
+    );
     assert_eq!(t.recv().await, None);
 
     // inverse byte wrong: same
     let mut t = RawTester::connect(e.tcp).await;
-    t.send_raw(&hex("0200 0005 00000007 0E00 00 00000000")).await;
-    assert_eq!(t.recv().await, Some(Repr::GenericNack(NackCode::INCORRECT_PATTERN)));
+    t.send_raw(&hex("0200 0005 00000007 0E00 00 00000000"))
+        .await;
+    assert_eq!(
+        t.recv().await,
+        Some(Repr::GenericNack(NackCode::INCORRECT_PATTERN))
+    );
     assert_eq!(t.recv().await, None);
 
     // unknown payload type: NACK 0x01, payload skipped, socket stays open
     let mut t = RawTester::connect(e.tcp).await;
-    t.send_raw(&hex("02FD 7777 00000003 AABBCC 02FD 4003 00000000")).await;
-    assert_eq!(t.recv().await, Some(Repr::GenericNack(NackCode::UNKNOWN_PAYLOAD_TYPE)));
-    assert_eq!(t.recv().await, Some(Repr::PowerModeResponse(PowerMode::READY)));
+    t.send_raw(&hex("02FD 7777 00000003 AABBCC 02FD 4003 00000000"))
+        .await;
+    assert_eq!(
+        t.recv().await,
+        Some(Repr::GenericNack(NackCode::UNKNOWN_PAYLOAD_TYPE))
+    );
+    assert_eq!(
+        t.recv().await,
+        Some(Repr::PowerModeResponse(PowerMode::READY))
+    );
 
     // oversize: NACK 0x02 on the header alone (no payload sent yet), socket stays open
     t.send_raw(&hex("02FD 8001 00100000")).await;
-    assert_eq!(t.recv().await, Some(Repr::GenericNack(NackCode::MESSAGE_TOO_LARGE)));
+    assert_eq!(
+        t.recv().await,
+        Some(Repr::GenericNack(NackCode::MESSAGE_TOO_LARGE))
+    );
     // the payload that follows is skipped, then the stream continues
     t.send_raw(&vec![0u8; 0x10_0000]).await;
     t.send(Repr::EntityStatusRequest).await;
@@ -491,13 +567,22 @@ async fn generic_nacks_and_closing_rules() {
         data: Bytes::from(vec![0x36; 200]),
     })
     .await;
-    assert_eq!(t.recv().await, Some(Repr::GenericNack(NackCode::OUT_OF_MEMORY)));
+    assert_eq!(
+        t.recv().await,
+        Some(Repr::GenericNack(NackCode::OUT_OF_MEMORY))
+    );
     t.send(Repr::AliveCheckRequest).await;
-    assert_eq!(t.recv().await, Some(Repr::AliveCheckResponse { source: 0x1000 }));
+    assert_eq!(
+        t.recv().await,
+        Some(Repr::AliveCheckResponse { source: 0x1000 })
+    );
 
     // impossible length for the type: NACK 0x04, socket closed
     t.send_raw(&hex("02FD 0008 00000003 0E0000")).await;
-    assert_eq!(t.recv().await, Some(Repr::GenericNack(NackCode::INVALID_PAYLOAD_LENGTH)));
+    assert_eq!(
+        t.recv().await,
+        Some(Repr::GenericNack(NackCode::INVALID_PAYLOAD_LENGTH))
+    );
     assert_eq!(t.recv().await, None);
 
     // truncated message, then the tester closes mid-message
@@ -507,7 +592,10 @@ async fn generic_nacks_and_closing_rules() {
 
     // the entity keeps serving everyone else
     let conn = Connection::open(e.tcp, client_config()).await.unwrap();
-    let r = conn.request(ECU1, Bytes::from_static(&[0x22, 0xF1, 0x90])).await.unwrap();
+    let r = conn
+        .request(ECU1, Bytes::from_static(&[0x22, 0xF1, 0x90]))
+        .await
+        .unwrap();
     assert_eq!(&r[3..], VIN);
 }
 
@@ -517,7 +605,10 @@ async fn entity_closes_sockets_that_never_activate() {
     let mut t = RawTester::connect(e.tcp).await;
     let started = tokio::time::Instant::now();
     assert_eq!(t.recv().await, None);
-    assert!(started.elapsed() >= Duration::from_secs(2), "T_TCP_Initial_Inactivity");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "T_TCP_Initial_Inactivity"
+    );
 }
 
 #[tokio::test]
@@ -526,17 +617,26 @@ async fn client_reconnects_after_the_entity_closed_an_idle_connection() {
     cfg.general_inactivity = Duration::from_millis(150);
     let e = start_entity(cfg).await;
     let mut client = DoipClient::new(e.tcp, client_config());
-    let r = client.request(ECU1, Bytes::from_static(&[0x10, 0x01])).await.unwrap();
+    let r = client
+        .request(ECU1, Bytes::from_static(&[0x10, 0x01]))
+        .await
+        .unwrap();
     assert_eq!(&r[..], &[0x10, 0x01, 0x01]);
     let first = client.connection().await.unwrap().local_addr();
     // wait for the entity to drop the idle socket (observed, not slept on)
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while client.connection().await.unwrap().local_addr() == first {
-        assert!(tokio::time::Instant::now() < deadline, "entity never closed the idle socket");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "entity never closed the idle socket"
+        );
         tokio::task::yield_now().await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let r = client.request(ECU1, Bytes::from_static(&[0x10, 0x01])).await.unwrap();
+    let r = client
+        .request(ECU1, Bytes::from_static(&[0x10, 0x01]))
+        .await
+        .unwrap();
     assert_eq!(&r[..], &[0x10, 0x01, 0x01]);
 }
 
@@ -548,13 +648,22 @@ async fn client_closes_idle_connection_and_reconnects() {
         ..client_config()
     };
     let mut client = DoipClient::new(e.tcp, cfg);
-    client.request(ECU1, Bytes::from_static(&[0x3E, 0x00])).await.unwrap();
+    client
+        .request(ECU1, Bytes::from_static(&[0x3E, 0x00]))
+        .await
+        .unwrap();
     let conn = client.connection().await.unwrap().clone();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert!(conn.is_closed(), "closed after 1 s without traffic");
-    let r = client.request(ECU2, Bytes::from_static(&[0x3E, 0x00])).await.unwrap();
+    let r = client
+        .request(ECU2, Bytes::from_static(&[0x3E, 0x00]))
+        .await
+        .unwrap();
     assert_eq!(&r[..], &[0x3E, 0x00, 0x02]);
-    assert_ne!(client.connection().await.unwrap().local_addr(), conn.local_addr());
+    assert_ne!(
+        client.connection().await.unwrap().local_addr(),
+        conn.local_addr()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -573,7 +682,10 @@ async fn many_testers_concurrently_and_a_bad_one_does_not_matter() {
             let conn = Connection::open(addr, cfg).await.unwrap();
             for n in 0..50u8 {
                 let target = if n % 2 == 0 { ECU1 } else { ECU2 };
-                let r = conn.request(target, Bytes::from(vec![0x22, n])).await.unwrap();
+                let r = conn
+                    .request(target, Bytes::from(vec![0x22, n]))
+                    .await
+                    .unwrap();
                 assert_eq!(&r[..], &[0x22, n, target as u8]);
             }
         }));
@@ -581,7 +693,10 @@ async fn many_testers_concurrently_and_a_bad_one_does_not_matter() {
     // meanwhile a tester sends garbage
     let mut bad = RawTester::connect(e.tcp).await;
     bad.send_raw(&[0xFF; 64]).await;
-    assert_eq!(bad.recv().await, Some(Repr::GenericNack(NackCode::INCORRECT_PATTERN)));
+    assert_eq!(
+        bad.recv().await,
+        Some(Repr::GenericNack(NackCode::INCORRECT_PATTERN))
+    );
     for t in tasks {
         t.await.unwrap();
     }
@@ -604,13 +719,35 @@ async fn udp_identification_plain_eid_vin_status_and_power_mode() {
     assert_eq!(a.eid, [0x02, 0x11, 0x22, 0x33, 0x44, 0x55]);
 
     let by_eid = IdentificationRequest::ByEid([0x02, 0x11, 0x22, 0x33, 0x44, 0x55]);
-    assert_eq!(discovery::discover_on(&sock, e.udp, by_eid, window).await.unwrap().len(), 1);
+    assert_eq!(
+        discovery::discover_on(&sock, e.udp, by_eid, window)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     let wrong_eid = IdentificationRequest::ByEid([9; 6]);
-    assert!(discovery::discover_on(&sock, e.udp, wrong_eid, window).await.unwrap().is_empty());
+    assert!(
+        discovery::discover_on(&sock, e.udp, wrong_eid, window)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let by_vin = IdentificationRequest::ByVin(*VIN);
-    assert_eq!(discovery::discover_on(&sock, e.udp, by_vin, window).await.unwrap().len(), 1);
+    assert_eq!(
+        discovery::discover_on(&sock, e.udp, by_vin, window)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     let wrong_vin = IdentificationRequest::ByVin(*b"00000000000000000");
-    assert!(discovery::discover_on(&sock, e.udp, wrong_vin, window).await.unwrap().is_empty());
+    assert!(
+        discovery::discover_on(&sock, e.udp, wrong_vin, window)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // entity status and power mode over UDP, and a NACK for a bad pattern
     let mut buf = [0u8; 64];
@@ -628,7 +765,10 @@ async fn udp_identification_plain_eid_vin_status_and_power_mode() {
             Repr::PowerModeRequest.to_bytes(3).to_vec(),
             Repr::PowerModeResponse(PowerMode::READY),
         ),
-        (hex("0203 0001 00000000"), Repr::GenericNack(NackCode::INCORRECT_PATTERN)),
+        (
+            hex("0203 0001 00000000"),
+            Repr::GenericNack(NackCode::INCORRECT_PATTERN),
+        ),
     ] {
         sock.send_to(&req, e.udp).await.unwrap();
         let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
@@ -691,7 +831,13 @@ async fn shutdown_closes_connections_and_returns() {
     let e = start_entity(entity_config()).await;
     let conn = Connection::open(e.tcp, client_config()).await.unwrap();
     e.shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), e.task).await.unwrap().unwrap();
-    let err = conn.request(ECU1, Bytes::from_static(&[0x3E, 0x00])).await.unwrap_err();
+    tokio::time::timeout(Duration::from_secs(10), e.task)
+        .await
+        .unwrap()
+        .unwrap();
+    let err = conn
+        .request(ECU1, Bytes::from_static(&[0x3E, 0x00]))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClientError::Closed(_)), "{err:?}");
 }

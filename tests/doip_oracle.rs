@@ -19,8 +19,7 @@ use obdgw::wire::doip::{
 use proptest::prelude::*;
 use simple_doip::LogicalAddress as La;
 use simple_doip::messages::{
-    self as sd, Decode, Encode, Header, Message as SdMessage, Payload, PayloadType,
-    ProtocolVersion,
+    self as sd, Decode, Encode, Header, Message as SdMessage, Payload, PayloadType, ProtocolVersion,
 };
 
 /// Ours -> oracle: decode our bytes with the oracle and compare every field it exposes.
@@ -47,7 +46,10 @@ fn oracle_agrees(ours: &Repr, version: u8) -> Result<(), TestCaseError> {
             prop_assert_eq!(a.eid, v.entity_id);
             prop_assert_eq!(Some(a.gid), v.group_id);
             prop_assert_eq!(a.further_action.0, u8::from(v.further_action));
-            prop_assert_eq!(a.sync_status.map(|s| s.0), Some(u8::from(v.vin_gid_sync_status)));
+            prop_assert_eq!(
+                a.sync_status.map(|s| s.0),
+                Some(u8::from(v.vin_gid_sync_status))
+            );
         }
         (
             Repr::RoutingActivationRequest {

@@ -658,7 +658,10 @@ impl Repr {
 
     /// Parse a complete message through a checked view (a UDP datagram, say). Diagnostic
     /// user data, if any, is copied once into `Bytes`.
-    pub fn parse<T: AsRef<[u8]>>(packet: &Packet<T>, max_payload: u32) -> Result<(u8, Repr), Error> {
+    pub fn parse<T: AsRef<[u8]>>(
+        packet: &Packet<T>,
+        max_payload: u32,
+    ) -> Result<(u8, Repr), Error> {
         let bytes = packet.buffer.as_ref();
         let header = Self::parse_frame_header(bytes, max_payload)?;
         let payload = &bytes[HEADER_LEN..HEADER_LEN + header.payload_length as usize];
@@ -984,7 +987,9 @@ impl DoipCodec {
         available: u32,
     ) -> Result<Option<Decoded>, Error> {
         if self.skip > 0 {
-            let n = usize::try_from(self.skip).unwrap_or(usize::MAX).min(src.len());
+            let n = usize::try_from(self.skip)
+                .unwrap_or(usize::MAX)
+                .min(src.len());
             src.advance(n);
             self.skip -= n as u64;
             if self.skip > 0 {
@@ -1021,7 +1026,9 @@ impl DoipCodec {
                         let version = p.version();
                         self.skip = u64::from(p.payload_length());
                         src.advance(HEADER_LEN);
-                        let n = usize::try_from(self.skip).unwrap_or(usize::MAX).min(src.len());
+                        let n = usize::try_from(self.skip)
+                            .unwrap_or(usize::MAX)
+                            .min(src.len());
                         src.advance(n);
                         self.skip -= n as u64;
                         return Ok(Some(Decoded::Rejected { version, error }));

@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use bytes::{Bytes, BytesMut};
-use obdgw::vehicle::doip::entity::{DiagHandler, DiagRequest, Entity, EntityConfig, Replies};
 use obdgw::vehicle::doip::DoipClientConfig;
+use obdgw::vehicle::doip::entity::{DiagHandler, DiagRequest, Entity, EntityConfig, Replies};
 use obdgw::wire::doip::{Decoded, DoipCodec, Message, Repr};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -152,10 +152,11 @@ impl RawTester {
                 Ok(None) => {}
                 Err(e) => panic!("entity sent a bad stream: {e}"),
             }
-            let n = tokio::time::timeout(Duration::from_secs(30), self.stream.read_buf(&mut self.buf))
-                .await
-                .expect("entity answered within 30 s")
-                .unwrap_or(0);
+            let n =
+                tokio::time::timeout(Duration::from_secs(30), self.stream.read_buf(&mut self.buf))
+                    .await
+                    .expect("entity answered within 30 s")
+                    .unwrap_or(0);
             if n == 0 {
                 return None;
             }

@@ -6,8 +6,8 @@
 //! Does not own: protocol decisions (all in [`ClientCore`]) nor discovery
 //! (`super::discovery`).
 
-use super::client_core::{ClientCore, ClientError, ClientEvent};
 use super::DoipClientConfig;
+use super::client_core::{ClientCore, ClientError, ClientEvent};
 use crate::wire::doip::{Decoded, DoipCodec};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;

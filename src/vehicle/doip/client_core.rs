@@ -333,9 +333,11 @@ impl ClientCore {
                 self.send(Repr::AliveCheckResponse { source: tester });
             }
             Repr::DiagnosticAck { source, target, .. } if target == tester => {
-                if let Some(i) = self.outstanding.iter().position(|o| {
-                    o.target == source && matches!(o.phase, Phase::AwaitAck { .. })
-                }) {
+                if let Some(i) = self
+                    .outstanding
+                    .iter()
+                    .position(|o| o.target == source && matches!(o.phase, Phase::AwaitAck { .. }))
+                {
                     let o = &mut self.outstanding[i];
                     if o.expect_response {
                         o.phase = Phase::AwaitResponse {
@@ -718,7 +720,10 @@ mod tests {
                 }
             ]
         );
-        assert!(!c.is_closed(), "a timed-out request does not end the connection");
+        assert!(
+            !c.is_closed(),
+            "a timed-out request does not end the connection"
+        );
     }
 
     #[test]
@@ -775,7 +780,10 @@ mod tests {
                 .starts_with("routing activation denied: unknown source address 0x0E00"),
             "{e}"
         );
-        assert!(matches!(c.poll_event(), Some(ClientEvent::Failed { id: 1, .. })));
+        assert!(matches!(
+            c.poll_event(),
+            Some(ClientEvent::Failed { id: 1, .. })
+        ));
         assert!(matches!(c.poll_event(), Some(ClientEvent::Close(_))));
         assert!(c.is_closed());
     }
@@ -789,9 +797,9 @@ mod tests {
         c.handle_timeout(t0 + Duration::from_secs(2));
         assert_eq!(
             c.poll_event(),
-            Some(ClientEvent::ActivationFailed(ClientError::ActivationTimeout(
-                Duration::from_secs(2)
-            )))
+            Some(ClientEvent::ActivationFailed(
+                ClientError::ActivationTimeout(Duration::from_secs(2))
+            ))
         );
         assert!(c.is_closed());
     }
@@ -872,6 +880,9 @@ mod tests {
             .collect();
         assert_eq!(ids, vec![1, 2]);
         c.request(t0, 3, ECU, Bytes::from_static(&[0x3E]), true);
-        assert!(matches!(c.poll_event(), Some(ClientEvent::Failed { id: 3, .. })));
+        assert!(matches!(
+            c.poll_event(),
+            Some(ClientEvent::Failed { id: 3, .. })
+        ));
     }
 }

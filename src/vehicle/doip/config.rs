@@ -100,7 +100,11 @@ impl DoipClientConfig {
             ("control_timeout_ms", self.control_timeout_ms, 60_000),
             ("response_timeout_ms", self.response_timeout_ms, 600_000),
             ("pending_timeout_ms", self.pending_timeout_ms, 600_000),
-            ("inactivity_timeout_ms", self.inactivity_timeout_ms, 86_400_000),
+            (
+                "inactivity_timeout_ms",
+                self.inactivity_timeout_ms,
+                86_400_000,
+            ),
         ] {
             if v == 0 || v > max {
                 issues.push((
@@ -161,7 +165,11 @@ mod tests {
 
     #[test]
     fn doip_section_errors_name_the_key() {
-        let e = load("[doip]\nprotocol_version = 7\ncontrol_timeout_ms = 0\n", vec![]).unwrap_err();
+        let e = load(
+            "[doip]\nprotocol_version = 7\ncontrol_timeout_ms = 0\n",
+            vec![],
+        )
+        .unwrap_err();
         assert!(e.contains("doip.protocol_version"), "{e}");
         assert!(e.contains("expected 2 (ISO 13400-2:2012) or 3"), "{e}");
         assert!(e.contains("doip.control_timeout_ms"), "{e}");

@@ -74,7 +74,11 @@ pub fn discovery_socket(cfg: &DoipClientConfig, port: u16) -> Result<UdpSocket, 
     let ip = cfg
         .discovery_bind
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let domain = if ip.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let domain = if ip.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
     let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
     s.set_broadcast(true).map_err(err)?;
     s.set_reuse_address(true).map_err(err)?;
@@ -147,8 +151,7 @@ async fn collect(
         if limit.is_some_and(|l| found.len() >= l) {
             break;
         }
-        let (n, from) = match tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await
-        {
+        let (n, from) = match tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
             Err(_) => break,
             Ok(Ok(x)) => x,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
@@ -158,9 +161,9 @@ async fn collect(
             continue;
         };
         if let Ok((_, Repr::VehicleAnnouncement(a))) = Repr::parse(&packet, 64) {
-            let dup = found
-                .iter()
-                .any(|d| d.addr.ip() == from.ip() && d.announcement.logical_address == a.logical_address);
+            let dup = found.iter().any(|d| {
+                d.addr.ip() == from.ip() && d.announcement.logical_address == a.logical_address
+            });
             if !dup {
                 found.push(DiscoveredEntity {
                     addr: from,

@@ -342,7 +342,12 @@ impl<H: DiagHandler> Entity<H> {
         tracker.wait().await;
     }
 
-    async fn serve_tcp(&self, listener: TcpListener, shutdown: CancellationToken, tracker: &TaskTracker) {
+    async fn serve_tcp(
+        &self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) {
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -401,7 +406,8 @@ impl<H: DiagHandler> Entity<H> {
     pub async fn serve_udp(&self, socket: UdpSocket, shutdown: CancellationToken) {
         let cfg = &self.inner.cfg;
         let _ = socket.set_broadcast(true);
-        let announcement = Repr::VehicleAnnouncement(self.announcement()).to_bytes(cfg.protocol_version);
+        let announcement =
+            Repr::VehicleAnnouncement(self.announcement()).to_bytes(cfg.protocol_version);
         let mut sent = 0u32;
         let mut next_announce = cfg
             .announce_to
@@ -448,11 +454,18 @@ impl<H: DiagHandler> Entity<H> {
             Err(_) if datagram.len() < doip::HEADER_LEN => return None,
             Err(_) => {
                 return Some(
-                    Repr::GenericNack(NackCode::INVALID_PAYLOAD_LENGTH).to_bytes(cfg.protocol_version),
+                    Repr::GenericNack(NackCode::INVALID_PAYLOAD_LENGTH)
+                        .to_bytes(cfg.protocol_version),
                 );
             }
         };
-        let reply_version = |v: u8| if v == version::DEFAULT { cfg.protocol_version } else { v };
+        let reply_version = |v: u8| {
+            if v == version::DEFAULT {
+                cfg.protocol_version
+            } else {
+                v
+            }
+        };
         let (v, repr) = match Repr::parse(&packet, cfg.max_payload) {
             Ok(x) => x,
             Err(e) => {
@@ -568,7 +581,9 @@ impl<H: DiagHandler> Conn<H> {
 
     fn release_budget(&mut self) {
         if self.held > 0 {
-            self.inner.budget_used.fetch_sub(self.held, Ordering::Relaxed);
+            self.inner
+                .budget_used
+                .fetch_sub(self.held, Ordering::Relaxed);
             self.held = 0;
         }
     }
@@ -703,7 +718,11 @@ impl<H: DiagHandler> Conn<H> {
                     tracing::debug!(%error, "DoIP entity: closing socket after header error");
                     if let Some(code) = error.nack_code() {
                         let v = self.rbuf.first().copied().unwrap_or(self.version);
-                        self.version = if matches!(v, 1..=3) { v } else { self.inner.cfg.protocol_version };
+                        self.version = if matches!(v, 1..=3) {
+                            v
+                        } else {
+                            self.inner.cfg.protocol_version
+                        };
                         self.push(Repr::GenericNack(code));
                     }
                     self.close = true;

@@ -29,7 +29,11 @@ fn golden() -> Vec<(u8, Vec<u8>, Repr)> {
         sync_status: None,
     };
     vec![
-        (2, hex("02FD 0000 00000001 04"), Repr::GenericNack(NackCode::INVALID_PAYLOAD_LENGTH)),
+        (
+            2,
+            hex("02FD 0000 00000001 04"),
+            Repr::GenericNack(NackCode::INVALID_PAYLOAD_LENGTH),
+        ),
         (0xFF, hex("FF00 0001 00000000"), Repr::VehicleIdRequest),
         (
             2,
@@ -43,12 +47,16 @@ fn golden() -> Vec<(u8, Vec<u8>, Repr)> {
         ),
         (
             2,
-            hex(&format!("02FD 0004 00000020 {vin_hex} 1001 001A2B3C4D5E 001A2B3C4D5F 00")),
+            hex(&format!(
+                "02FD 0004 00000020 {vin_hex} 1001 001A2B3C4D5E 001A2B3C4D5F 00"
+            )),
             Repr::VehicleAnnouncement(ann),
         ),
         (
             2,
-            hex(&format!("02FD 0004 00000021 {vin_hex} 1001 001A2B3C4D5E 001A2B3C4D5F 10 10")),
+            hex(&format!(
+                "02FD 0004 00000021 {vin_hex} 1001 001A2B3C4D5E 001A2B3C4D5F 10 10"
+            )),
             Repr::VehicleAnnouncement(VehicleAnnouncement {
                 further_action: FurtherAction::CENTRAL_SECURITY,
                 sync_status: Some(SyncStatus::INCOMPLETE),
@@ -98,7 +106,11 @@ fn golden() -> Vec<(u8, Vec<u8>, Repr)> {
             },
         ),
         (2, hex("02FD 0007 00000000"), Repr::AliveCheckRequest),
-        (2, hex("02FD 0008 00000002 0E00"), Repr::AliveCheckResponse { source: 0x0E00 }),
+        (
+            2,
+            hex("02FD 0008 00000002 0E00"),
+            Repr::AliveCheckResponse { source: 0x0E00 },
+        ),
         (2, hex("02FD 4001 00000000"), Repr::EntityStatusRequest),
         (
             2,
@@ -121,7 +133,11 @@ fn golden() -> Vec<(u8, Vec<u8>, Repr)> {
             },
         ),
         (2, hex("02FD 4003 00000000"), Repr::PowerModeRequest),
-        (2, hex("02FD 4004 00000001 01"), Repr::PowerModeResponse(PowerMode::READY)),
+        (
+            2,
+            hex("02FD 4004 00000001 01"),
+            Repr::PowerModeResponse(PowerMode::READY),
+        ),
         (
             2,
             hex("02FD 8001 00000007 0E00 1001 22F190"),
@@ -180,7 +196,11 @@ fn golden_vectors_parse_and_emit() {
     let mut types: Vec<u16> = vectors.iter().map(|(_, _, r)| r.payload_type()).collect();
     types.sort_unstable();
     types.dedup();
-    assert_eq!(types.len(), payload_type::ALL.len(), "every payload type has a vector");
+    assert_eq!(
+        types.len(),
+        payload_type::ALL.len(),
+        "every payload type has a vector"
+    );
     for (version, wire, repr) in vectors {
         let bytes = Bytes::from(wire.clone());
         let (v, parsed) = Repr::parse_bytes(&bytes, DEFAULT_MAX_PAYLOAD).expect("parse golden");
@@ -193,8 +213,17 @@ fn golden_vectors_parse_and_emit() {
         assert_eq!(repr.buffer_len(), wire.len());
         let mut out = vec![0xAA; wire.len() + 3];
         assert_eq!(repr.emit(version, &mut out).unwrap(), wire.len());
-        assert_eq!(&out[..wire.len()], &wire[..], "{}", payload_type::name(repr.payload_type()));
-        assert_eq!(&out[wire.len()..], &[0xAA; 3], "emit writes nothing past buffer_len");
+        assert_eq!(
+            &out[..wire.len()],
+            &wire[..],
+            "{}",
+            payload_type::name(repr.payload_type())
+        );
+        assert_eq!(
+            &out[wire.len()..],
+            &[0xAA; 3],
+            "emit writes nothing past buffer_len"
+        );
         assert_eq!(&repr.to_bytes(version)[..], &wire[..]);
     }
 }
@@ -207,7 +236,11 @@ fn diagnostic_data_is_sliced_not_copied() {
         panic!("not a diagnostic message")
     };
     assert_eq!(&data[..], &[0x36, 0x01, 0xAA, 0xBB]);
-    assert_eq!(data.as_ptr(), wire[12..].as_ptr(), "user data points into the frame");
+    assert_eq!(
+        data.as_ptr(),
+        wire[12..].as_ptr(),
+        "user data points into the frame"
+    );
 }
 
 #[test]
@@ -224,11 +257,23 @@ fn emit_into_a_short_buffer_fails() {
 fn header_pattern_errors() {
     // inverse does not match
     let e = HeaderRepr::parse(&hex("02FC 0001 00000000"), 100).unwrap_err();
-    assert_eq!(e, Error::IncorrectPattern { version: 2, inverse: 0xFC });
+    assert_eq!(
+        e,
+        Error::IncorrectPattern {
+            version: 2,
+            inverse: 0xFC
+        }
+    );
     assert_eq!(e.nack_code(), Some(NackCode::INCORRECT_PATTERN));
     // unsupported version with a matching inverse
     let e = HeaderRepr::parse(&hex("04FB 8001 00000005"), 100).unwrap_err();
-    assert_eq!(e, Error::IncorrectPattern { version: 4, inverse: 0xFB });
+    assert_eq!(
+        e,
+        Error::IncorrectPattern {
+            version: 4,
+            inverse: 0xFB
+        }
+    );
     // 0xFF only for vehicle identification requests
     assert!(HeaderRepr::parse(&hex("FF00 0001 00000000"), 100).is_ok());
     assert!(HeaderRepr::parse(&hex("FF00 0003 00000011"), 100).is_ok());
@@ -249,7 +294,13 @@ fn header_order_of_checks() {
     assert_eq!(e.nack_code(), Some(NackCode::UNKNOWN_PAYLOAD_TYPE));
     // too large comes before invalid length
     let e = HeaderRepr::parse(&hex("02FD 0005 00010000"), 100).unwrap_err();
-    assert_eq!(e, Error::TooLarge { len: 0x1_0000, max: 100 });
+    assert_eq!(
+        e,
+        Error::TooLarge {
+            len: 0x1_0000,
+            max: 100
+        }
+    );
     assert_eq!(e.nack_code(), Some(NackCode::MESSAGE_TOO_LARGE));
     let e = HeaderRepr::parse(&hex("02FD 0005 00000008"), 100).unwrap_err();
     assert_eq!(
@@ -314,7 +365,10 @@ fn truncated_and_trailing() {
     let full = hex("02FD 0008 00000002 0E00");
     for cut in 0..full.len() {
         let r = Repr::parse_bytes(&Bytes::from(full[..cut].to_vec()), 100);
-        assert!(matches!(r, Err(Error::Truncated { .. })), "cut at {cut}: {r:?}");
+        assert!(
+            matches!(r, Err(Error::Truncated { .. })),
+            "cut at {cut}: {r:?}"
+        );
         assert!(Packet::new_checked(&full[..cut]).is_err());
     }
     let mut long = full.clone();
@@ -336,7 +390,10 @@ fn code_names() {
         "unknown target address (0x03)"
     );
     assert_eq!(NackCode(0x02).name(), "message too large");
-    assert_eq!(RoutingActivationCode(0x42).name(), "reserved or manufacturer-specific routing activation code");
+    assert_eq!(
+        RoutingActivationCode(0x42).name(),
+        "reserved or manufacturer-specific routing activation code"
+    );
     assert!(RoutingActivationCode::DENIED_ALL_SOCKETS_ACTIVE.closes_socket());
     assert!(!RoutingActivationCode::DENIED_MISSING_AUTHENTICATION.closes_socket());
     assert!(!RoutingActivationCode::SUCCESS.closes_socket());
@@ -355,7 +412,10 @@ fn decode_all(codec: &mut DoipCodec, buf: &mut BytesMut) -> Result<Vec<Decoded>,
 #[test]
 fn stream_byte_by_byte() {
     let mut wire = Vec::new();
-    let all: Vec<_> = golden().into_iter().filter(|(v, _, _)| *v != 0xFF).collect();
+    let all: Vec<_> = golden()
+        .into_iter()
+        .filter(|(v, _, _)| *v != 0xFF)
+        .collect();
     for (_, w, _) in &all {
         wire.extend_from_slice(w);
     }
@@ -368,7 +428,12 @@ fn stream_byte_by_byte() {
     }
     let want: Vec<_> = all
         .into_iter()
-        .map(|(v, _, r)| Decoded::Message(Message { version: v, repr: r }))
+        .map(|(v, _, r)| {
+            Decoded::Message(Message {
+                version: v,
+                repr: r,
+            })
+        })
         .collect();
     assert_eq!(got, want);
     assert!(buf.is_empty());
@@ -466,7 +531,13 @@ fn large_diagnostic_message_within_limit() {
     assert_eq!(codec.decode_frame(&mut buf).unwrap(), None);
     buf.extend_from_slice(&wire[1000..]);
     let got = codec.decode_frame(&mut buf).unwrap();
-    assert_eq!(got, Some(Decoded::Message(Message { version: 3, repr: m })));
+    assert_eq!(
+        got,
+        Some(Decoded::Message(Message {
+            version: 3,
+            repr: m
+        }))
+    );
     // one byte over the limit is refused
     let mut codec = DoipCodec::new(65_539);
     let mut buf = BytesMut::from(&wire[..HEADER_LEN]);
@@ -507,14 +578,20 @@ fn arb_repr() -> impl Strategy<Value = Repr> {
                     sync_status: s.map(SyncStatus),
                 }
             )),
-        (any::<u16>(), any::<u8>(), any::<u32>(), any::<Option<u32>>()).prop_map(
-            |(source, t, reserved, oem)| Repr::RoutingActivationRequest {
-                source,
-                activation_type: ActivationType(t),
-                reserved,
-                oem
-            }
-        ),
+        (
+            any::<u16>(),
+            any::<u8>(),
+            any::<u32>(),
+            any::<Option<u32>>()
+        )
+            .prop_map(
+                |(source, t, reserved, oem)| Repr::RoutingActivationRequest {
+                    source,
+                    activation_type: ActivationType(t),
+                    reserved,
+                    oem
+                }
+            ),
         (
             any::<u16>(),
             any::<u16>(),
@@ -534,14 +611,14 @@ fn arb_repr() -> impl Strategy<Value = Repr> {
         Just(Repr::AliveCheckRequest),
         any::<u16>().prop_map(|source| Repr::AliveCheckResponse { source }),
         Just(Repr::EntityStatusRequest),
-        (any::<u8>(), any::<u8>(), any::<u8>(), any::<Option<u32>>()).prop_map(
-            |(n, m, o, d)| Repr::EntityStatusResponse {
+        (any::<u8>(), any::<u8>(), any::<u8>(), any::<Option<u32>>()).prop_map(|(n, m, o, d)| {
+            Repr::EntityStatusResponse {
                 node_type: NodeType(n),
                 max_sockets: m,
                 open_sockets: o,
-                max_data_size: d
+                max_data_size: d,
             }
-        ),
+        }),
         Just(Repr::PowerModeRequest),
         any::<u8>().prop_map(|m| Repr::PowerModeResponse(PowerMode(m))),
         (any::<u16>(), any::<u16>(), bytes1()).prop_map(|(source, target, data)| {
@@ -626,16 +703,24 @@ proptest! {
 #[test]
 fn out_of_memory_is_rejected_on_the_header_and_skipped() {
     let mut codec = DoipCodec::new(1000);
-    let mut buf = BytesMut::from(&hex("02FD 8001 00000008 0E00 1001 01020304 02FD 0007 00000000")[..]);
+    let mut buf =
+        BytesMut::from(&hex("02FD 8001 00000008 0E00 1001 01020304 02FD 0007 00000000")[..]);
     assert_eq!(
         codec.decode_frame_within(&mut buf, 7).unwrap(),
         Some(Decoded::Rejected {
             version: 2,
-            error: Error::OutOfMemory { len: 8, available: 7 }
+            error: Error::OutOfMemory {
+                len: 8,
+                available: 7
+            }
         })
     );
     assert_eq!(
-        Error::OutOfMemory { len: 8, available: 7 }.nack_code(),
+        Error::OutOfMemory {
+            len: 8,
+            available: 7
+        }
+        .nack_code(),
         Some(NackCode::OUT_OF_MEMORY)
     );
     // a zero-length message is never refused for memory
