@@ -611,7 +611,7 @@ async fn entity_closes_sockets_that_never_activate() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn client_reconnects_after_the_entity_closed_an_idle_connection() {
     let mut cfg = entity_config();
     cfg.general_inactivity = Duration::from_millis(150);
@@ -622,24 +622,99 @@ async fn client_reconnects_after_the_entity_closed_an_idle_connection() {
         .await
         .unwrap();
     assert_eq!(&r[..], &[0x10, 0x01, 0x01]);
-    let first = client.connection().await.unwrap().local_addr();
-    // wait for the entity to drop the idle socket (observed, not slept on)
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while client.connection().await.unwrap().local_addr() == first {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "entity never closed the idle socket"
-        );
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let first = client.connection().await.unwrap().clone();
+    let started = tokio::time::Instant::now();
+    // the entity drops the idle socket after T_TCP_General_Inactivity; the client sees it
+    first.closed().await;
+    assert!(started.elapsed() >= Duration::from_millis(150));
     let r = client
         .request(ECU1, Bytes::from_static(&[0x10, 0x01]))
         .await
         .unwrap();
     assert_eq!(&r[..], &[0x10, 0x01, 0x01]);
+    assert_ne!(
+        client.connection().await.unwrap().local_addr(),
+        first.local_addr()
+    );
 }
 
+#[tokio::test]
+async fn connection_refused_is_a_connect_error() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let err = Connection::open(addr, client_config()).await.unwrap_err();
+    assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+}
+
+#[tokio::test]
+async fn connections_beyond_max_sockets_plus_one_are_closed_at_accept() {
+    let mut cfg = entity_config();
+    cfg.max_sockets = 1;
+    let e = start_entity(cfg).await;
+    let conn = Connection::open(e.tcp, client_config()).await.unwrap();
+    // the spare socket is accepted (it could still win an alive-check contest)
+    let mut spare = RawTester::connect(e.tcp).await;
+    spare.send(Repr::EntityStatusRequest).await;
+    assert!(matches!(
+        spare.recv().await,
+        Some(Repr::EntityStatusResponse {
+            max_sockets: 1,
+            open_sockets: 2,
+            ..
+        })
+    ));
+    // one more is closed straight away
+    let mut extra = RawTester::connect(e.tcp).await;
+    assert_eq!(extra.recv().await, None);
+    assert!(
+        conn.request(ECU1, Bytes::from_static(&[0x3E, 0x00]))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn tester_that_stops_reading_loses_only_its_socket() {
+    let mut cfg = entity_config();
+    cfg.write_timeout = Duration::from_secs(1);
+    cfg.queue_depth = 64;
+    let e = start_entity(cfg).await;
+    let mut t = RawTester::connect(e.tcp).await;
+    t.activate(TESTER).await;
+    let req = Repr::DiagnosticMessage {
+        source: TESTER,
+        target: ECU1,
+        data: Bytes::from(vec![0x55; 4000]),
+    }
+    .to_bytes(2);
+    // write requests (each echoed with ~4 KB) and never read the answers
+    let (_r, mut w) = t.stream.into_split();
+    let writer = tokio::spawn(async move {
+        let mut sent = 0usize;
+        while tokio::io::AsyncWriteExt::write_all(&mut w, &req)
+            .await
+            .is_ok()
+        {
+            sent += 1;
+            assert!(
+                sent < 1_000_000,
+                "the entity never gave up on the stalled tester"
+            );
+        }
+        sent
+    });
+    // both sides block on full socket buffers; the entity's write timeout ends it
+    let sent = writer.await.unwrap();
+    assert!(sent > 10);
+    let conn = Connection::open(e.tcp, client_config()).await.unwrap();
+    assert!(
+        conn.request(ECU1, Bytes::from_static(&[0x3E, 0x00]))
+            .await
+            .is_ok()
+    );
+}
 #[tokio::test(start_paused = true)]
 async fn client_closes_idle_connection_and_reconnects() {
     let e = start_entity(entity_config()).await;
@@ -809,6 +884,47 @@ async fn three_announcements_at_start() {
     // and no fourth
     let more = tokio::time::timeout(Duration::from_secs(5), listener.recv_from(&mut buf)).await;
     assert!(more.is_err());
+}
+
+#[tokio::test]
+async fn discovery_socket_on_an_interface() {
+    let e = start_entity(entity_config()).await;
+    let cfg = DoipClientConfig {
+        discovery_interface: Some("lo".into()),
+        ..client_config()
+    };
+    // SO_BINDTODEVICE needs CAP_NET_RAW; when it is refused the error must say so.
+    match discovery::discovery_socket(&cfg, 0) {
+        Ok(sock) => {
+            let found = discovery::discover_on(
+                &sock,
+                e.udp,
+                IdentificationRequest::All,
+                Duration::from_millis(300),
+            )
+            .await
+            .unwrap();
+            assert_eq!(found.len(), 1);
+        }
+        Err(err) => assert!(err.to_string().contains("CAP_NET_RAW"), "{err}"),
+    }
+    let cfg = DoipClientConfig {
+        discovery_interface: Some("nosuch0".into()),
+        ..client_config()
+    };
+    let err = discovery::discovery_socket(&cfg, 0).unwrap_err();
+    assert!(
+        err.to_string().starts_with(
+            "cannot open the DoIP discovery socket on nosuch0: binding to interface nosuch0"
+        ),
+        "{err}"
+    );
+    let cfg = DoipClientConfig {
+        discovery_bind: Some("127.0.0.1".parse().unwrap()),
+        ..client_config()
+    };
+    let sock = discovery::discovery_socket(&cfg, 0).unwrap();
+    assert!(sock.local_addr().unwrap().ip().is_loopback());
 }
 
 #[tokio::test]

@@ -1037,7 +1037,7 @@ impl DoipCodec {
                 }
             }
         };
-        let total = HEADER_LEN + header.payload_length as usize;
+        let total = HEADER_LEN.saturating_add(header.payload_length as usize);
         if src.len() < total {
             src.reserve(total - src.len());
             return Ok(None);

@@ -111,6 +111,11 @@ impl Connection {
         self.commands.is_closed()
     }
 
+    /// Completes when the connection task has ended.
+    pub async fn closed(&self) {
+        self.commands.closed().await
+    }
+
     /// Send a UDS request to `target` and wait for its final response.
     pub async fn request(&self, target: u16, data: Bytes) -> Result<Bytes, ClientError> {
         self.submit(target, data, true).await
@@ -163,8 +168,14 @@ async fn run_connection(
             m.repr.write(m.version, &mut wbuf);
         }
         if !wbuf.is_empty() {
-            if let Err(e) = stream.write_all(&wbuf).await {
-                core.handle_closed(&format!("write failed: {e}"));
+            // A peer that stops reading must not freeze the timers: bound the write.
+            let limit = core.config().control_timeout();
+            match tokio::time::timeout(limit, stream.write_all(&wbuf)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => core.handle_closed(&format!("write failed: {e}")),
+                Err(_) => core.handle_closed(&format!(
+                    "the entity did not read for {limit:?} (write stalled)"
+                )),
             }
             wbuf.clear();
             core.on_transmitted(Instant::now().into_std());
@@ -258,7 +269,8 @@ async fn run_connection(
         m.repr.write(m.version, &mut wbuf);
     }
     if !wbuf.is_empty() {
-        let _ = stream.write_all(&wbuf).await;
+        let _ =
+            tokio::time::timeout(core.config().control_timeout(), stream.write_all(&wbuf)).await;
     }
     let _ = stream.shutdown().await;
     if let Some(tx) = activated.take() {

@@ -90,6 +90,8 @@ pub struct EntityConfig {
     pub general_inactivity: Duration,
     /// How long an alive-checked socket has to answer (T_TCP_Alive_Check).
     pub alive_check_timeout: Duration,
+    /// Close a socket whose tester does not read what the entity writes for this long.
+    pub write_timeout: Duration,
     /// Diagnostic requests waiting for the handler per connection (diagnostic NACK 0x05 above).
     pub queue_depth: usize,
     /// Bytes of queued diagnostic request data across all connections (generic NACK 0x03).
@@ -121,6 +123,7 @@ impl Default for EntityConfig {
             initial_inactivity: Duration::from_secs(2),
             general_inactivity: Duration::from_secs(300),
             alive_check_timeout: Duration::from_millis(500),
+            write_timeout: Duration::from_secs(5),
             queue_depth: 8,
             buffer_budget: 4 << 20,
         }
@@ -598,9 +601,22 @@ impl<H: DiagHandler> Conn<H> {
             self.start_next();
             self.drain_replies();
             if !self.wbuf.is_empty() {
-                if let Err(e) = self.stream.write_all(&self.wbuf).await {
-                    tracing::debug!(error = %e, "DoIP entity: write failed");
-                    return;
+                // A tester that stops reading loses its socket after `write_timeout`
+                // instead of holding this task (and its timers) forever.
+                let limit = self.inner.cfg.write_timeout;
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return,
+                    r = tokio::time::timeout(limit, self.stream.write_all(&self.wbuf)) => match r {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "DoIP entity: write failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(id = self.id, ?limit, "DoIP entity: tester stopped reading, closing socket");
+                            return;
+                        }
+                    },
                 }
                 self.wbuf.clear();
             }
