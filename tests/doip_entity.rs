@@ -957,3 +957,45 @@ async fn shutdown_closes_connections_and_returns() {
         .unwrap_err();
     assert!(matches!(err, ClientError::Closed(_)), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_panicking_handler_loses_only_its_connection() {
+    use obdgw::vehicle::doip::entity::{DiagRequest, Entity, FnHandler, Replies};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut cfg = entity_config();
+    cfg.buffer_budget = 64;
+    let entity = Entity::new(
+        cfg,
+        FnHandler(|req: DiagRequest, replies: Replies| async move {
+            assert!(
+                !req.data.starts_with(&[0xDE, 0xAD]),
+                "handler bug (on purpose)"
+            );
+            let _ = replies.send(req.data).await;
+        }),
+    );
+    let e = entity.clone();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move { e.run(listener, None, s).await });
+    let conn = Connection::open(addr, client_config()).await.unwrap();
+    // 50 of the 64 budget bytes are held while the handler runs, and must come back
+    let mut doomed = vec![0xDE, 0xAD];
+    doomed.resize(50, 0);
+    doomed.truncate(2);
+    let err = conn
+        .request(ECU1, Bytes::from(vec![0xDE, 0xAD]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Closed(_)), "{err:?}");
+    assert!(
+        entity.connections().is_empty(),
+        "the dead connection is unregistered"
+    );
+    let conn = Connection::open(addr, client_config()).await.unwrap();
+    // the budget (64 bytes) held by the dead connection came back: 60 bytes fit
+    let big = Bytes::from(vec![0x31; 60]);
+    assert_eq!(conn.request(ECU1, big.clone()).await.unwrap(), big);
+    shutdown.cancel();
+}

@@ -395,10 +395,10 @@ impl<H: DiagHandler> Entity<H> {
             };
             let inner = self.inner.clone();
             tracker.spawn(async move {
-                let mut conn = Conn::new(inner.clone(), id, stream, control_rx, cancel);
+                // `Conn`'s Drop unregisters it and returns its budget, also if a handler
+                // panics and unwinds this task.
+                let mut conn = Conn::new(inner, id, stream, control_rx, cancel);
                 conn.run().await;
-                conn.release_budget();
-                inner.registry().conns.retain(|c| c.info.id != id);
                 tracing::debug!(%peer, "DoIP entity: connection closed");
             });
         }
@@ -580,15 +580,6 @@ impl<H: DiagHandler> Conn<H> {
 
     fn push(&mut self, repr: Repr) {
         repr.write(self.version, &mut self.wbuf);
-    }
-
-    fn release_budget(&mut self) {
-        if self.held > 0 {
-            self.inner
-                .budget_used
-                .fetch_sub(self.held, Ordering::Relaxed);
-            self.held = 0;
-        }
     }
 
     fn available_budget(&self) -> u32 {
@@ -949,6 +940,18 @@ impl<H: DiagHandler> Conn<H> {
             }
         }
         alive
+    }
+}
+
+impl<H> Drop for Conn<H> {
+    fn drop(&mut self) {
+        if self.held > 0 {
+            self.inner
+                .budget_used
+                .fetch_sub(self.held, Ordering::Relaxed);
+        }
+        let id = self.id;
+        self.inner.registry().conns.retain(|c| c.info.id != id);
     }
 }
 
