@@ -39,6 +39,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// The frame-routing core: ports and routes.
     pub router: RouterConfig,
+    /// The DoIP client (tester) toward the vehicle.
+    pub doip: crate::vehicle::doip::DoipClientConfig,
 }
 
 /// Where log records go.
@@ -379,6 +381,10 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
                 config.daemon.shutdown_timeout_ms
             ),
         );
+    }
+
+    for (key, message) in config.doip.validate() {
+        issue(format!("doip.{key}"), message);
     }
 
     let r = &config.router;

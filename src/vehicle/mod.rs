@@ -6,3 +6,4 @@
 
 pub mod can;
 pub mod uds;
+pub mod doip;

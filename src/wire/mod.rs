@@ -1,6 +1,9 @@
-//! Sans-IO wire formats: checked views over bytes, parsed representations, emitters.
+//! Sans-IO wire formats: byte layouts only, no sockets, no clocks.
 //!
-//! Owns the byte layouts of every protocol obdgw speaks. Nothing here does I/O or keeps
-//! connection state.
+//! Owns: one file per protocol, each in the smoltcp shape (a checked view over a byte buffer,
+//! a parsed `Repr` with `parse`/`emit`/`buffer_len`, golden vectors in its tests).
+//!
+//! Does not own: state machines or I/O (those live in `crate::vehicle`, `crate::tunnel`, ...).
 
+pub mod doip;
 pub mod socketcand;
