@@ -39,6 +39,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// The frame-routing core: ports and routes.
     pub router: RouterConfig,
+    /// CAN interfaces (`[[can]]` entries): SocketCAN or the `sim:` loopback bus.
+    pub can: Vec<crate::vehicle::can::CanInterfaceConfig>,
 }
 
 /// Where log records go.
@@ -498,6 +500,13 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
             );
         }
     }
+    crate::vehicle::can::config::validate(&config.can, |key, message| {
+        issues.push(ConfigIssue {
+            key,
+            source: String::new(),
+            message,
+        })
+    });
     issues
 }
 
