@@ -213,6 +213,10 @@ pub struct SocketCanOptions {
     pub data_bitrate: Option<u32>,
     /// Set the automatic bus-off restart delay through netlink.
     pub restart_ms: Option<u32>,
+    /// Socket receive buffer in bytes (`SO_RCVBUFFORCE` when permitted, else `SO_RCVBUF`,
+    /// which the kernel caps at `net.core.rmem_max`); the kernel default when absent. A
+    /// larger buffer rides out bursts a slow reader would otherwise lose as overruns.
+    pub rx_buffer: Option<usize>,
 }
 
 impl Default for SocketCanOptions {
@@ -225,6 +229,7 @@ impl Default for SocketCanOptions {
             bitrate: None,
             data_bitrate: None,
             restart_ms: None,
+            rx_buffer: None,
         }
     }
 }
@@ -437,6 +442,13 @@ fn configure<S: Socket + SocketOptions>(
         .map_err(io_err(name, "set SO_TIMESTAMPNS"))?;
     s.set_socket_option_int(libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)
         .map_err(io_err(name, "set SO_RXQ_OVFL"))?;
+    if let Some(bytes) = opts.rx_buffer {
+        let v = bytes.min(i32::MAX as usize / 2) as i32;
+        if s.set_socket_option_int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, v).is_err() {
+            s.set_socket_option_int(libc::SOL_SOCKET, libc::SO_RCVBUF, v)
+                .map_err(io_err(name, "set SO_RCVBUF"))?;
+        }
+    }
     s.set_nonblocking(true).map_err(io_err(name, "set O_NONBLOCK"))?;
     Ok(())
 }
