@@ -1,8 +1,9 @@
 //! SocketCAN tests against a real Linux kernel (vcan, CAN_RAW, CAN FD, can-utils).
 //!
 //! They need a kernel with CAN: run them with `tests/vm/cargo-test.sh`, which boots a
-//! Debian kernel in qemu and sets `OBDGW_REQUIRE_CAN=1`. On a kernel without `AF_CAN`, each
-//! test prints a loud SKIPPED line and passes, unless `OBDGW_REQUIRE_CAN=1`, where it fails.
+//! Debian kernel in qemu and sets `TEST_OBDGW_REQUIRE_CAN=1` (and `OBDGW_REQUIRE_CAN=1`). On
+//! a kernel without `AF_CAN`, each test prints a loud SKIPPED line and passes, unless one of
+//! those is `1`, where it fails.
 //!
 //! Tests run in parallel: each uses its own vcan interface (created here, as root) except
 //! the basic one, which uses the guest's `vcan0`.
@@ -21,9 +22,12 @@ fn can_available(test: &str) -> bool {
     if ok {
         return true;
     }
-    if std::env::var("OBDGW_REQUIRE_CAN").as_deref() == Ok("1") {
+    let required = ["TEST_OBDGW_REQUIRE_CAN", "OBDGW_REQUIRE_CAN"]
+        .iter()
+        .any(|v| std::env::var(v).as_deref() == Ok("1"));
+    if required {
         panic!(
-            "{test}: this kernel has no AF_CAN socket or no vcan0, but OBDGW_REQUIRE_CAN=1 demands the SocketCAN tests run"
+            "{test}: this kernel has no AF_CAN socket or no vcan0, but (TEST_)OBDGW_REQUIRE_CAN=1 demands the SocketCAN tests run"
         );
     }
     eprintln!(
@@ -77,10 +81,15 @@ async fn classic_and_fd_frames_on_vcan0() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
-    let classic: CanAnyFrame = CanFrame::new(sid(0x7E0), &[0x02, 0x10, 0x03]).unwrap().into();
-    let ext: CanAnyFrame = CanFrame::new(CanId::extended(0x18DA_10F1).unwrap(), &[1, 2, 3, 4, 5, 6, 7, 8])
+    let classic: CanAnyFrame = CanFrame::new(sid(0x7E0), &[0x02, 0x10, 0x03])
         .unwrap()
         .into();
+    let ext: CanAnyFrame = CanFrame::new(
+        CanId::extended(0x18DA_10F1).unwrap(),
+        &[1, 2, 3, 4, 5, 6, 7, 8],
+    )
+    .unwrap()
+    .into();
     let remote: CanAnyFrame = CanFrame::remote(sid(0x123), 4).unwrap().into();
     let mut fd = CanFdFrame::new(sid(0x7E8), &[0x5A; 64]).unwrap();
     fd.brs = true;
@@ -95,10 +104,18 @@ async fn classic_and_fd_frames_on_vcan0() {
         let got = recv(&b).await;
         assert_eq!(got.with_timestamp(Default::default()), want);
         // kernel receive timestamp, realtime clock
-        assert!(got.timestamp().0 >= before, "timestamp {:?} before the test", got.timestamp());
+        assert!(
+            got.timestamp().0 >= before,
+            "timestamp {:?} before the test",
+            got.timestamp()
+        );
     }
     // the sender does not receive its own frames (no CAN_RAW_RECV_OWN_MSGS)
-    assert!(tokio::time::timeout(Duration::from_millis(200), a.recv()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), a.recv())
+            .await
+            .is_err()
+    );
     let (sa, sb) = (a.stats(), b.stats());
     assert_eq!(sa.tx_frames, 5);
     assert_eq!(sb.rx_frames, 5);
@@ -122,16 +139,30 @@ async fn classic_socket_and_fd_frames() {
     let classic = SocketCanPort::open("ovc-classic", SocketCanOptions::default()).unwrap();
     assert!(!classic.fd_capable());
     let fd: CanAnyFrame = CanFdFrame::new(sid(0x100), &[1; 16]).unwrap().into();
-    assert!(matches!(classic.send(fd).await, Err(CanError::FdNotSupported(_))));
+    assert!(matches!(
+        classic.send(fd).await,
+        Err(CanError::FdNotSupported(_))
+    ));
     // the kernel does not deliver FD frames to a classic socket
     fdp.send(fd).await.unwrap();
-    fdp.send(CanFrame::new(sid(0x101), &[2]).unwrap().into()).await.unwrap();
+    fdp.send(CanFrame::new(sid(0x101), &[2]).unwrap().into())
+        .await
+        .unwrap();
     assert_eq!(recv(&classic).await.id(), sid(0x101));
 
     // a classic-MTU interface refuses an FD port
-    Command::new("ip").args(["link", "set", "ovc-classic", "down"]).status().unwrap();
-    Command::new("ip").args(["link", "set", "ovc-classic", "mtu", "16"]).status().unwrap();
-    Command::new("ip").args(["link", "set", "ovc-classic", "up"]).status().unwrap();
+    Command::new("ip")
+        .args(["link", "set", "ovc-classic", "down"])
+        .status()
+        .unwrap();
+    Command::new("ip")
+        .args(["link", "set", "ovc-classic", "mtu", "16"])
+        .status()
+        .unwrap();
+    Command::new("ip")
+        .args(["link", "set", "ovc-classic", "up"])
+        .status()
+        .unwrap();
     assert!(matches!(
         SocketCanPort::open("ovc-classic", fd_opts()),
         Err(CanError::FdNotSupported(_))
@@ -151,7 +182,10 @@ async fn kernel_filters_apply() {
         "ovc-filter",
         SocketCanOptions {
             fd: true,
-            filters: vec!["0x7E8-0x7EF".parse().unwrap(), "0x18DAF100/0x1FFFFF00".parse().unwrap()],
+            filters: vec![
+                "0x7E8-0x7EF".parse().unwrap(),
+                "0x18DAF100/0x1FFFFF00".parse().unwrap(),
+            ],
             ..SocketCanOptions::default()
         },
     )
@@ -166,10 +200,14 @@ async fn kernel_filters_apply() {
         sid(0x7EF),
     ];
     for id in ids {
-        tx.send(CanFrame::new(id, &[0]).unwrap().into()).await.unwrap();
+        tx.send(CanFrame::new(id, &[0]).unwrap().into())
+            .await
+            .unwrap();
     }
     // an end marker that passes, to know everything before it was filtered
-    tx.send(CanFrame::new(sid(0x7E8), &[0xFF]).unwrap().into()).await.unwrap();
+    tx.send(CanFrame::new(sid(0x7E8), &[0xFF]).unwrap().into())
+        .await
+        .unwrap();
     let mut got = Vec::new();
     loop {
         let f = recv(&rx).await;
@@ -178,7 +216,14 @@ async fn kernel_filters_apply() {
         }
         got.push(f.id());
     }
-    assert_eq!(got, vec![sid(0x7E9), CanId::extended(0x18DA_F110).unwrap(), sid(0x7EF)]);
+    assert_eq!(
+        got,
+        vec![
+            sid(0x7E9),
+            CanId::extended(0x18DA_F110).unwrap(),
+            sid(0x7EF)
+        ]
+    );
     // the filtering happened in the kernel: our port never saw the others
     assert_eq!(rx.stats().rx_frames, 4);
 }
@@ -194,7 +239,12 @@ fn write_raw(iface: &str, can_id: u32, data: [u8; 8]) {
     buf[8..].copy_from_slice(&data);
     // SAFETY: writes 16 initialised bytes to an open socket.
     let n = unsafe { libc::write(s.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-    assert_eq!(n, 16, "writing a raw frame: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        n,
+        16,
+        "writing a raw frame: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 #[tokio::test]
@@ -291,9 +341,15 @@ async fn interface_settings_need_a_real_controller() {
     .unwrap_err();
     let text = e.to_string();
     assert!(matches!(e, CanError::Netlink { .. }), "{e:?}");
-    assert!(text.contains("ovc-set") && text.contains("bitrate"), "{text}");
+    assert!(
+        text.contains("ovc-set") && text.contains("bitrate"),
+        "{text}"
+    );
     // without settings, nothing is touched and the interface opens
-    Command::new("ip").args(["link", "set", "ovc-set", "up"]).status().unwrap();
+    Command::new("ip")
+        .args(["link", "set", "ovc-set", "up"])
+        .status()
+        .unwrap();
     SocketCanPort::open("ovc-set", SocketCanOptions::default()).unwrap();
     // a missing interface is a clear error
     let e = SocketCanPort::open("ovc-none", SocketCanOptions::default()).unwrap_err();
@@ -319,7 +375,9 @@ async fn cangen_traffic_counted_frame_for_frame() {
     // -g 0: no gap; -I 42A fixed id; -L 8 fixed length; -D i: incrementing payload.
     // (Not -x: that disables loopback, and then nobody on a vcan receives anything.)
     let mut child = Command::new("cangen")
-        .args(["ovc-gen", "-g", "0", "-n", "1000", "-I", "42A", "-L", "8", "-D", "i"])
+        .args([
+            "ovc-gen", "-g", "0", "-n", "1000", "-I", "42A", "-L", "8", "-D", "i",
+        ])
         .spawn()
         .expect("run cangen (can-utils)");
     let mut got = 0u32;
@@ -331,11 +389,20 @@ async fn cangen_traffic_counted_frame_for_frame() {
         // -D i increments the payload: byte 0 counts frames modulo 256
         let b0 = f.data()[0];
         let start = *first.get_or_insert(b0);
-        assert_eq!(b0, start.wrapping_add(got as u8), "frame {got} out of order or lost");
+        assert_eq!(
+            b0,
+            start.wrapping_add(got as u8),
+            "frame {got} out of order or lost"
+        );
         got += 1;
     }
     assert!(child.wait().unwrap().success());
-    assert!(tokio::time::timeout(Duration::from_millis(300), port.recv()).await.is_err(), "more than 1000 frames");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), port.recv())
+            .await
+            .is_err(),
+        "more than 1000 frames"
+    );
     let s = port.stats();
     assert_eq!(s.rx_frames, 1000);
     assert_eq!(s.overruns, 0);
@@ -384,25 +451,36 @@ async fn candump_sees_our_frames() {
     .await
     .expect("candump never registered its filter");
     // outside the filter: candump must not count these
-    port.send(CanFrame::new(sid(0x100), &[0]).unwrap().into()).await.unwrap();
+    port.send(CanFrame::new(sid(0x100), &[0]).unwrap().into())
+        .await
+        .unwrap();
     let mut sent = Vec::new();
     for i in 0..N {
         let id = sid(0x200 + i as u16);
         let f: CanAnyFrame = if i % 3 == 0 {
             CanFdFrame::new(id, &[i as u8; 24]).unwrap().into()
         } else {
-            CanFrame::new(id, &[i as u8, 0xA5, (i >> 8) as u8]).unwrap().into()
+            CanFrame::new(id, &[i as u8, 0xA5, (i >> 8) as u8])
+                .unwrap()
+                .into()
         };
         port.send(f).await.unwrap();
         sent.push(f);
     }
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "candump failed: {status}");
     let lines = reader.join().unwrap();
     assert_eq!(lines.len(), N, "{lines:?}");
     for (line, want) in lines.iter().zip(&sent) {
         let p = parse_line(line).unwrap_or_else(|e| panic!("{line}: {e}"));
         assert_eq!(p.iface, "ovc-dump");
-        assert_eq!(p.frame.with_timestamp(Default::default()), want.with_timestamp(Default::default()), "{line}");
+        assert_eq!(
+            p.frame.with_timestamp(Default::default()),
+            want.with_timestamp(Default::default()),
+            "{line}"
+        );
     }
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-const PEER_ENV: &str = "OBDGW_TEST_SIM_PEER";
+const PEER_ENV: &str = "TEST_OBDGW_SIM_PEER";
 const READY: u16 = 0x700;
 const STOP: u16 = 0x7FF;
 const ACK: u16 = 0x7F7;
@@ -84,7 +84,9 @@ async fn exchange(port: &impl CanPort, round: u8) {
         let f: CanAnyFrame = if i % 4 == 0 {
             CanFdFrame::new(id, &[round; 48]).unwrap().into()
         } else {
-            CanFrame::new(id, &[round, i as u8, (i >> 8) as u8]).unwrap().into()
+            CanFrame::new(id, &[round, i as u8, (i >> 8) as u8])
+                .unwrap()
+                .into()
         };
         port.send(f).await.unwrap();
         let mut echo = recv(port).await;

@@ -27,7 +27,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/obdgw/obdgw.toml";
 /// Prefix of environment variables that override configuration keys (`__` separates levels).
 pub const ENV_PREFIX: &str = "OBDGW_";
 /// Environment variables with this prefix that are command-line options, not keys.
-const ENV_NOT_KEYS: &[&str] = &["CONFIG"];
+/// `SIM_DIR` is where `sim:` CAN buses live; `REQUIRE_CAN` makes the SocketCAN tests fail
+/// rather than skip on a kernel without CAN.
+const ENV_NOT_KEYS: &[&str] = &["CONFIG", "SIM_DIR", "REQUIRE_CAN"];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 #!/bin/bash
 # cargo-test.sh [CARGO ARGS...] [-- TEST ARGS...]: run every tests/socketcan*.rs target in
-# ONE boot of the CAN guest, with OBDGW_REQUIRE_CAN=1 (a test that finds no AF_CAN fails).
+# ONE boot of the CAN guest, with TEST_OBDGW_REQUIRE_CAN=1 and OBDGW_REQUIRE_CAN=1 (a test
+# that finds no AF_CAN must fail; OBDGW_REQUIRE_CAN is not a configuration key).
 #
 # The test binaries are built on the host (`cargo test --no-run --message-format=json`,
 # extra CARGO ARGS such as --release are passed on), then run one after another inside the
@@ -54,7 +55,7 @@ mkdir -p "$tdir"
 batch=$(mktemp "$tdir/obdgw-vm-batch.XXXXXX")
 trap 'rm -f "$batch"' EXIT
 {
-    echo 'export OBDGW_REQUIRE_CAN=1'
+    echo 'export TEST_OBDGW_REQUIRE_CAN=1 OBDGW_REQUIRE_CAN=1'
     echo 'failed=0'
     while IFS=$'\t' read -r dir exe; do
         printf 'echo "     Running %s (in the CAN guest)"\n' "$exe"

@@ -4,23 +4,23 @@
 # The guest is a Debian kernel (built by tests/vm/build.sh) with vcan0 and vcan1 up (CAN FD
 # MTU) and the CAN modules loaded (raw, bcm, gw, isotp, j1939, vxcan). It sees the host's /
 # read-only over 9p and runs BINARY as root in the current directory, with the whole
-# environment of this script plus OBDGW_VM_GUEST=1. The current directory and
+# environment of this script plus CANVM_GUEST=1. The current directory and
 # $CARGO_TARGET_DIR are shared read-write at their host paths; /tmp, /run and /dev/shm are
 # fresh and empty in the guest. The guest's output is streamed to stdout.
 #
-# Exit status: the program's own; 124 when OBDGW_VM_TIMEOUT expires; 125 when the VM or the
+# Exit status: the program's own; 124 when CANVM_TIMEOUT expires; 125 when the VM or the
 # harness fails (no kernel, QEMU error, guest panic, share not mountable).
 #
 # Environment:
 #   CANVM_DIR          guest artifacts (default ${CARGO_TARGET_DIR:-<repo>/target}/canvm)
-#   OBDGW_VM_TIMEOUT   seconds before the VM is killed (default 600)
-#   OBDGW_VM_MEM       guest memory (default 512M; 96M is the working minimum)
-#   OBDGW_VM_SMP       guest CPUs (default 2)
-#   OBDGW_VM_ACCEL     kvm | tcg (default: kvm when /dev/kvm is usable and not nested PVM)
-#   OBDGW_VM_NVCAN     number of vcan interfaces (default 2)
-#   OBDGW_VM_RW        more host directories to share read-write, ':'-separated
-#   OBDGW_VM_VERBOSE   1: show the kernel's boot messages
-#   OBDGW_VM_TIMES     1: print boot and run times on stderr
+#   CANVM_TIMEOUT   seconds before the VM is killed (default 600)
+#   CANVM_MEM       guest memory (default 512M; 96M is the working minimum)
+#   CANVM_SMP       guest CPUs (default 2)
+#   CANVM_ACCEL     kvm | tcg (default: kvm when /dev/kvm is usable and not nested PVM)
+#   CANVM_NVCAN     number of vcan interfaces (default 2)
+#   CANVM_RW        more host directories to share read-write, ':'-separated
+#   CANVM_VERBOSE   1: show the kernel's boot messages
+#   CANVM_TIMES     1: print boot and run times on stderr
 # Also usable as a cargo runner:
 #   CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=tests/vm/run.sh cargo test --test socketcan
 set -euo pipefail
@@ -40,7 +40,7 @@ case $prog in
     *) prog=$(command -v "$prog") || vmfail "$1: command not found" ;;
 esac
 
-accel=${OBDGW_VM_ACCEL:-}
+accel=${CANVM_ACCEL:-}
 if [ -z "$accel" ]; then
     # A /dev/kvm provided by kvm_pvm (nested PVM) emulates a stock kernel far slower than
     # TCG and then fails on cmpxchg16b/xrstor; only a real KVM is worth using.
@@ -49,7 +49,7 @@ fi
 case $accel in
     kvm) accel_args=(-accel kvm -cpu host) ;;
     tcg) accel_args=(-accel tcg,thread=multi -cpu max) ;;
-    *) vmfail "OBDGW_VM_ACCEL=$accel: expected kvm or tcg" ;;
+    *) vmfail "CANVM_ACCEL=$accel: expected kvm or tcg" ;;
 esac
 
 JOB=$(mktemp -d "${TMPDIR:-/tmp}/obdgw-vm.XXXXXX")
@@ -76,7 +76,7 @@ trap 'exit 143' TERM
         esac
         printf 'export %s=%q\n' "$name" "${kv#*=}"
     done < /proc/self/environ
-    echo 'export OBDGW_VM_GUEST=1'
+    echo 'export CANVM_GUEST=1'
     printf 'exec %q' "$prog"
     [ $# -eq 0 ] || printf ' %q' "$@"
     echo
@@ -95,7 +95,7 @@ share hostroot / ro
 share job "$JOB" rw
 # Read-write shares at their host paths; a path inside an earlier one is covered by it.
 rw=()
-IFS=: read -r -a want <<< "$PWD${CARGO_TARGET_DIR:+:$CARGO_TARGET_DIR}${OBDGW_VM_RW:+:$OBDGW_VM_RW}"
+IFS=: read -r -a want <<< "$PWD${CARGO_TARGET_DIR:+:$CARGO_TARGET_DIR}${CANVM_RW:+:$CANVM_RW}"
 for p in "${want[@]}"; do
     [ -n "$p" ] && [ -d "$p" ] || continue
     p=$(realpath "$p")
@@ -122,13 +122,13 @@ tty=0; [ -t 1 ] && tty=1
 # kernel cannot calibrate the TSC by itself and would hang, so give it the host's rate
 # (TCG's guest TSC runs at the host's TSC rate).
 khz=$(awk -F: '/^cpu MHz/{printf "%d", $2 * 1000; exit}' /proc/cpuinfo)
-if [ "${OBDGW_VM_VERBOSE:-0}" = 1 ]; then
-    loglevel="loglevel=7"; pre='/^OBDGW_VM_JOB_START$/d'
+if [ "${CANVM_VERBOSE:-0}" = 1 ]; then
+    loglevel="loglevel=7"; pre='/^CANVM_JOB_START$/d'
 else
     # up to the job's start keep only kernel messages (panics) and init's own lines
-    loglevel="quiet loglevel=1"; pre='1,/^OBDGW_VM_JOB_START$/{/^\[ *[0-9]/b;/^obdgw-vm:/b;d}'
+    loglevel="quiet loglevel=1"; pre='1,/^CANVM_JOB_START$/{/^\[ *[0-9]/b;/^obdgw-vm:/b;d}'
 fi
-append="console=ttyS0 $loglevel obdgw_tty=$tty obdgw_nvcan=${OBDGW_VM_NVCAN:-2} tsc_early_khz=$khz"
+append="console=ttyS0 $loglevel canvm_tty=$tty canvm_nvcan=${CANVM_NVCAN:-2} tsc_early_khz=$khz"
 append+=" tsc=reliable no_timer_check panic=-1 oops=panic mitigations=off cryptomgr.notests rdinit=/init"
 
 bios=()
@@ -139,9 +139,9 @@ t0=$(date +%s.%N)
 # ^C) only between commands, so a foreground pipeline would leave QEMU behind.
 {
     set +e
-    timeout -k 5 "${OBDGW_VM_TIMEOUT:-600}" "$QEMU" \
+    timeout -k 5 "${CANVM_TIMEOUT:-600}" "$QEMU" \
         -M microvm,isa-serial=on,rtc=on,pit=on,pic=on "${bios[@]}" "${accel_args[@]}" \
-        -m "${OBDGW_VM_MEM:-512M}" -smp "${OBDGW_VM_SMP:-2}" \
+        -m "${CANVM_MEM:-512M}" -smp "${CANVM_SMP:-2}" \
         -nodefaults -no-user-config -nographic -no-reboot -monitor none -serial stdio \
         -pidfile "$JOB/qemu.pid" -kernel "$D/vmlinux" -initrd "$D/initramfs.cpio" \
         -append "$append" "${shares[@]}" < /dev/null
@@ -152,13 +152,13 @@ t1=$(date +%s.%N)
 
 qs=$(cat "$JOB/qemu.status" 2>/dev/null || echo none)
 if [ "$qs" = 124 ] || [ "$qs" = 137 ]; then
-    echo "tests/vm/run.sh: timed out after ${OBDGW_VM_TIMEOUT:-600} s; the VM was killed" >&2
+    echo "tests/vm/run.sh: timed out after ${CANVM_TIMEOUT:-600} s; the VM was killed" >&2
     exit 124
 fi
 [ -s "$JOB/status" ] ||
-    vmfail "the guest ended without a job status (QEMU status $qs); rerun with OBDGW_VM_VERBOSE=1"
+    vmfail "the guest ended without a job status (QEMU status $qs); rerun with CANVM_VERBOSE=1"
 st=$(cat "$JOB/status")
-if [ "${OBDGW_VM_TIMES:-0}" = 1 ]; then
+if [ "${CANVM_TIMES:-0}" = 1 ]; then
     printf 'obdgw-vm: %.2f s in all; the job started at %s s guest uptime\n' \
         "$(awk "BEGIN{print $t1 - $t0}")" "$(cat "$JOB/job-start" 2>/dev/null)" >&2
 fi

@@ -115,7 +115,7 @@ fn hex_digit(c: u8) -> Option<u8> {
 
 fn parse_hex_bytes(s: &str, out: &mut [u8; 64]) -> Result<usize, ParseError> {
     let b = s.as_bytes();
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return Err(ParseError("odd number of data digits"));
     }
     if b.len() / 2 > 64 {
@@ -164,7 +164,9 @@ pub fn parse_line(line: &str) -> Result<Parsed<'_>, ParseError> {
         8 => CanId::extended(raw),
         _ => None,
     }
-    .ok_or(ParseError("id must be 3 (11-bit) or 8 (29-bit) hex digits in range"))?;
+    .ok_or(ParseError(
+        "id must be 3 (11-bit) or 8 (29-bit) hex digits in range",
+    ))?;
     let mut data = [0u8; 64];
     let frame = if let Some(fd) = body.strip_prefix('#') {
         let mut chars = fd.chars();
@@ -183,7 +185,9 @@ pub fn parse_line(line: &str) -> Result<Parsed<'_>, ParseError> {
         } else {
             dlc.parse().map_err(|_| ParseError("bad remote DLC"))?
         };
-        CanAnyFrame::Classic(CanFrame::remote(id, dlc).map_err(|_| ParseError("remote DLC above 8"))?)
+        CanAnyFrame::Classic(
+            CanFrame::remote(id, dlc).map_err(|_| ParseError("remote DLC above 8"))?,
+        )
     } else {
         let n = parse_hex_bytes(body, &mut data)?;
         CanAnyFrame::Classic(
@@ -269,9 +273,24 @@ mod tests {
             (0u16..=0x7FF).prop_map(|i| CanId::standard(i).unwrap()),
             (0u32..=0x1FFF_FFFF).prop_map(|i| CanId::extended(i).unwrap()),
         ];
-        let lens = prop_oneof![0usize..=8, Just(12), Just(16), Just(20), Just(24), Just(32), Just(48), Just(64)];
-        (id, proptest::collection::vec(any::<u8>(), 64), lens, any::<u8>(), 0u8..=8).prop_map(
-            |(id, data, len, kind, dlc)| match kind % 3 {
+        let lens = prop_oneof![
+            0usize..=8,
+            Just(12),
+            Just(16),
+            Just(20),
+            Just(24),
+            Just(32),
+            Just(48),
+            Just(64)
+        ];
+        (
+            id,
+            proptest::collection::vec(any::<u8>(), 64),
+            lens,
+            any::<u8>(),
+            0u8..=8,
+        )
+            .prop_map(|(id, data, len, kind, dlc)| match kind % 3 {
                 0 => CanFrame::new(id, &data[..len.min(8)]).unwrap().into(),
                 1 => CanFrame::remote(id, dlc).unwrap().into(),
                 _ => {
@@ -280,8 +299,7 @@ mod tests {
                     f.esi = kind & 8 != 0;
                     f.into()
                 }
-            },
-        )
+            })
     }
 
     proptest! {

@@ -111,7 +111,10 @@ pub fn validate(entries: &[CanInterfaceConfig], mut issue: impl FnMut(String, St
         if names.contains(&c.name.as_str()) {
             issue(
                 key("name"),
-                format!("`{}` is used by an earlier [[can]] entry; names must be unique", c.name),
+                format!(
+                    "`{}` is used by an earlier [[can]] entry; names must be unique",
+                    c.name
+                ),
             );
         }
         names.push(&c.name);
@@ -184,7 +187,10 @@ pub fn validate(entries: &[CanInterfaceConfig], mut issue: impl FnMut(String, St
         if c.rx_queue == 0 || c.rx_queue > 1 << 20 {
             issue(
                 key("rx_queue"),
-                format!("{} is out of range; expected 1..=1048576 frames", c.rx_queue),
+                format!(
+                    "{} is out of range; expected 1..=1048576 frames",
+                    c.rx_queue
+                ),
             );
         }
     }

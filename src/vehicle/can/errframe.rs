@@ -264,7 +264,10 @@ mod tests {
         assert_eq!(t.on_error_frame(&passive), None);
         assert_eq!(t.on_error_frame(&off).unwrap().to, BusState::BusOff);
         assert_eq!(t.bus_off_count(), 1);
-        assert_eq!(t.on_error_frame(&restarted).unwrap().to, BusState::ErrorActive);
+        assert_eq!(
+            t.on_error_frame(&restarted).unwrap().to,
+            BusState::ErrorActive
+        );
         assert_eq!(t.state(), BusState::ErrorActive);
     }
 

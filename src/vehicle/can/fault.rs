@@ -174,13 +174,19 @@ pub fn corrupt(frame: &CanAnyFrame, rng: &mut SplitMix64) -> CanAnyFrame {
         buf[(bit / 8) as usize] ^= 1 << (bit % 8);
     }
     let out = match frame {
-        CanAnyFrame::Classic(f) if f.is_remote() => CanFrame::remote(new_id, f.dlc()).ok().map(CanAnyFrame::from),
-        CanAnyFrame::Classic(_) => CanFrame::new(new_id, &buf[..data.len()]).ok().map(CanAnyFrame::from),
-        CanAnyFrame::Fd(f) => CanFdFrame::new(new_id, &buf[..data.len()]).ok().map(|mut n| {
-            n.brs = f.brs;
-            n.esi = f.esi;
-            CanAnyFrame::from(n)
-        }),
+        CanAnyFrame::Classic(f) if f.is_remote() => CanFrame::remote(new_id, f.dlc())
+            .ok()
+            .map(CanAnyFrame::from),
+        CanAnyFrame::Classic(_) => CanFrame::new(new_id, &buf[..data.len()])
+            .ok()
+            .map(CanAnyFrame::from),
+        CanAnyFrame::Fd(f) => CanFdFrame::new(new_id, &buf[..data.len()])
+            .ok()
+            .map(|mut n| {
+                n.brs = f.brs;
+                n.esi = f.esi;
+                CanAnyFrame::from(n)
+            }),
     };
     // The length is unchanged, so building cannot fail; keep the original if it did.
     out.unwrap_or(*frame).with_timestamp(frame.timestamp())

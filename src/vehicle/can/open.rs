@@ -52,7 +52,11 @@ impl PortSpec {
         if spec.len() > 15 {
             return Err(err("network interface names have at most 15 characters"));
         }
-        if spec == "." || spec == ".." || spec.contains(['/', ':']) || spec.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if spec == "."
+            || spec == ".."
+            || spec.contains(['/', ':'])
+            || spec.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(err("a network interface name has no `/`, `:` or spaces"));
         }
         Ok(PortSpec::SocketCan(spec.to_string()))
@@ -178,10 +182,22 @@ mod tests {
 
     #[test]
     fn specs() {
-        assert_eq!(PortSpec::parse("can0"), Ok(PortSpec::SocketCan("can0".into())));
+        assert_eq!(
+            PortSpec::parse("can0"),
+            Ok(PortSpec::SocketCan("can0".into()))
+        );
         assert_eq!(PortSpec::parse("sim:car"), Ok(PortSpec::Sim("car".into())));
         assert_eq!(PortSpec::parse("sim:car").unwrap().to_string(), "sim:car");
-        for bad in ["", "sim:", "sim:a/b", "averyveryverylongname", "a b", "..", "x:y", "can/0"] {
+        for bad in [
+            "",
+            "sim:",
+            "sim:a/b",
+            "averyveryverylongname",
+            "a b",
+            "..",
+            "x:y",
+            "can/0",
+        ] {
             let e = PortSpec::parse(bad).unwrap_err();
             assert!(e.to_string().contains("expected a SocketCAN name"), "{e}");
         }

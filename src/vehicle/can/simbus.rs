@@ -198,7 +198,11 @@ pub fn emit_record(frame: &CanAnyFrame, out: &mut [u8]) -> usize {
     let (kind, flags, len) = match frame {
         CanAnyFrame::Classic(f) if f.is_remote() => (KIND_REMOTE, 0, f.dlc()),
         CanAnyFrame::Classic(f) => (KIND_CLASSIC, 0, f.data().len() as u8),
-        CanAnyFrame::Fd(f) => (KIND_FD, (f.brs as u8) | ((f.esi as u8) << 1), f.data().len() as u8),
+        CanAnyFrame::Fd(f) => (
+            KIND_FD,
+            (f.brs as u8) | ((f.esi as u8) << 1),
+            f.data().len() as u8,
+        ),
     };
     out[field::KIND] = kind;
     out[field::FLAGS] = flags;
@@ -316,7 +320,11 @@ pub fn sim_dir() -> PathBuf {
 
 fn prepare_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
@@ -782,25 +790,48 @@ mod tests {
         let n = emit_record(&fd.into(), &mut buf);
         assert_eq!(&buf[..8], &[3, 3, 12, 0, 0x10, 0xF1, 0xDA, 0x98]);
         assert_eq!(n, 20);
-        let r: CanAnyFrame = CanFrame::remote(CanId::standard(0x100).unwrap(), 3).unwrap().into();
+        let r: CanAnyFrame = CanFrame::remote(CanId::standard(0x100).unwrap(), 3)
+            .unwrap()
+            .into();
         let n = emit_record(&r, &mut buf);
         assert_eq!(&buf[..n], &[2, 0, 3, 0, 0, 1, 0, 0]);
-        assert_eq!(SimRecord::new_checked(&buf[..n]).unwrap().parse(Timestamp(0)).unwrap(), r);
+        assert_eq!(
+            SimRecord::new_checked(&buf[..n])
+                .unwrap()
+                .parse(Timestamp(0))
+                .unwrap(),
+            r
+        );
     }
 
     #[test]
     fn bad_records() {
-        assert_eq!(SimRecord::new_checked(&[1u8, 0, 2][..]).unwrap_err(), RecordError::Incomplete);
+        assert_eq!(
+            SimRecord::new_checked(&[1u8, 0, 2][..]).unwrap_err(),
+            RecordError::Incomplete
+        );
         assert_eq!(
             SimRecord::new_checked(&[1u8, 0, 2, 0, 0, 0, 0, 0, 1][..]).unwrap_err(),
             RecordError::Incomplete
         );
-        assert_eq!(SimRecord::new_checked(&[9u8, 0, 0, 0, 0, 0, 0, 0][..]).unwrap_err(), RecordError::BadKind(9));
-        assert_eq!(SimRecord::new_checked(&[1u8, 0, 9, 0, 0, 0, 0, 0][..]).unwrap_err(), RecordError::BadLength(9));
-        assert_eq!(SimRecord::new_checked(&[3u8, 0, 13, 0, 0, 0, 0, 0][..]).unwrap_err(), RecordError::BadLength(13));
+        assert_eq!(
+            SimRecord::new_checked(&[9u8, 0, 0, 0, 0, 0, 0, 0][..]).unwrap_err(),
+            RecordError::BadKind(9)
+        );
+        assert_eq!(
+            SimRecord::new_checked(&[1u8, 0, 9, 0, 0, 0, 0, 0][..]).unwrap_err(),
+            RecordError::BadLength(9)
+        );
+        assert_eq!(
+            SimRecord::new_checked(&[3u8, 0, 13, 0, 0, 0, 0, 0][..]).unwrap_err(),
+            RecordError::BadLength(13)
+        );
         // an 11-bit id above 0x7FF
         let r = SimRecord::new_checked(&[1u8, 0, 0, 0, 0, 8, 0, 0][..]).unwrap();
-        assert_eq!(r.parse(Timestamp(0)).unwrap_err(), RecordError::BadId(0x800));
+        assert_eq!(
+            r.parse(Timestamp(0)).unwrap_err(),
+            RecordError::BadId(0x800)
+        );
     }
 
     proptest! {
@@ -855,11 +886,15 @@ mod tests {
         let c = SimPort::open("t", opts(dir.path())).await.unwrap();
         assert!(a.is_hub());
         assert!(!b.is_hub() && !c.is_hub());
-        let f: CanAnyFrame = CanFrame::new(CanId::standard(0x7DF).unwrap(), &[2, 1, 0]).unwrap().into();
+        let f: CanAnyFrame = CanFrame::new(CanId::standard(0x7DF).unwrap(), &[2, 1, 0])
+            .unwrap()
+            .into();
         a.send(f).await.unwrap();
         assert_eq!(recv_timeout(&b).await.data(), f.data());
         assert_eq!(recv_timeout(&c).await.data(), f.data());
-        let fd: CanAnyFrame = CanFdFrame::new(CanId::standard(0x7E8).unwrap(), &[5; 64]).unwrap().into();
+        let fd: CanAnyFrame = CanFdFrame::new(CanId::standard(0x7E8).unwrap(), &[5; 64])
+            .unwrap()
+            .into();
         c.send(fd).await.unwrap();
         assert_eq!(recv_timeout(&a).await.data(), &[5; 64]);
         assert_eq!(recv_timeout(&b).await.data(), &[5; 64]);
@@ -896,9 +931,19 @@ mod tests {
         )
         .await
         .unwrap();
-        let mk = |id: u16| -> CanAnyFrame { CanFrame::new(CanId::standard(id).unwrap(), &[id as u8]).unwrap().into() };
+        let mk = |id: u16| -> CanAnyFrame {
+            CanFrame::new(CanId::standard(id).unwrap(), &[id as u8])
+                .unwrap()
+                .into()
+        };
         a.send(mk(0x100)).await.unwrap();
-        a.send(CanFdFrame::new(CanId::standard(0x7E9).unwrap(), &[0; 12]).unwrap().into()).await.unwrap();
+        a.send(
+            CanFdFrame::new(CanId::standard(0x7E9).unwrap(), &[0; 12])
+                .unwrap()
+                .into(),
+        )
+        .await
+        .unwrap();
         a.send(mk(0x7E8)).await.unwrap();
         // b sees only the classic 0x7E8
         assert_eq!(recv_timeout(&b).await.id(), CanId::standard(0x7E8).unwrap());
@@ -907,7 +952,12 @@ mod tests {
         assert_eq!(recv_timeout(&a).await.id().id(), 0x7E9);
         assert_eq!(recv_timeout(&a).await.id().id(), 0x7E8);
         assert!(matches!(
-            b.send(CanFdFrame::new(CanId::standard(1).unwrap(), &[0; 12]).unwrap().into()).await,
+            b.send(
+                CanFdFrame::new(CanId::standard(1).unwrap(), &[0; 12])
+                    .unwrap()
+                    .into()
+            )
+            .await,
             Err(CanError::FdNotSupported(_))
         ));
     }
@@ -921,7 +971,9 @@ mod tests {
         assert!(a.is_hub());
         drop(a);
         // b and c elect a new hub and reconnect; keep sending until c hears b
-        let f: CanAnyFrame = CanFrame::new(CanId::standard(0x123).unwrap(), &[1]).unwrap().into();
+        let f: CanAnyFrame = CanFrame::new(CanId::standard(0x123).unwrap(), &[1])
+            .unwrap()
+            .into();
         let heard = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 b.send(f).await.unwrap();
@@ -946,7 +998,9 @@ mod tests {
         let a = SimPort::open("s", opts(dir.path())).await.unwrap();
         assert!(a.is_hub());
         // something that is not a node is dropped by the hub after the hello fails
-        let mut raw = UnixStream::connect(dir.path().join("sim-s.sock")).await.unwrap();
+        let mut raw = UnixStream::connect(dir.path().join("sim-s.sock"))
+            .await
+            .unwrap();
         raw.write_all(b"GET / HTTP/1.0\r\n").await.unwrap();
         let mut buf = [0u8; 64];
         let n = tokio::time::timeout(Duration::from_secs(5), async {
@@ -973,7 +1027,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         prepare_dir(&dir.path().join("new")).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("new")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("new"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700);
     }
 }

@@ -52,7 +52,13 @@ pub fn interface_mtu(name: &str) -> io::Result<usize> {
 /// Whether this kernel offers `AF_CAN` sockets at all.
 pub fn af_can_available() -> bool {
     // SAFETY: plain socket(2) call; the fd is closed at once.
-    let fd = unsafe { libc::socket(libc::AF_CAN, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::CAN_RAW) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_CAN,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::CAN_RAW,
+        )
+    };
     if fd < 0 {
         return false;
     }
@@ -186,7 +192,8 @@ pub fn emit_frame(frame: &CanAnyFrame, buf: &mut [u8; CANFD_MTU]) -> usize {
         }
         CanAnyFrame::Fd(f) => {
             buf[field::LEN] = f.data().len() as u8;
-            buf[field::FLAGS] = (if f.brs { CANFD_BRS } else { 0 }) | (if f.esi { CANFD_ESI } else { 0 });
+            buf[field::FLAGS] =
+                (if f.brs { CANFD_BRS } else { 0 }) | (if f.esi { CANFD_ESI } else { 0 });
             buf[field::DATA..field::DATA + f.data().len()].copy_from_slice(f.data());
             (f.id().raw(), CANFD_MTU)
         }
@@ -282,13 +289,15 @@ fn apply_settings(name: &str, opts: &SocketCanOptions) -> Result<(), CanError> {
             iface: name.to_string(),
             op,
             reason: if nl_denied(&e) {
-                format!("{e} (needs CAP_NET_ADMIN; or set it with `ip link` and remove the setting)")
+                format!(
+                    "{e} (needs CAP_NET_ADMIN; or set it with `ip link` and remove the setting)"
+                )
             } else {
                 e.to_string()
             },
         }
     };
-    let iface = socketcan::nl::CanInterface::open(name).map_err(|e| nl("find the interface")(e.into()))?;
+    let iface = socketcan::nl::CanInterface::open(name).map_err(nl("find the interface"))?;
     // bit timing can only change while the interface is down
     iface.bring_down().map_err(nl("bring the interface down"))?;
     if let Some(b) = opts.bitrate {
@@ -298,7 +307,9 @@ fn apply_settings(name: &str, opts: &SocketCanOptions) -> Result<(), CanError> {
         iface
             .set_ctrlmode(socketcan::nl::CanCtrlMode::Fd, true)
             .map_err(nl("enable CAN FD"))?;
-        iface.set_data_bitrate(b, None).map_err(nl("set the data bitrate"))?;
+        iface
+            .set_data_bitrate(b, None)
+            .map_err(nl("set the data bitrate"))?;
     }
     if let Some(ms) = opts.restart_ms {
         iface.set_restart_ms(ms).map_err(nl("set restart-ms"))?;
@@ -325,20 +336,24 @@ impl SocketCanPort {
             .map(|f| CanFilter::new(f.id, f.mask))
             .collect();
         let owned: OwnedFd = if opts.fd {
-            let s = socketcan::CanFdSocket::open(name).map_err(io_err(name, "open a CAN_RAW FD socket"))?;
+            let s = socketcan::CanFdSocket::open(name)
+                .map_err(io_err(name, "open a CAN_RAW FD socket"))?;
             configure(&s, name, &filters, &opts)?;
             // SAFETY: into_raw_fd hands over ownership of a valid, open fd.
             unsafe { OwnedFd::from_raw_fd(s.into_raw_fd()) }
         } else {
-            let s = socketcan::CanSocket::open(name).map_err(io_err(name, "open a CAN_RAW socket"))?;
+            let s =
+                socketcan::CanSocket::open(name).map_err(io_err(name, "open a CAN_RAW socket"))?;
             configure(&s, name, &filters, &opts)?;
             // SAFETY: as above.
             unsafe { OwnedFd::from_raw_fd(s.into_raw_fd()) }
         };
         // SAFETY: `owned` is a valid open fd; AsyncFd owns it until dropped and OwnedFd always
         // returns that same fd.
-        let fd = unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE | Interest::WRITABLE) }
-            .map_err(|e| io_err(name, "register with the tokio reactor")(e.into()))?;
+        let fd = unsafe {
+            AsyncFd::register_with_interest(owned, Interest::READABLE | Interest::WRITABLE)
+        }
+        .map_err(|e| io_err(name, "register with the tokio reactor")(e.into()))?;
         let (state_tx, _) = watch::channel(BusState::ErrorActive);
         Ok(SocketCanPort {
             fd,
@@ -404,11 +419,11 @@ impl SocketCanPort {
             return;
         }
         tokio::task::spawn_blocking(move || {
-            let result = socketcan::nl::CanInterface::open(&sh.name)
-                .map_err(socketcan::Error::from)
-                .and_then(|i| i.restart());
+            let result = socketcan::nl::CanInterface::open(&sh.name).and_then(|i| i.restart());
             match result {
-                Ok(()) => tracing::info!(iface = %sh.name, "bus-off: restarted the controller through netlink"),
+                Ok(()) => {
+                    tracing::info!(iface = %sh.name, "bus-off: restarted the controller through netlink")
+                }
                 Err(e) if nl_denied(&e) => {
                     sh.recovery_blocked.store(true, Ordering::Relaxed);
                     tracing::error!(
@@ -433,7 +448,8 @@ fn configure<S: Socket + SocketOptions>(
     filters: &[CanFilter],
     opts: &SocketCanOptions,
 ) -> Result<(), CanError> {
-    s.set_filters(filters).map_err(io_err(name, "set CAN_RAW_FILTER"))?;
+    s.set_filters(filters)
+        .map_err(io_err(name, "set CAN_RAW_FILTER"))?;
     s.set_error_filter(if opts.error_frames { CAN_ERR_MASK } else { 0 })
         .map_err(io_err(name, "set CAN_RAW_ERR_FILTER"))?;
     s.set_recv_own_msgs(opts.recv_own)
@@ -444,12 +460,15 @@ fn configure<S: Socket + SocketOptions>(
         .map_err(io_err(name, "set SO_RXQ_OVFL"))?;
     if let Some(bytes) = opts.rx_buffer {
         let v = bytes.min(i32::MAX as usize / 2) as i32;
-        if s.set_socket_option_int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, v).is_err() {
+        if s.set_socket_option_int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, v)
+            .is_err()
+        {
             s.set_socket_option_int(libc::SOL_SOCKET, libc::SO_RCVBUF, v)
                 .map_err(io_err(name, "set SO_RCVBUF"))?;
         }
     }
-    s.set_nonblocking(true).map_err(io_err(name, "set O_NONBLOCK"))?;
+    s.set_nonblocking(true)
+        .map_err(io_err(name, "set O_NONBLOCK"))?;
     Ok(())
 }
 
@@ -495,10 +514,13 @@ fn recv_raw(fd: RawFd, buf: &mut [u8; CANFD_MTU]) -> io::Result<Received> {
             if h.cmsg_level == libc::SOL_SOCKET {
                 let data = libc::CMSG_DATA(c);
                 if h.cmsg_type == libc::SCM_TIMESTAMPNS
-                    && h.cmsg_len as usize >= libc::CMSG_LEN(std::mem::size_of::<libc::timespec>() as u32) as usize
+                    && h.cmsg_len as usize
+                        >= libc::CMSG_LEN(std::mem::size_of::<libc::timespec>() as u32) as usize
                 {
                     let ts: libc::timespec = std::ptr::read_unaligned(data.cast());
-                    out.timestamp = Some(Timestamp(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64));
+                    out.timestamp = Some(Timestamp(
+                        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
+                    ));
                 } else if h.cmsg_type == libc::SO_RXQ_OVFL
                     && h.cmsg_len as usize >= libc::CMSG_LEN(4) as usize
                 {
@@ -638,7 +660,10 @@ mod tests {
         want[8..11].copy_from_slice(&[1, 2, 3]);
         assert_eq!(&buf[..16], &want);
         let v = RawFrame::new_checked(&buf[..n]).unwrap();
-        assert_eq!(v.parse(Timestamp(5)).unwrap(), RawRx::Frame(f.with_timestamp(Timestamp(5))));
+        assert_eq!(
+            v.parse(Timestamp(5)).unwrap(),
+            RawRx::Frame(f.with_timestamp(Timestamp(5)))
+        );
     }
 
     #[test]
@@ -648,15 +673,35 @@ mod tests {
         let f: CanAnyFrame = fd.into();
         let mut buf = [0u8; CANFD_MTU];
         assert_eq!(emit_frame(&f, &mut buf), 72);
-        assert_eq!(u32::from_ne_bytes(buf[..4].try_into().unwrap()), 0x98DA_F110);
+        assert_eq!(
+            u32::from_ne_bytes(buf[..4].try_into().unwrap()),
+            0x98DA_F110
+        );
         assert_eq!(buf[4], 12);
         assert_eq!(buf[5], CANFD_BRS | CANFD_ESI);
-        assert_eq!(RawFrame::new_checked(&buf[..]).unwrap().parse(Timestamp(0)).unwrap(), RawRx::Frame(f));
+        assert_eq!(
+            RawFrame::new_checked(&buf[..])
+                .unwrap()
+                .parse(Timestamp(0))
+                .unwrap(),
+            RawRx::Frame(f)
+        );
 
-        let r: CanAnyFrame = CanFrame::remote(CanId::standard(0x100).unwrap(), 4).unwrap().into();
+        let r: CanAnyFrame = CanFrame::remote(CanId::standard(0x100).unwrap(), 4)
+            .unwrap()
+            .into();
         let n = emit_frame(&r, &mut buf);
-        assert_eq!(u32::from_ne_bytes(buf[..4].try_into().unwrap()), 0x4000_0100);
-        assert_eq!(RawFrame::new_checked(&buf[..n]).unwrap().parse(Timestamp(0)).unwrap(), RawRx::Frame(r));
+        assert_eq!(
+            u32::from_ne_bytes(buf[..4].try_into().unwrap()),
+            0x4000_0100
+        );
+        assert_eq!(
+            RawFrame::new_checked(&buf[..n])
+                .unwrap()
+                .parse(Timestamp(0))
+                .unwrap(),
+            RawRx::Frame(r)
+        );
     }
 
     #[test]
@@ -669,12 +714,23 @@ mod tests {
             panic!("not an error frame")
         };
         assert_eq!(e.state(), Some(BusState::BusOff));
-        assert_eq!(RawFrame::new_checked(&buf[..15]).unwrap_err(), RawFrameError::BadSize(15));
+        assert_eq!(
+            RawFrame::new_checked(&buf[..15]).unwrap_err(),
+            RawFrameError::BadSize(15)
+        );
         buf[4] = 9;
-        assert_eq!(RawFrame::new_checked(&buf[..]).unwrap_err(), RawFrameError::BadLength(9));
+        assert_eq!(
+            RawFrame::new_checked(&buf[..]).unwrap_err(),
+            RawFrameError::BadLength(9)
+        );
         let mut fdbuf = [0u8; 72];
         fdbuf[4] = 13; // not a valid FD length
-        assert!(RawFrame::new_checked(&fdbuf[..]).unwrap().parse(Timestamp(0)).is_err());
+        assert!(
+            RawFrame::new_checked(&fdbuf[..])
+                .unwrap()
+                .parse(Timestamp(0))
+                .is_err()
+        );
     }
 
     proptest! {

@@ -43,7 +43,11 @@ pub fn classic_frame_bits(extended: bool, len: usize) -> u32 {
 pub fn fd_frame_bits(extended: bool, len: usize) -> (u32, u32) {
     let len = len.min(64) as u32;
     // SOF + id (+ SRR + IDE + id ext) + RRS + IDE + FDF + res + BRS
-    let arbitration = if extended { 1 + 11 + 2 + 18 + 4 } else { 1 + 11 + 5 };
+    let arbitration = if extended {
+        1 + 11 + 2 + 18 + 4
+    } else {
+        1 + 11 + 5
+    };
     let crc: u32 = if len <= 16 { 17 } else { 21 };
     // ESI + DLC + data + stuff count (4: 3 bits + parity) + CRC + fixed stuff bits (1 per 4)
     let data_dynamic = 1 + 4 + 8 * len;
@@ -141,6 +145,9 @@ mod tests {
         assert!(nominal > 25 && nominal < 40, "{nominal}");
         // more data, more time
         assert!(t.fd_frame_time(false, 8, true) < fast);
-        assert_eq!(BusTiming::classic(0).classic_frame_time(false, 8), Duration::ZERO);
+        assert_eq!(
+            BusTiming::classic(0).classic_frame_time(false, 8),
+            Duration::ZERO
+        );
     }
 }

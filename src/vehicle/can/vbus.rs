@@ -390,7 +390,10 @@ mod tests {
         b.close();
         assert_eq!(bus.port_count(), 1);
         assert!(matches!(b.recv().await, Err(CanError::Closed(_))));
-        assert!(matches!(b.send(frame(1, 1)).await, Err(CanError::Closed(_))));
+        assert!(matches!(
+            b.send(frame(1, 1)).await,
+            Err(CanError::Closed(_))
+        ));
         drop(a);
         assert_eq!(bus.port_count(), 0);
     }
