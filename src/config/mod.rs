@@ -42,6 +42,8 @@ pub struct Config {
     /// The frame-routing core: ports and routes.
     pub router: RouterConfig,
     /// CAN interfaces (`[[can]]` entries): SocketCAN or the `sim:` loopback bus.
+    /// (Not rendered when empty; the keys are documented in docs/can.md.)
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub can: Vec<crate::vehicle::can::CanInterfaceConfig>,
 }
 

@@ -249,6 +249,34 @@ mod tests {
     }
 
     #[test]
+    fn loads_through_the_config_loader() {
+        use crate::config::{ConfigSource, load_with_env};
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[[can]]\nname = \"obd\"\ninterface = \"sim:car\"\nfd = true\n",
+        )
+        .unwrap();
+        // OBDGW_SIM_DIR and OBDGW_REQUIRE_CAN are not configuration keys
+        let env = vec![
+            ("OBDGW_SIM_DIR".to_string(), "/tmp/x".to_string()),
+            ("OBDGW_REQUIRE_CAN".to_string(), "1".to_string()),
+        ];
+        let l = load_with_env(&ConfigSource::Explicit(p.clone()), env).unwrap();
+        assert_eq!(l.config.can.len(), 1);
+        assert_eq!(l.config.can[0].interface, "sim:car");
+        assert!(l.config.can[0].fd);
+        std::fs::write(
+            &p,
+            "[[can]]\nname = \"obd\"\ninterface = \"sim:car\"\nbitrate = 500000\n",
+        )
+        .unwrap();
+        let e = load_with_env(&ConfigSource::Explicit(p), Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("can[0].interface"), "{e}");
+    }
+
+    #[test]
     fn toml_shape() {
         let text = r#"
             name = "obd"
