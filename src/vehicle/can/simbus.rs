@@ -24,7 +24,8 @@
 //!   end and elect a new hub among themselves. Frames in flight during the change can be
 //!   lost, as on a bus whose node restarts; nothing else is.
 //! - **Frames.** Each connection starts with an 8-byte hello both ways (`OBDGWSB1`, the
-//!   protocol version), then carries [`SimRecord`]s. Each node has a bounded receive queue
+//!   protocol version; the hub answers once it has registered the node, so a node that has
+//!   joined receives every frame sent after that), then carries [`SimRecord`]s. Each node has a bounded receive queue
 //!   (frames arriving at a full queue are dropped and counted) and applies its id filters on
 //!   receipt; the hub keeps a bounded queue per node and drops (and counts) frames for a
 //!   node that does not keep up, so one stalled process cannot stall the bus. Sending waits
@@ -287,8 +288,13 @@ async fn write_packets<W: AsyncWrite + Unpin>(
     }
 }
 
+/// The node's side of the handshake: send the hello, wait for the hub's.
 async fn hello(stream: &mut UnixStream) -> io::Result<()> {
     stream.write_all(HELLO).await?;
+    read_hello(stream).await
+}
+
+async fn read_hello(stream: &mut UnixStream) -> io::Result<()> {
     let mut got = [0u8; 8];
     tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut got))
         .await
@@ -424,12 +430,19 @@ async fn run_hub(
         let cancel = cancel.clone();
         let counters = counters.clone();
         tracker.spawn(async move {
-            if let Err(e) = hello(&mut stream).await {
+            // Register the node before answering its hello: once the node's `open`
+            // returns, every frame sent by anyone reaches it.
+            if let Err(e) = read_hello(&mut stream).await {
                 tracing::debug!(error = %e, "sim bus hub: node rejected");
                 return;
             }
             let (tx, mut rx) = mpsc::channel(HUB_QUEUE);
             lock_clients(&clients).push(HubClient { id, tx });
+            if let Err(e) = stream.write_all(HELLO).await {
+                tracing::debug!(error = %e, "sim bus hub: node left during the hello");
+                lock_clients(&clients).retain(|c| c.id != id);
+                return;
+            }
             let (mut r, w) = stream.into_split();
             let mut w = BufWriter::new(w);
             let mut reader = RecordReader::new();
@@ -997,7 +1010,7 @@ mod tests {
         drop(stale);
         let a = SimPort::open("s", opts(dir.path())).await.unwrap();
         assert!(a.is_hub());
-        // something that is not a node is dropped by the hub after the hello fails
+        // something that is not a node is disconnected without an answer
         let mut raw = UnixStream::connect(dir.path().join("sim-s.sock"))
             .await
             .unwrap();
@@ -1015,7 +1028,7 @@ mod tests {
         })
         .await
         .unwrap();
-        assert_eq!(n, 8, "only the hub's hello, then the connection is closed");
+        assert_eq!(n, 0, "no hello for a stranger: the connection is closed");
     }
 
     #[test]
@@ -1032,5 +1045,45 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o700);
+    }
+}
+
+#[cfg(test)]
+mod stress {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_rounds_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = SimBusOptions {
+            dir: Some(dir.path().to_path_buf()),
+            rx_capacity: 4096,
+            ..SimBusOptions::default()
+        };
+        let tx = SimPort::open("stress", o.clone()).await.unwrap();
+        let rx = SimPort::open("stress", o).await.unwrap();
+        let f: CanAnyFrame = CanFrame::new(CanId::standard(0x7E8).unwrap(), &[0x11; 8])
+            .unwrap()
+            .into();
+        for round in 0..200 {
+            for _ in 0..1024 {
+                tx.send(f).await.unwrap();
+            }
+            for i in 0..1024 {
+                if tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                    .await
+                    .is_err()
+                {
+                    panic!(
+                        "round {round} frame {i}: lost; rx {:?} tx {:?} hub {:?} connects {} {}",
+                        rx.stats(),
+                        tx.stats(),
+                        tx.hub_stats(),
+                        tx.connects(),
+                        rx.connects()
+                    );
+                }
+            }
+        }
     }
 }
