@@ -33,6 +33,9 @@ vmfail() { echo "tests/vm/run.sh: $*" >&2; exit 125; }
 [ -f "$D/vmlinux" ] && [ -f "$D/initramfs.cpio" ] ||
     vmfail "no guest in $D; run tests/vm/build.sh first"
 command -v "$QEMU" >/dev/null || vmfail "$QEMU not found; run tests/vm/install-deps.sh"
+# The guest's init must be this checkout's (build.sh records its hash in the stamp).
+[ "$(cut -d' ' -f2 "$D/stamp" 2>/dev/null)" = "$(sha256sum "$HERE/init" | cut -c1-16)" ] ||
+    vmfail "the guest in $D was built from another tests/vm/init; run tests/vm/build.sh"
 
 prog=$1; shift
 case $prog in
