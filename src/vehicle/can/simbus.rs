@@ -460,12 +460,30 @@ async fn run_hub(
                 }
                 Ok::<(), io::Error>(())
             };
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                r = relay => if let Err(e) = r { tracing::debug!(error = %e, "sim bus hub: node read ended") },
-                r = write_packets(&mut w, &mut rx, &mut batch) => if let Err(e) = r { tracing::debug!(error = %e, "sim bus hub: node write ended") },
-            }
+            let stopping = tokio::select! {
+                _ = cancel.cancelled() => true,
+                r = relay => {
+                    if let Err(e) = r { tracing::debug!(error = %e, "sim bus hub: node read ended") }
+                    false
+                }
+                r = write_packets(&mut w, &mut rx, &mut batch) => {
+                    if let Err(e) = r { tracing::debug!(error = %e, "sim bus hub: node write ended") }
+                    false
+                }
+            };
             lock_clients(&clients).retain(|c| c.id != id);
+            if stopping {
+                // The hub is going away: hand this node what is already queued for it
+                // (bounded in time), so a hub change loses as little as possible.
+                rx.close();
+                let drain = async {
+                    while let Some(p) = rx.recv().await {
+                        w.write_all(p.bytes()).await?;
+                    }
+                    w.flush().await
+                };
+                let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
+            }
         });
     }
     // Unlink while still holding the lock, so a new hub never loses its socket to us.
