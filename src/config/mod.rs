@@ -27,7 +27,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/obdgw/obdgw.toml";
 /// Prefix of environment variables that override configuration keys (`__` separates levels).
 pub const ENV_PREFIX: &str = "OBDGW_";
 /// Environment variables with this prefix that are command-line options, not keys.
-const ENV_NOT_KEYS: &[&str] = &["CONFIG"];
+/// `SIM_DIR` is where `sim:` CAN buses live; `REQUIRE_CAN` makes the SocketCAN tests fail
+/// rather than skip on a kernel without CAN.
+const ENV_NOT_KEYS: &[&str] = &["CONFIG", "SIM_DIR", "REQUIRE_CAN"];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -41,6 +43,10 @@ pub struct Config {
     pub router: RouterConfig,
     /// The DoIP client (tester) toward the vehicle.
     pub doip: crate::vehicle::doip::DoipClientConfig,
+    /// CAN interfaces (`[[can]]` entries): SocketCAN or the `sim:` loopback bus.
+    /// (Not rendered when empty; the keys are documented in docs/can.md.)
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub can: Vec<crate::vehicle::can::CanInterfaceConfig>,
 }
 
 /// Where log records go.
@@ -504,6 +510,13 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
             );
         }
     }
+    crate::vehicle::can::config::validate(&config.can, |key, message| {
+        issues.push(ConfigIssue {
+            key,
+            source: String::new(),
+            message,
+        })
+    });
     issues
 }
 
