@@ -7,4 +7,6 @@ pub mod config;
 pub mod daemon;
 pub mod logging;
 pub mod router;
+pub mod tunnel;
 pub mod vehicle;
+pub mod wire;
