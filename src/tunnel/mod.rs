@@ -6,3 +6,7 @@
 //!
 //! Does not own: the byte format (`crate::wire::tunnel`), websocket I/O, the gateway's
 //! vehicle ports or the operator's local servers.
+
+pub mod session;
+
+pub use session::{Event, Link, SendError, Sent, Session, SessionConfig, SessionError, SessionStats, Transmit};

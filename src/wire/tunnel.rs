@@ -35,8 +35,12 @@ pub const RECORD_HEADER_LEN: usize = 8;
 /// Most records one batch can carry (the count is 16 bits).
 pub const MAX_RECORDS_PER_BATCH: usize = u16::MAX as usize;
 
+/// Batch flag: the first batch the sender wrote after it learned of the current peer
+/// attachment (`peer` message). Until a receiver sees it, it discards records of unflagged
+/// batches: they were written toward an earlier attachment and will be replayed.
+pub const BATCH_FLAG_RESUME: u8 = 0x01;
 /// Batch flag: the batch carries records retransmitted after a resume (informational).
-pub const BATCH_FLAG_REPLAY: u8 = 0x01;
+pub const BATCH_FLAG_REPLAY: u8 = 0x02;
 /// Record flag (raw CAN / CAN FD kinds): the frame was transmitted by the gateway's port
 /// rather than received from the bus.
 pub const RECORD_FLAG_TX: u8 = 0x01;

@@ -41,9 +41,9 @@ const EX1: &str = "
 01 00 0001 0000000000000001 0000000000000000
 0001 01 00 00000010  00000000000F4240 000007DF 03 02010D";
 
-// Example 2: a replayed batch with an ISO-TP PDU and a DoIP diagnostic message.
+// Example 2: the first batch after a resume, replaying an ISO-TP PDU and a DoIP message.
 const EX2: &str = "
-01 01 0002 0000000000000100 000000000000002A
+01 03 0002 0000000000000100 000000000000002A
 0002 03 00 0000000E  0000000000001234 62F19057304C
 0003 04 00 0000000F  0000000000000000 0E80 1001 22F190";
 
@@ -105,7 +105,7 @@ fn golden_example_2_pdu_and_doip_zero_copy() {
     assert_eq!(
         h,
         BatchHeader {
-            flags: BATCH_FLAG_REPLAY,
+            flags: BATCH_FLAG_RESUME | BATCH_FLAG_REPLAY,
             first_seq: 0x100,
             ack: 42,
             record_count: 2
@@ -127,7 +127,7 @@ fn golden_example_2_pdu_and_doip_zero_copy() {
     assert_eq!((m.source, m.target), (0x0E80, 0x1001));
     assert_eq!(&m.data[..], &[0x22, 0xF1, 0x90]);
     assert!(range.contains(&m.data.as_ptr()));
-    assert_eq!(encode(BATCH_FLAG_REPLAY, 0x100, 42, &recs), msg);
+    assert_eq!(encode(0x03, 0x100, 42, &recs), msg);
 }
 
 #[test]
