@@ -504,6 +504,46 @@ fn control_golden_json() {
     assert!(!format!("{hello:?}").contains("gw-secret"));
 }
 
+const SPEC: &str = include_str!("../../../docs/tunnel-protocol.md");
+
+#[test]
+fn spec_hex_examples_are_the_golden_vectors() {
+    for ex in [EX1, EX2, EX3, EX4, EX5] {
+        let block = ex.trim();
+        assert!(
+            SPEC.contains(&format!("```\n{block}\n```")),
+            "docs/tunnel-protocol.md lacks the example:\n{block}"
+        );
+    }
+}
+
+#[test]
+fn spec_json_examples_round_trip_verbatim() {
+    let lines: Vec<&str> = SPEC
+        .lines()
+        .filter(|l| l.starts_with("{\"type\":"))
+        .collect();
+    assert!(lines.len() >= 12, "only {} JSON examples found", lines.len());
+    for json in [
+        HELLO_JSON,
+        WELCOME_JSON,
+        PEER_JSON,
+        OPEN_ISOTP_JSON,
+        OPEN_DOIP_JSON,
+        OPEN_MIRROR_JSON,
+        ERROR_JSON,
+        PING_JSON,
+        PONG_JSON,
+    ] {
+        assert!(lines.contains(&json), "spec lacks {json}");
+    }
+    for line in lines {
+        let msg = Control::parse(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_ne!(msg, Control::Unknown, "{line}");
+        assert_eq!(msg.to_text(), line, "not canonical");
+    }
+}
+
 #[test]
 fn control_forward_compatibility() {
     // Unknown fields are ignored; unknown types parse as Unknown; garbage is an error.
