@@ -9,4 +9,6 @@
 
 pub mod session;
 
-pub use session::{Event, Link, SendError, Sent, Session, SessionConfig, SessionError, SessionStats, Transmit};
+pub use session::{
+    Event, Link, SendError, Sent, Session, SessionConfig, SessionError, SessionStats, Transmit,
+};

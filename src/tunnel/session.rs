@@ -15,9 +15,9 @@
 //! Protocol: `docs/tunnel-protocol.md`. Wire format: [`crate::wire::tunnel`].
 
 use crate::wire::tunnel::{
-    self as wire, BATCH_FLAG_REPLAY, BATCH_FLAG_RESUME, BATCH_HEADER_LEN, Control, ErrorCode, Hello, Limits,
-    MAX_RECORDS_PER_BATCH, PeerInfo, RECORD_HEADER_LEN, RecordBody, RecordRepr, Resume, Role,
-    StatsReport, Token, WireError,
+    self as wire, BATCH_FLAG_REPLAY, BATCH_FLAG_RESUME, BATCH_HEADER_LEN, Control, ErrorCode,
+    Hello, Limits, MAX_RECORDS_PER_BATCH, PeerInfo, RECORD_HEADER_LEN, RecordBody, RecordRepr,
+    Resume, Role, StatsReport, Token, WireError,
 };
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -729,7 +729,13 @@ impl Session {
             self.ack_sent = self.last_received;
             self.stats.acks_sent += 1;
             let mut out = BytesMut::with_capacity(BATCH_HEADER_LEN);
-            wire::emit_batch(flags, self.next_seq, self.last_received, [].iter(), &mut out);
+            wire::emit_batch(
+                flags,
+                self.next_seq,
+                self.last_received,
+                [].iter(),
+                &mut out,
+            );
             return Some(Transmit::Binary(out.freeze()));
         }
         None

@@ -133,7 +133,8 @@ impl Limits {
         {
             return Err("a limit exceeds the 16 MiB protocol ceiling (64 MiB for max_in_flight)");
         }
-        if (self.max_batch as usize) < BATCH_HEADER_LEN + RECORD_HEADER_LEN + self.max_record as usize
+        if (self.max_batch as usize)
+            < BATCH_HEADER_LEN + RECORD_HEADER_LEN + self.max_record as usize
         {
             return Err("max_batch cannot hold one record of max_record bytes");
         }
@@ -454,7 +455,12 @@ pub struct PduRecord {
 
 impl fmt::Debug for PduRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PduRecord({} bytes @{})", self.data.len(), self.timestamp.0)
+        write!(
+            f,
+            "PduRecord({} bytes @{})",
+            self.data.len(),
+            self.timestamp.0
+        )
     }
 }
 

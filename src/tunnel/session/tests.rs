@@ -194,7 +194,11 @@ impl World {
                         self.relay(i, t);
                     }
                 }
-                while self.side[i].inbox.front().is_some_and(|(at, _)| *at <= self.now) {
+                while self.side[i]
+                    .inbox
+                    .front()
+                    .is_some_and(|(at, _)| *at <= self.now)
+                {
                     let (_, t) = self.side[i].inbox.pop_front().unwrap();
                     moved = true;
                     let now = self.now;
@@ -334,8 +338,14 @@ fn replay_bound_backpressure_and_shedding() {
     let now = Instant::now();
     let mut s = Session::new(c, now);
     // 4012-byte body + 8 header = 4020 wire bytes: two fit, the third does not.
-    assert!(matches!(s.send(now, pdu(1, 4000), false), Ok(Sent::Queued(1))));
-    assert!(matches!(s.send(now, pdu(2, 4000), false), Ok(Sent::Queued(2))));
+    assert!(matches!(
+        s.send(now, pdu(1, 4000), false),
+        Ok(Sent::Queued(1))
+    ));
+    assert!(matches!(
+        s.send(now, pdu(2, 4000), false),
+        Ok(Sent::Queued(2))
+    ));
     assert_eq!(s.in_flight_bytes(), 8040);
     match s.send(now, pdu(3, 4000), false) {
         Err(SendError::Full {
@@ -398,7 +408,7 @@ fn resume_replays_exactly_the_unacked_suffix() {
     assert_eq!(w.side[1].got_ids.len(), 50);
     w.kill(1);
     w.kill(0);
-    assert_eq!(w.side[0].s.in_flight_bytes() > 0, true, "ack never reached A");
+    assert!(w.side[0].s.in_flight_bytes() > 0, "ack never reached A");
     w.run_for(Duration::from_millis(50));
     w.connect(0);
     w.connect(1);
@@ -406,13 +416,12 @@ fn resume_replays_exactly_the_unacked_suffix() {
     // A resumed from B's last received (50): nothing replayed that B had.
     assert_eq!(w.side[1].got_ids, w.side[0].sent_ids);
     assert_eq!(w.side[1].s.stats().duplicates_dropped, 0);
-    assert!(w.side[0].events.iter().any(|e| matches!(
-        e,
-        Event::Up {
-            resumed: true,
-            ..
-        }
-    )));
+    assert!(
+        w.side[0]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Up { resumed: true, .. }))
+    );
     assert_eq!(w.side[0].s.in_flight_bytes(), 0);
 }
 
@@ -467,7 +476,11 @@ fn keepalive_measures_rtt_on_simulated_time() {
     w.run_for(Duration::from_millis(500));
     // Through the relay: 40 ms each way.
     assert_eq!(w.side[0].s.rtt(), Some(Duration::from_millis(80)));
-    assert!(w.side[0].events.contains(&Event::Rtt(Duration::from_millis(80))));
+    assert!(
+        w.side[0]
+            .events
+            .contains(&Event::Rtt(Duration::from_millis(80)))
+    );
     // Pings repeat at the keepalive interval; the link stays up for a minute.
     w.run_for(Duration::from_secs(60));
     assert_eq!(w.side[0].s.link(), Link::Up);
@@ -549,7 +562,9 @@ fn flagged(flags: u8, first: u64, ack: u64, recs: &[RecordRepr]) -> Bytes {
 fn bad_input_is_a_typed_error() {
     let (mut s, now) = up_session();
     // Malformed: truncated header.
-    let e = s.handle_binary(now, Bytes::from_static(&[1, 0, 0])).unwrap_err();
+    let e = s
+        .handle_binary(now, Bytes::from_static(&[1, 0, 0]))
+        .unwrap_err();
     assert_eq!(e.code(), ErrorCode::MALFORMED_BATCH);
     // Unknown record kind.
     let mut v = batch(1, 0, &[pdu(1, 0)]).to_vec();
@@ -622,7 +637,10 @@ fn bad_input_is_a_typed_error() {
     .unwrap();
     assert!(matches!(
         s.poll_event(),
-        Some(Event::Control(Control::Error { channel: Some(9), .. }))
+        Some(Event::Control(Control::Error {
+            channel: Some(9),
+            ..
+        }))
     ));
     // The error renders as a control message with its code.
     let c = SessionError::Gap {
@@ -644,7 +662,10 @@ fn batch_before_peer_is_refused() {
         s.handle_binary(now, batch(1, 0, &[pdu(1, 0)])),
         Err(SessionError::NotUp("hello"))
     );
-    assert_eq!(s.send_control(Control::Close { channel: 1 }), Err(SendError::NotUp));
+    assert_eq!(
+        s.send_control(Control::Close { channel: 1 }),
+        Err(SendError::NotUp)
+    );
 }
 
 #[test]
@@ -652,18 +673,23 @@ fn batches_written_before_the_attach_are_discarded_until_resume() {
     let (mut s, now) = up_session();
     // Unflagged: written toward an earlier attachment; its records are dropped (the peer
     // replays them), and no gap error is raised even though 7 is not the start.
-    s.handle_binary(now, flagged(0, 7, 0, &[pdu(7, 0)])).unwrap();
+    s.handle_binary(now, flagged(0, 7, 0, &[pdu(7, 0)]))
+        .unwrap();
     assert_eq!(s.stats().discarded_stale, 1);
     assert_eq!(s.last_received(), 0);
     // The RESUME batch ends the resync; later unflagged batches are normal.
     s.handle_binary(now, batch(5, 0, &[pdu(5, 0), pdu(6, 0), pdu(7, 0)]))
         .unwrap();
-    s.handle_binary(now, flagged(0, 8, 0, &[pdu(8, 0)])).unwrap();
+    s.handle_binary(now, flagged(0, 8, 0, &[pdu(8, 0)]))
+        .unwrap();
     assert_eq!(s.last_received(), 8);
     // After the resync a gap is a protocol error.
     assert!(matches!(
         s.handle_binary(now, flagged(0, 10, 0, &[pdu(10, 0)])),
-        Err(SessionError::Gap { expected: 9, got: 10 })
+        Err(SessionError::Gap {
+            expected: 9,
+            got: 10
+        })
     ));
     // Our own first batch after the attach carried the RESUME flag.
     let now2 = now;

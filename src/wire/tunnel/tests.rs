@@ -384,7 +384,10 @@ fn error_codes() {
     assert!(!ErrorCode::UNKNOWN_CHANNEL.is_fatal());
     assert_eq!(ErrorCode::AUTH_FAILED.close_code(), 4102);
     assert_eq!(ErrorCode(999).name(), "unknown");
-    assert_eq!(format!("{}", ErrorCode::ISOTP_TIMEOUT), "isotp_timeout (205)");
+    assert_eq!(
+        format!("{}", ErrorCode::ISOTP_TIMEOUT),
+        "isotp_timeout (205)"
+    );
 }
 
 // Control-message examples of the specification, verbatim.
@@ -493,8 +496,20 @@ fn control_golden_json() {
                 channel: Some(4),
             },
         ),
-        (PING_JSON, Control::Ping { id: 7, t_us: 1_500_000 }),
-        (PONG_JSON, Control::Pong { id: 7, t_us: 1_500_000 }),
+        (
+            PING_JSON,
+            Control::Ping {
+                id: 7,
+                t_us: 1_500_000,
+            },
+        ),
+        (
+            PONG_JSON,
+            Control::Pong {
+                id: 7,
+                t_us: 1_500_000,
+            },
+        ),
     ];
     for (json, msg) in cases {
         assert_eq!(msg.to_text(), json);
@@ -523,7 +538,11 @@ fn spec_json_examples_round_trip_verbatim() {
         .lines()
         .filter(|l| l.starts_with("{\"type\":"))
         .collect();
-    assert!(lines.len() >= 12, "only {} JSON examples found", lines.len());
+    assert!(
+        lines.len() >= 12,
+        "only {} JSON examples found",
+        lines.len()
+    );
     for json in [
         HELLO_JSON,
         WELCOME_JSON,
