@@ -350,42 +350,45 @@ async fn a_peer_that_stops_reading_is_bounded_and_disconnected() {
     let mut op = attach(relay.addr, Role::Operator, OP_TOKEN, 2).await;
     assert!(matches!(next_control(&mut op).await, Control::Peer(_)));
     assert!(matches!(next_control(&mut gw).await, Control::Peer(_)));
-    // The operator reads nothing from now on. The gateway sends until the relay stops
-    // reading it (its sends stall) — bounded memory — and the relay drops the operator.
-    let chunk = Bytes::from(vec![0u8; 64 * 1024]);
-    let mut sent = 0usize;
-    let stalled = loop {
-        match tokio::time::timeout(
-            Duration::from_secs(2),
-            gw.send(Message::Binary(chunk.clone())),
-        )
-        .await
-        {
-            Ok(Ok(())) => sent += chunk.len(),
-            Ok(Err(_)) => break false,
-            Err(_) => break true,
-        }
-        assert!(sent < 512 * 1024 * 1024, "relay never pushed back");
-    };
-    // Either the gateway's sends stalled (backpressure) or the relay dropped the operator
-    // and the gateway saw peer_down; in both cases the gateway learns the peer is gone.
-    let _ = stalled;
-    let mut saw_down = false;
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while tokio::time::Instant::now() < deadline {
-        match tokio::time::timeout(LIMIT, gw.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => {
-                if matches!(Control::parse(&t), Ok(Control::PeerDown { .. })) {
-                    saw_down = true;
-                    break;
+    // The operator reads nothing from now on. The gateway floods; the relay queues at
+    // most 256 KiB toward the operator, pushes back on the gateway while the operator's
+    // socket is full, and after the 500 ms write stall drops the operator: the gateway is
+    // told with peer_down.
+    let (mut gw_tx, mut gw_rx) = gw.split();
+    let flooding = CancellationToken::new();
+    let flood = {
+        let flooding = flooding.clone();
+        tokio::spawn(async move {
+            let chunk = Bytes::from(vec![0u8; 64 * 1024]);
+            let mut sent = 0usize;
+            while !flooding.is_cancelled() {
+                tokio::select! {
+                    _ = flooding.cancelled() => break,
+                    r = gw_tx.send(Message::Binary(chunk.clone())) => {
+                        if r.is_err() { break; }
+                        sent += chunk.len();
+                    }
                 }
             }
-            Ok(Some(Ok(_))) => continue,
-            _ => break,
+            sent
+        })
+    };
+    let down = tokio::time::timeout(LIMIT, async {
+        while let Some(Ok(m)) = gw_rx.next().await {
+            if let Message::Text(t) = m
+                && let Ok(Control::PeerDown { reason }) = Control::parse(&t)
+            {
+                return Some(reason);
+            }
         }
-    }
-    assert!(saw_down, "the relay never dropped the stalled operator");
-    assert!(sent > 0);
+        None
+    })
+    .await
+    .expect("the relay never dropped the operator that stopped reading");
+    assert!(down.is_some(), "gateway connection ended without peer_down");
+    flooding.cancel();
+    let sent = flood.await.unwrap();
+    assert!(sent > 256 * 1024, "only {sent} bytes sent before the drop");
     drop(op);
     relay.stop.cancel();
     relay.task.await.unwrap();
