@@ -565,3 +565,84 @@ async fn sessions_resume_through_the_relay_exactly_once() {
     relay.stop.cancel();
     relay.task.await.unwrap();
 }
+
+#[tokio::test]
+async fn tls_relay_accepts_wss_clients() {
+    use tokio_rustls::rustls;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert_path = dir.path().join("relay.crt");
+    let key_path = dir.path().join("relay.key");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let acceptor = obdgw::relay::tls_acceptor(&cert_path, &key_path).unwrap();
+    // Missing files are a clear error naming the file.
+    let Err(err) = obdgw::relay::tls_acceptor(&dir.path().join("nope.crt"), &key_path) else {
+        panic!("a missing certificate file was accepted")
+    };
+    assert!(err.to_string().contains("nope.crt"), "{err}");
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tokens = StaticTokens::from_toml(&format!(
+        "[[session]]\nid = \"{SID}\"\ngateway_token = \"{GW_TOKEN}\"\noperator_token = \"{OP_TOKEN}\"\n"
+    ))
+    .unwrap();
+    assert!(
+        StaticTokens::from_toml(
+            "[[session]]\nid = \"x\"\ngateway_token = \"a\"\noperator_token = \"b\"\n"
+        )
+        .is_err()
+    );
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(obdgw::relay::run(
+        listener,
+        Some(acceptor),
+        Arc::new(tokens),
+        RelayConfig::default(),
+        stop.clone(),
+    ));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let mut req = format!("wss://localhost:{}/tunnel", addr.port())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+    ws.send(Message::Text(
+        Control::Hello(hello(Role::Gateway, GW_TOKEN, 1))
+            .to_text()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let m = tokio::time::timeout(LIMIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Message::Text(t) = m else { panic!("{m:?}") };
+    assert!(matches!(Control::parse(&t).unwrap(), Control::Welcome(_)));
+    stop.cancel();
+    task.await.unwrap();
+}
