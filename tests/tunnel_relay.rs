@@ -646,3 +646,21 @@ async fn tls_relay_accepts_wss_clients() {
     stop.cancel();
     task.await.unwrap();
 }
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_silent_connections() {
+    // A client that connects and never sends a hello must not hold up shutdown for the
+    // whole hello timeout.
+    let relay = start(RelayConfig {
+        hello_timeout: Duration::from_secs(3600),
+        ..RelayConfig::default()
+    })
+    .await;
+    let _silent_tcp = TcpStream::connect(relay.addr).await.unwrap();
+    let _silent_ws = connect(relay.addr).await;
+    relay.stop.cancel();
+    tokio::time::timeout(LIMIT, relay.task)
+        .await
+        .expect("relay shutdown waited for silent connections")
+        .unwrap();
+}

@@ -352,16 +352,18 @@ async fn serve<S, A>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     A: TokenCheck,
 {
-    let ws = match tokio::time::timeout(
+    let handshake = tokio::time::timeout(
         cfg.hello_timeout,
         tokio_tungstenite::accept_hdr_async_with_config(
             stream,
             check_subprotocol,
             Some(cfg.ws_config()),
         ),
-    )
-    .await
-    {
+    );
+    let ws = match tokio::select! {
+        _ = shutdown.cancelled() => return,
+        h = handshake => h,
+    } {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             tracing::info!(%addr, error = %e, "relay websocket handshake failed");
@@ -375,7 +377,10 @@ async fn serve<S, A>(
     let (mut sink, mut stream) = ws.split();
 
     // The hello.
-    let first = tokio::time::timeout(cfg.hello_timeout, stream.next()).await;
+    let first = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        f = tokio::time::timeout(cfg.hello_timeout, stream.next()) => f,
+    };
     let hello = match first {
         Ok(Some(Ok(Message::Text(t)))) => match Control::parse(&t) {
             Ok(Control::Hello(h)) => Ok(h),
