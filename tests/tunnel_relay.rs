@@ -664,3 +664,55 @@ async fn shutdown_does_not_wait_for_silent_connections() {
         .expect("relay shutdown waited for silent connections")
         .unwrap();
 }
+
+#[tokio::test]
+async fn session_limit_is_enforced() {
+    const SID2: &str = "11111111-2222-4333-8444-555555555555";
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tokens = StaticTokens::new([
+        SessionTokens {
+            id: SID.into(),
+            gateway_token: GW_TOKEN.into(),
+            operator_token: OP_TOKEN.into(),
+        },
+        SessionTokens {
+            id: SID2.into(),
+            gateway_token: GW_TOKEN.into(),
+            operator_token: OP_TOKEN.into(),
+        },
+    ]);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(obdgw::relay::run(
+        listener,
+        None,
+        Arc::new(tokens),
+        RelayConfig {
+            max_sessions: 1,
+            ..RelayConfig::default()
+        },
+        stop.clone(),
+    ));
+    let _gw = attach(addr, Role::Gateway, GW_TOKEN, 1).await;
+    // The same session's other side is still admitted.
+    let _op = attach(addr, Role::Operator, OP_TOKEN, 2).await;
+    let mut ws = connect(addr).await;
+    let h = Hello {
+        session: SID2.into(),
+        ..hello(Role::Gateway, GW_TOKEN, 3)
+    };
+    send_text(&mut ws, &Control::Hello(h)).await;
+    match next_control(&mut ws).await {
+        Control::Error { code, message, .. } => {
+            assert_eq!(code, ErrorCode::SESSION_LIMIT);
+            assert!(message.contains("maximum of 1"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        close_code(&mut ws).await,
+        Some(ErrorCode::SESSION_LIMIT.close_code())
+    );
+    stop.cancel();
+    task.await.unwrap();
+}
