@@ -280,6 +280,11 @@ pub struct Session {
     ping_id: u64,
     rtt: Option<Duration>,
 
+    // ---- channel requests ----
+    /// `open` / `close` requests not answered yet, by channel: sent again after each attach
+    /// (control messages are not replayed; the requests are idempotent).
+    unanswered: std::collections::BTreeMap<u16, Control>,
+
     // ---- output ----
     ctrl_out: VecDeque<Control>,
     events: VecDeque<Event>,
@@ -315,6 +320,7 @@ impl Session {
             ping_out: None,
             ping_id: 0,
             rtt: None,
+            unanswered: std::collections::BTreeMap::new(),
             ctrl_out: VecDeque::new(),
             events: VecDeque::new(),
             scratch: Vec::new(),
@@ -466,13 +472,23 @@ impl Session {
     }
 
     /// Queue a control message for the peer (only while the peer is attached: the relay
-    /// does not hold messages for an absent peer).
+    /// does not hold messages for an absent peer). `open` and `close` are remembered until
+    /// answered (`opened`, `closed`, or an `error` naming the channel) and sent again after
+    /// a reconnect.
     pub fn send_control(&mut self, msg: Control) -> Result<(), SendError> {
         if self.link != Link::Up {
             return Err(SendError::NotUp);
         }
+        if let Control::Open { channel, .. } | Control::Close { channel } = &msg {
+            self.unanswered.insert(*channel, msg.clone());
+        }
         self.ctrl_out.push_back(msg);
         Ok(())
+    }
+
+    /// Channel requests still waiting for an answer.
+    pub fn unanswered_requests(&self) -> usize {
+        self.unanswered.len()
     }
 
     /// Ask the session to end: sends `bye` when attached.
@@ -531,6 +547,23 @@ impl Session {
                     "an endpoint received a hello (only relays accept hellos)".into(),
                 ));
             }
+            Control::Opened { channel }
+            | Control::Closed { channel, .. }
+            | Control::Error {
+                channel: Some(channel),
+                ..
+            } => {
+                let answered = match (self.unanswered.get(&channel), &msg) {
+                    (Some(Control::Open { .. }), Control::Opened { .. }) => true,
+                    (Some(Control::Close { .. }), Control::Closed { .. }) => true,
+                    (Some(_), Control::Error { .. }) => true,
+                    _ => false,
+                };
+                if answered {
+                    self.unanswered.remove(&channel);
+                }
+                self.events.push_back(Event::Control(msg));
+            }
             Control::Unknown => {
                 self.ctrl_out.push_back(Control::Error {
                     code: ErrorCode::UNSUPPORTED_MESSAGE,
@@ -587,6 +620,8 @@ impl Session {
         // ack); theirs ends our resync.
         self.resume_flag_due = true;
         self.resync = true;
+        let again: Vec<Control> = self.unanswered.values().cloned().collect();
+        self.ctrl_out.extend(again);
         self.events.push_back(Event::Up { resumed, replaying });
         Ok(())
     }

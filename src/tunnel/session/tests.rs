@@ -708,6 +708,57 @@ fn batches_written_before_the_attach_are_discarded_until_resume() {
 }
 
 #[test]
+fn unanswered_channel_requests_are_sent_again_after_resume() {
+    let (mut s, now) = up_session();
+    let open = |channel| Control::Open {
+        channel,
+        params: crate::wire::tunnel::ChannelParams::Doip {
+            target: 0x1001,
+            source: None,
+        },
+    };
+    s.send_control(open(2)).unwrap();
+    s.send_control(open(3)).unwrap();
+    s.send_control(Control::Ping { id: 99, t_us: 0 }).unwrap();
+    let texts = |s: &mut Session| -> Vec<String> {
+        std::iter::from_fn(|| s.poll_transmit(now))
+            .filter_map(|t| match t {
+                Transmit::Text(x) => Some(x),
+                Transmit::Binary(_) => None,
+            })
+            .collect()
+    };
+    assert_eq!(texts(&mut s).len(), 3);
+    // Channel 2 is answered; channel 3's answer is lost with the connection.
+    s.handle_text(now, &Control::Opened { channel: 2 }.to_text())
+        .unwrap();
+    assert!(
+        std::iter::from_fn(|| s.poll_event())
+            .any(|e| matches!(e, Event::Control(Control::Opened { channel: 2 })))
+    );
+    assert_eq!(s.unanswered_requests(), 1);
+    s.handle_text(now, &Control::PeerDown { reason: "x".into() }.to_text())
+        .unwrap();
+    s.handle_text(now, &peer_msg(2, Some(1), 0)).unwrap();
+    let again = texts(&mut s);
+    let opens: Vec<&String> = again.iter().filter(|t| t.contains("\"open\"")).collect();
+    assert_eq!(opens.len(), 1, "{again:?}");
+    assert!(opens[0].contains("\"channel\":3"));
+    // An error naming the channel answers it too.
+    s.handle_text(
+        now,
+        &Control::Error {
+            code: ErrorCode::TARGET_UNREACHABLE,
+            message: "no ECU 0x1001".into(),
+            channel: Some(3),
+        }
+        .to_text(),
+    )
+    .unwrap();
+    assert_eq!(s.unanswered_requests(), 0);
+}
+
+#[test]
 fn standalone_ack_after_delay() {
     let (mut s, now) = up_session();
     let acks_before = s.stats().acks_sent;
