@@ -553,12 +553,12 @@ impl Session {
                 channel: Some(channel),
                 ..
             } => {
-                let answered = match (self.unanswered.get(&channel), &msg) {
-                    (Some(Control::Open { .. }), Control::Opened { .. }) => true,
-                    (Some(Control::Close { .. }), Control::Closed { .. }) => true,
-                    (Some(_), Control::Error { .. }) => true,
-                    _ => false,
-                };
+                let answered = matches!(
+                    (self.unanswered.get(&channel), &msg),
+                    (Some(Control::Open { .. }), Control::Opened { .. })
+                        | (Some(Control::Close { .. }), Control::Closed { .. })
+                        | (Some(_), Control::Error { .. })
+                );
                 if answered {
                     self.unanswered.remove(&channel);
                 }
