@@ -163,3 +163,77 @@ async fn wrong_token_is_fatal_not_retried() {
     relay_stop.cancel();
     relay_task.await.unwrap();
 }
+
+#[tokio::test]
+async fn client_reaches_its_peer_over_wss() {
+    use tokio_rustls::rustls;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&c, cert.cert.pem()).unwrap();
+    std::fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
+    let acceptor = obdgw::relay::tls_acceptor(&c, &k).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let relay_stop = CancellationToken::new();
+    let relay_task = tokio::spawn(obdgw::relay::run(
+        listener,
+        Some(acceptor),
+        tokens(),
+        RelayConfig::default(),
+        relay_stop.clone(),
+    ));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let tls = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let stop = CancellationToken::new();
+    let mut rxs = vec![];
+    let mut tasks = vec![];
+    for (role, token, inst) in [(Role::Gateway, "g", 1), (Role::Operator, "o", 2)] {
+        let session = Session::new(
+            SessionConfig::new(role, SID, Token(token.into()), inst),
+            std::time::Instant::now(),
+        );
+        let (tx, from_app) = mpsc::channel(8);
+        let (to_app, rx) = mpsc::channel(64);
+        let mut cc = ClientConfig::new(format!("wss://localhost:{port}/tunnel"));
+        cc.tls = Some(tls.clone());
+        tasks.push((
+            tx,
+            tokio::spawn(client::run(cc, session, from_app, to_app, stop.clone())),
+        ));
+        rxs.push(rx);
+    }
+    tasks[0]
+        .0
+        .send(Outgoing::Record {
+            rec: pdu(7),
+            sheddable: false,
+        })
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(LIMIT, async {
+        loop {
+            if let Event::Record(r) = rxs[1].recv().await.unwrap() {
+                return pdu_id(&r);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, 7);
+    stop.cancel();
+    for (_, t) in tasks {
+        t.await.unwrap().unwrap();
+    }
+    relay_stop.cancel();
+    relay_task.await.unwrap();
+}
