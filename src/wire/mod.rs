@@ -7,3 +7,4 @@
 
 pub mod doip;
 pub mod socketcand;
+pub mod tunnel;
