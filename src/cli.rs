@@ -33,6 +33,9 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the tunnel relay: pair gateways and operators by session and forward their
+    /// traffic.
+    Relay(crate::relay::RelayArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -64,5 +67,6 @@ fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(args) => crate::daemon::run_cli(args),
         Command::Config(ConfigCommand::Check(args)) => crate::config::check_cli(&args.config),
+        Command::Relay(args) => crate::relay::run_relay(args),
     }
 }

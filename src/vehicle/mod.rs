@@ -5,4 +5,6 @@
 //! tunnel.
 
 pub mod can;
+pub mod doip;
 pub mod isotp;
+pub mod uds;

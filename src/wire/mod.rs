@@ -1,8 +1,11 @@
-//! Sans-IO wire formats, each in the smoltcp shape: a checked view over a byte buffer
-//! (`Packet<T: AsRef<[u8]>>`) plus a validated, high-level `Repr` with `parse`, `emit` and
-//! `buffer_len`.
+//! Sans-IO wire formats: byte layouts only, no sockets, no clocks.
 //!
-//! Owns: byte layouts and their validation. Does not own: state machines, timers or I/O
-//! (those live in `crate::vehicle` and the other protocol modules).
+//! Owns: one file per protocol, each in the smoltcp shape (a checked view over a byte buffer,
+//! a parsed `Repr` with `parse`/`emit`/`buffer_len`, golden vectors in its tests).
+//!
+//! Does not own: state machines or I/O (those live in `crate::vehicle`, `crate::tunnel`, ...).
 
+pub mod doip;
 pub mod isotp;
+pub mod socketcand;
+pub mod tunnel;
