@@ -39,6 +39,9 @@ pub enum Command {
     /// Simulators (a vehicle with ECUs over DoIP and CAN).
     #[command(subcommand)]
     Sim(SimCommand),
+    /// Read the vehicle's VIN and print it. Exit codes: 0 printed, 1 no answer, 2 usage,
+    /// 3 refused (negative response, NACK), 4 malformed answer or VIN.
+    Vin(crate::vehicle::vin::VinArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,5 +81,6 @@ fn dispatch(cli: Cli) -> ExitCode {
         Command::Config(ConfigCommand::Check(args)) => crate::config::check_cli(&args.config),
         Command::Relay(args) => crate::relay::run_relay(args),
         Command::Sim(SimCommand::Vehicle(args)) => crate::sim::vehicle::run_sim_vehicle(args),
+        Command::Vin(args) => crate::vehicle::vin::run_vin(args),
     }
 }

@@ -237,10 +237,12 @@ impl DiagHandler for DoipEcus {
         if !functional && target.is_none() {
             return;
         }
-        let (out, waits) = self.sim.request(target, &request.data, |_, ecu| Sink::Doip {
-            replies: replies.clone(),
-            ecu,
-        });
+        let (out, waits) = self
+            .sim
+            .request(target, &request.data, |_, ecu| Sink::Doip {
+                replies: replies.clone(),
+                ecu,
+            });
         for o in out {
             o.send().await;
         }
@@ -325,6 +327,8 @@ fn run_inner(args: SimVehicleArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     rt.block_on(async move {
+        // Installed before the ready line, so a signal right after it stops us cleanly.
+        let signals = Signals::new()?;
         let shutdown = CancellationToken::new();
         let vehicle = Vehicle::standard(vin, Instant::now().into_std());
         let sim = SimVehicle::new(vehicle);
@@ -348,7 +352,7 @@ fn run_inner(args: SimVehicleArgs) -> anyhow::Result<()> {
         );
         println!("obdgw sim vehicle: ready");
 
-        wait_for_signal().await?;
+        signals.wait().await;
         shutdown.cancel();
         let _ = served.await;
         let _ = timers.await;
@@ -357,15 +361,27 @@ fn run_inner(args: SimVehicleArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Returns at SIGINT or SIGTERM.
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use anyhow::Context;
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGINT and SIGTERM, caught from creation on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use anyhow::Context;
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    /// Returns at the first SIGINT or SIGTERM.
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

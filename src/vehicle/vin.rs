@@ -1,0 +1,249 @@
+//! `obdgw vin`: read a vehicle's VIN and print it.
+//!
+//! Owns: the command line of `obdgw vin`, the order of attempts (over DoIP: the vehicle
+//! identification response, then UDS ReadDataByIdentifier 0xF190), the error messages and
+//! the exit codes.
+//!
+//! Does not own: the DoIP client and discovery ([`crate::vehicle::doip`]) nor VIN parsing
+//! and validation ([`crate::vehicle::uds`]).
+//!
+//! Exit codes: 0 VIN printed; 1 no answer (nobody reachable, timeout); 2 usage error;
+//! 3 refused (UDS negative response, DoIP NACK, routing activation denied); 4 malformed
+//! answer or VIN.
+
+use crate::vehicle::doip::discovery::{self, DiscoveredEntity, IdentificationRequest};
+use crate::vehicle::doip::{ClientError, Connection, DoipClientConfig};
+use crate::vehicle::uds::{READ_VIN_REQUEST, Vin, VinReadError, VinSource, parse_vin_from_rdbi};
+use crate::wire::doip::{self, Repr, version};
+use bytes::Bytes;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+
+/// `obdgw vin`: read the VIN.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VinArgs {
+    /// Read over DoIP from HOST[:PORT] (port 13400 by default), or `auto` to discover the
+    /// vehicle by UDP broadcast on port 13400.
+    #[arg(long, value_name = "HOST[:PORT]|auto")]
+    pub doip: String,
+    /// How long to wait for each answer, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+    pub timeout: f64,
+    /// Skip the vehicle identification response; read the VIN with UDS 0xF190 only.
+    #[arg(long)]
+    pub uds: bool,
+    /// DoIP logical address to send 0xF190 to (default: the entity's own address).
+    #[arg(long, value_name = "ADDR", value_parser = parse_u16)]
+    pub target: Option<u16>,
+}
+
+fn parse_u16(s: &str) -> Result<u16, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u16::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    r.map_err(|e| format!("{s:?} is not a 16-bit address (e.g. 0x1000): {e}"))
+}
+
+/// Why no VIN was printed, with its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum VinCliError {
+    #[error("{0}")]
+    Read(#[from] VinReadError),
+    #[error("DoIP: {0}")]
+    Doip(#[from] ClientError),
+    #[error("DoIP discovery: {0}")]
+    Discovery(#[from] discovery::DiscoveryError),
+    #[error(
+        "no DoIP entity answered the vehicle identification request broadcast to port 13400 within {0:?}: check the Ethernet link and the ignition, or give --doip HOST"
+    )]
+    NothingDiscovered(Duration),
+    #[error("cannot resolve {host:?}: {reason}")]
+    Resolve { host: String, reason: String },
+    #[error("--timeout {0} is not a positive number of seconds")]
+    Timeout(f64),
+}
+
+impl VinCliError {
+    /// The process exit code (see the module documentation).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            VinCliError::Read(VinReadError::NoAnswer { .. }) => 1,
+            VinCliError::Read(VinReadError::Negative { .. }) => 3,
+            VinCliError::Read(_) => 4,
+            VinCliError::Doip(e) => match e {
+                ClientError::ActivationDenied { .. }
+                | ClientError::DiagNack { .. }
+                | ClientError::GenericNack { .. } => 3,
+                ClientError::Protocol(_) => 4,
+                _ => 1,
+            },
+            VinCliError::Discovery(_) | VinCliError::NothingDiscovered(_) => 1,
+            VinCliError::Resolve { .. } => 1,
+            VinCliError::Timeout(_) => 2,
+        }
+    }
+}
+
+/// The CLI entry point: prints the VIN on stdout, or the error on stderr.
+pub fn run_vin(args: VinArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("obdgw vin: starting the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(read_vin(&args)) {
+        Ok((vin, how)) => {
+            println!("{vin}");
+            eprintln!("obdgw vin: {how}");
+            if let Some(w) = vin.warning() {
+                eprintln!("obdgw vin: warning: {w}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("obdgw vin: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Read the VIN as `args` say; returns it with a note on where it came from.
+pub async fn read_vin(args: &VinArgs) -> Result<(Vin, String), VinCliError> {
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        return Err(VinCliError::Timeout(args.timeout));
+    }
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let ms = u64::try_from(timeout.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let cfg = DoipClientConfig {
+        connect_timeout_ms: ms,
+        control_timeout_ms: ms,
+        response_timeout_ms: ms,
+        ..DoipClientConfig::default()
+    };
+    let (addr, announced) = if args.doip == "auto" {
+        let found = discovery::discover(&cfg, IdentificationRequest::All).await?;
+        let Some(first) = found.into_iter().next() else {
+            return Err(VinCliError::NothingDiscovered(timeout));
+        };
+        (SocketAddr::new(first.addr.ip(), doip::PORT), Some(first))
+    } else {
+        let addr = resolve(&args.doip).await?;
+        let announced = if args.uds {
+            None
+        } else {
+            identify(addr, timeout).await
+        };
+        (addr, announced)
+    };
+    let mut announcement_error = None;
+    if let Some(found) = &announced
+        && !args.uds
+    {
+        let vin = &found.announcement.vin;
+        // 0x00 or 0xFF throughout: the entity has no VIN (yet); ask the ECU instead.
+        if !vin.iter().all(|b| *b == 0x00) && !vin.iter().all(|b| *b == 0xFF) {
+            match Vin::parse(&String::from_utf8_lossy(vin)) {
+                Ok(v) => {
+                    return Ok((
+                        v,
+                        format!(
+                            "from the DoIP vehicle identification response of entity 0x{:04X} at {}",
+                            found.announcement.logical_address, found.addr
+                        ),
+                    ));
+                }
+                Err(error) => {
+                    announcement_error = Some(VinReadError::MalformedVin {
+                        source_kind: VinSource::DoipAnnouncement,
+                        error,
+                    })
+                }
+            }
+        }
+    }
+    let target = args
+        .target
+        .or(announced.as_ref().map(|a| a.announcement.logical_address));
+    match read_uds(addr, cfg, target).await {
+        Ok((vin, target)) => Ok((
+            vin,
+            format!("from UDS ReadDataByIdentifier 0xF190 of 0x{target:04X} at {addr}"),
+        )),
+        // The announcement's problem is the more telling one when UDS fails too.
+        Err(e) => Err(announcement_error.map(VinCliError::Read).unwrap_or(e)),
+    }
+}
+
+async fn resolve(spec: &str) -> Result<SocketAddr, VinCliError> {
+    let with_port = if spec.parse::<SocketAddr>().is_ok() {
+        spec.to_string()
+    } else if let Ok(ip) = spec.parse::<IpAddr>() {
+        SocketAddr::new(ip, doip::PORT).to_string()
+    } else if spec
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        spec.to_string()
+    } else {
+        format!("{spec}:{}", doip::PORT)
+    };
+    let err = |reason: String| VinCliError::Resolve {
+        host: spec.to_string(),
+        reason,
+    };
+    tokio::net::lookup_host(&with_port)
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .next()
+        .ok_or_else(|| err("no address".into()))
+}
+
+/// Unicast vehicle identification request to `addr` (UDP, same port); the first answer.
+async fn identify(addr: SocketAddr, timeout: Duration) -> Option<DiscoveredEntity> {
+    let bind = match addr {
+        SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        SocketAddr::V6(_) => "[::]:0".parse().ok()?,
+    };
+    let socket = UdpSocket::bind(bind).await.ok()?;
+    let request = Repr::VehicleIdRequest.to_bytes(version::DEFAULT);
+    socket.send_to(&request, addr).await.ok()?;
+    let found = discovery::listen_announcements(&socket, timeout, Some(1))
+        .await
+        .ok()?;
+    found.into_iter().next()
+}
+
+/// Routing activation, then 0xF190 to `target` (default: the entity's own address).
+async fn read_uds(
+    addr: SocketAddr,
+    cfg: DoipClientConfig,
+    target: Option<u16>,
+) -> Result<(Vin, u16), VinCliError> {
+    let timeout = cfg.response_timeout();
+    let conn = Connection::open(addr, cfg).await?;
+    let target = target.unwrap_or(conn.entity_address());
+    let response = conn
+        .request(target, Bytes::from_static(&READ_VIN_REQUEST))
+        .await
+        .map_err(|e| match e {
+            ClientError::ResponseTimeout { .. } | ClientError::AckTimeout { .. } => {
+                VinCliError::Read(VinReadError::NoAnswer {
+                    source_kind: VinSource::UdsF190,
+                    target: format!("DoIP 0x{target:04X} at {addr}"),
+                    timeout,
+                })
+            }
+            e => VinCliError::Doip(e),
+        })?;
+    Ok((parse_vin_from_rdbi(&response)?, target))
+}
