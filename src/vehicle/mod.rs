@@ -6,5 +6,6 @@
 
 pub mod can;
 pub mod doip;
+pub mod isotp;
 pub mod uds;
 pub mod vin;
