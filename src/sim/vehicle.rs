@@ -11,7 +11,9 @@
 //! ([`crate::vehicle::doip::entity`]).
 
 use crate::sim::ecu::{EcuAction, EcuIndex, Vehicle};
+use crate::vehicle::can::CanPort;
 use crate::vehicle::doip::entity::{DiagHandler, DiagRequest, Entity, EntityConfig, Replies};
+use crate::vehicle::isotp::{IsoTpConfig, IsoTpError, IsoTpHandle, IsoTpMux};
 use crate::vehicle::uds::Vin;
 use bytes::Bytes;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -30,6 +32,10 @@ pub struct SimVehicleArgs {
     /// port 0 picks a free port, printed once ready).
     #[arg(long, value_name = "ADDR")]
     pub doip_listen: Option<SocketAddr>,
+    /// Serve the ECUs over ISO-TP on this CAN interface (`can0`, `vcan0`, or `sim:NAME`
+    /// for the cross-process loopback bus).
+    #[arg(long, value_name = "IFACE")]
+    pub can: Option<String>,
     /// The vehicle's VIN (17 characters; default 1FTFW1E87MFA17359).
     #[arg(long, value_name = "VIN")]
     pub vin: Option<String>,
@@ -43,6 +49,20 @@ const PENDING_LIMIT: Duration = Duration::from_secs(120);
 enum Sink {
     /// A DoIP tester connection; answers come from `ecu`'s logical address.
     Doip { replies: Replies, ecu: u16 },
+    /// The ECU's ISO-TP channel (request id -> response id).
+    Can(Arc<IsoTpHandle>),
+}
+
+impl Sink {
+    fn duplicate(&self) -> Sink {
+        match self {
+            Sink::Doip { replies, ecu } => Sink::Doip {
+                replies: replies.clone(),
+                ecu: *ecu,
+            },
+            Sink::Can(h) => Sink::Can(h.clone()),
+        }
+    }
 }
 
 /// The tester waiting for an ECU's final answer.
@@ -79,6 +99,11 @@ impl Outgoing {
             Sink::Doip { replies, ecu } => {
                 // A closed connection simply loses the answer, as a real ECU's would.
                 let _ = replies.send_from(ecu, self.data).await;
+            }
+            Sink::Can(handle) => {
+                if let Err(e) = handle.send(self.data).await {
+                    tracing::debug!(error = %e, "sim vehicle: ISO-TP answer not sent");
+                }
             }
         }
         if let Some(done) = self.done {
@@ -124,12 +149,7 @@ impl SimVehicle {
                 // otherwise): nothing to send.
                 continue;
             };
-            let sink = match &owner.sink {
-                Sink::Doip { replies, ecu } => Sink::Doip {
-                    replies: replies.clone(),
-                    ecu: *ecu,
-                },
-            };
+            let sink = owner.sink.duplicate();
             let done = if pending {
                 None
             } else {
@@ -252,6 +272,81 @@ impl DiagHandler for DoipEcus {
     }
 }
 
+/// Serve every ECU of `sim` over ISO-TP on `port` (each ECU's request id -> its response
+/// id) and the functional id (single frames, answered by every ECU on its own channel),
+/// until `shutdown` or the port closes.
+pub async fn serve_can<P: CanPort>(
+    sim: Arc<SimVehicle>,
+    port: Arc<P>,
+    shutdown: CancellationToken,
+) -> Result<(), IsoTpError> {
+    let mux = IsoTpMux::new(port);
+    let (addresses, functional) = sim.with_vehicle(|v| {
+        let a: Vec<_> = v.ecus().iter().map(|e| e.address).collect();
+        (a, v.functional_can())
+    });
+    let mut handles = Vec::new();
+    for a in &addresses {
+        handles.push(Arc::new(
+            mux.open(IsoTpConfig::new(a.can_response, a.can_request))?,
+        ));
+    }
+    let functional = mux.open(IsoTpConfig::new(functional, functional))?;
+    let tasks = tokio_util::task::TaskTracker::new();
+    for (i, h) in handles.iter().enumerate() {
+        let (sim, h, s) = (sim.clone(), h.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            serve_channel(&sim, &h, Some(EcuIndex(i)), &[], s).await;
+        });
+    }
+    {
+        let (sim, s, all) = (sim.clone(), shutdown.clone(), handles.clone());
+        let functional = Arc::new(functional);
+        tasks.spawn(async move { serve_channel(&sim, &functional, None, &all, s).await });
+    }
+    tasks.close();
+    tasks.wait().await;
+    drop(mux);
+    Ok(())
+}
+
+/// Requests on one channel: `target` is the ECU, or `None` for the functional channel
+/// (whose answers go out on `ecus`, by ECU index).
+async fn serve_channel(
+    sim: &SimVehicle,
+    channel: &Arc<IsoTpHandle>,
+    target: Option<EcuIndex>,
+    ecus: &[Arc<IsoTpHandle>],
+    shutdown: CancellationToken,
+) {
+    loop {
+        let pdu = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = channel.recv() => r,
+        };
+        let pdu = match pdu {
+            Ok(p) => p,
+            Err(IsoTpError::Closed) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "sim vehicle: ISO-TP reception failed");
+                continue;
+            }
+        };
+        // A CAN ECU keeps listening while it owes a final answer (it answers 0x21 busy
+        // meanwhile), so nobody waits for the finals here.
+        let (out, _finals) = sim.request(target, &pdu, |idx, _| match target {
+            Some(_) => Sink::Can(channel.clone()),
+            None => match ecus.get(idx.0) {
+                Some(h) => Sink::Can(h.clone()),
+                None => Sink::Can(channel.clone()),
+            },
+        });
+        for o in out {
+            o.send().await;
+        }
+    }
+}
+
 /// The DoIP entity configuration for `vehicle`: the first ECU's address is the entity's
 /// own (it is the DoIP edge node), every ECU and the functional address are targets.
 pub fn entity_config(vehicle: &Vehicle, announce_to: Option<SocketAddr>) -> EntityConfig {
@@ -319,9 +414,11 @@ fn run_inner(args: SimVehicleArgs) -> anyhow::Result<()> {
         Some(v) => Vin::parse(v).with_context(|| format!("--vin {v:?}"))?,
         None => crate::sim::ecu::DEFAULT_VIN,
     };
-    let Some(doip_listen) = args.doip_listen else {
-        anyhow::bail!("nothing to serve: give --doip-listen ADDR (e.g. 127.0.0.1:13400)");
-    };
+    if args.doip_listen.is_none() && args.can.is_none() {
+        anyhow::bail!(
+            "nothing to serve: give --doip-listen ADDR (e.g. 127.0.0.1:13400) and/or --can IFACE"
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -334,27 +431,52 @@ fn run_inner(args: SimVehicleArgs) -> anyhow::Result<()> {
         let sim = SimVehicle::new(vehicle);
         let timers = tokio::spawn(sim.clone().run_timers(shutdown.clone()));
 
-        let (listener, udp) = bind_doip(doip_listen).await?;
-        let local = listener.local_addr()?;
-        let cfg = sim.with_vehicle(|v| entity_config(v, Some(announce_target(local))));
-        let entity = Entity::new(cfg.clone(), DoipEcus::new(sim.clone()));
-        let served = tokio::spawn({
-            let s = shutdown.clone();
-            async move { entity.run(listener, Some(udp), s).await }
-        });
-
         println!("{}", sim.with_vehicle(|v| v.description().to_string()));
-        let targets: Vec<String> = cfg.targets.iter().map(|t| format!("0x{t:04X}")).collect();
-        println!(
-            "obdgw sim vehicle: DoIP on {local} (TCP and UDP), entity 0x{:04X}, VIN {vin}, targets {}, testers 0x0E00-0x0FFF",
-            cfg.logical_address,
-            targets.join(" "),
-        );
+        let mut served = Vec::new();
+        if let Some(doip_listen) = args.doip_listen {
+            let (listener, udp) = bind_doip(doip_listen).await?;
+            let local = listener.local_addr()?;
+            let cfg = sim.with_vehicle(|v| entity_config(v, Some(announce_target(local))));
+            let entity = Entity::new(cfg.clone(), DoipEcus::new(sim.clone()));
+            let s = shutdown.clone();
+            served.push(tokio::spawn(async move { entity.run(listener, Some(udp), s).await }));
+            let targets: Vec<String> = cfg.targets.iter().map(|t| format!("0x{t:04X}")).collect();
+            println!(
+                "obdgw sim vehicle: DoIP on {local} (TCP and UDP), entity 0x{:04X}, VIN {vin}, targets {}, testers 0x0E00-0x0FFF",
+                cfg.logical_address,
+                targets.join(" "),
+            );
+        }
+        if let Some(iface) = &args.can {
+            let port = crate::vehicle::can::open_port(iface)
+                .await
+                .with_context(|| format!("opening CAN interface {iface}"))?;
+            let (sim2, s) = (sim.clone(), shutdown.clone());
+            let iface2 = iface.clone();
+            served.push(tokio::spawn(async move {
+                if let Err(e) = serve_can(sim2, Arc::new(port), s).await {
+                    eprintln!("obdgw sim vehicle: CAN on {iface2}: {e}");
+                }
+            }));
+            let ids: Vec<String> = sim.with_vehicle(|v| {
+                v.ecus()
+                    .iter()
+                    .map(|e| format!("0x{}->0x{}", e.address.can_request, e.address.can_response))
+                    .collect()
+            });
+            println!(
+                "obdgw sim vehicle: CAN on {iface} (ISO-TP), VIN {vin}, ECUs {}, functional 0x{}",
+                ids.join(" "),
+                sim.with_vehicle(|v| v.functional_can()),
+            );
+        }
         println!("obdgw sim vehicle: ready");
 
         signals.wait().await;
         shutdown.cancel();
-        let _ = served.await;
+        for t in served {
+            let _ = t.await;
+        }
         let _ = timers.await;
         eprintln!("obdgw sim vehicle: stopped");
         anyhow::Ok(())

@@ -26,12 +26,21 @@ use tokio::net::UdpSocket;
 pub struct VinArgs {
     /// Read over DoIP from HOST[:PORT] (port 13400 by default), or `auto` to discover the
     /// vehicle by UDP broadcast on port 13400.
-    #[arg(long, value_name = "HOST[:PORT]|auto")]
-    pub doip: String,
+    #[arg(
+        long,
+        value_name = "HOST[:PORT]|auto",
+        required_unless_present = "can",
+        conflicts_with = "can"
+    )]
+    pub doip: Option<String>,
+    /// Read over CAN (`can0`, `vcan0`, `sim:NAME`): OBD-II 09 02 to the functional id 0x7DF,
+    /// then UDS 0xF190 to the engine (0x7E0 -> 0x7E8) when that fails.
+    #[arg(long, value_name = "IFACE")]
+    pub can: Option<String>,
     /// How long to wait for each answer, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 2.0)]
     pub timeout: f64,
-    /// Skip the vehicle identification response; read the VIN with UDS 0xF190 only.
+    /// DoIP: skip the vehicle identification response; read the VIN with UDS 0xF190 only.
     #[arg(long)]
     pub uds: bool,
     /// DoIP logical address to send 0xF190 to (default: the entity's own address).
@@ -62,6 +71,10 @@ pub enum VinCliError {
     NothingDiscovered(Duration),
     #[error("cannot resolve {host:?}: {reason}")]
     Resolve { host: String, reason: String },
+    #[error("give --doip HOST[:PORT]|auto or --can IFACE")]
+    NoTransport,
+    #[error("CAN interface {iface}: {reason}")]
+    Can { iface: String, reason: String },
     #[error("--timeout {0} is not a positive number of seconds")]
     Timeout(f64),
 }
@@ -82,7 +95,8 @@ impl VinCliError {
             },
             VinCliError::Discovery(_) | VinCliError::NothingDiscovered(_) => 1,
             VinCliError::Resolve { .. } => 1,
-            VinCliError::Timeout(_) => 2,
+            VinCliError::Timeout(_) | VinCliError::NoTransport => 2,
+            VinCliError::Can { .. } => 1,
         }
     }
 }
@@ -130,14 +144,19 @@ pub async fn read_vin(args: &VinArgs) -> Result<(Vin, String), VinCliError> {
         response_timeout_ms: ms,
         ..DoipClientConfig::default()
     };
-    let (addr, announced) = if args.doip == "auto" {
+    let spec = match (&args.doip, &args.can) {
+        (_, Some(iface)) => return read_vin_can(iface, timeout).await,
+        (Some(spec), None) => spec.as_str(),
+        (None, None) => return Err(VinCliError::NoTransport),
+    };
+    let (addr, announced) = if spec == "auto" {
         let found = discovery::discover(&cfg, IdentificationRequest::All).await?;
         let Some(first) = found.into_iter().next() else {
             return Err(VinCliError::NothingDiscovered(timeout));
         };
         (SocketAddr::new(first.addr.ip(), doip::PORT), Some(first))
     } else {
-        let addr = resolve(&args.doip).await?;
+        let addr = resolve(spec).await?;
         let announced = if args.uds {
             None
         } else {
@@ -246,4 +265,106 @@ async fn read_uds(
             e => VinCliError::Doip(e),
         })?;
     Ok((parse_vin_from_rdbi(&response)?, target))
+}
+
+/// OBD-II service 09 PID 02 to the functional id 0x7DF (answers on 0x7E8..0x7EF), then UDS
+/// 0xF190 to 0x7E0 when no ECU gave a VIN.
+async fn read_vin_can(iface: &str, timeout: Duration) -> Result<(Vin, String), VinCliError> {
+    use crate::router::frame::CanId;
+    use crate::vehicle::isotp::{IsoTpConfig, IsoTpMux};
+    use crate::vehicle::uds::VinQuery;
+    use std::sync::Arc;
+    let can_err = |reason: String| VinCliError::Can {
+        iface: iface.to_string(),
+        reason,
+    };
+    let port = crate::vehicle::can::open_port(iface)
+        .await
+        .map_err(|e| can_err(e.to_string()))?;
+    let mux = IsoTpMux::new(Arc::new(port));
+    let id = |raw: u16| CanId::from_raw(u32::from(raw));
+    // Responses of the eight OBD-II ECU addresses go into one queue.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let mut handles = Vec::new();
+    for i in 0..8u16 {
+        let h = Arc::new(
+            mux.open(IsoTpConfig::new(id(0x7E0 + i), id(0x7E8 + i)))
+                .map_err(|e| can_err(e.to_string()))?,
+        );
+        let (h2, tx) = (h.clone(), tx.clone());
+        tokio::spawn(async move {
+            while let Ok(pdu) = h2.recv().await {
+                if tx.send(pdu).await.is_err() {
+                    break;
+                }
+            }
+        });
+        handles.push(h);
+    }
+    let functional = IsoTpConfig::new(id(0x7DF), id(0x7E8));
+    let now = || tokio::time::Instant::now().into_std();
+    let mut query = VinQuery::obd(format!("CAN 0x7DF on {iface}"), true, timeout, now());
+    mux.send_functional(&functional, query.request())
+        .await
+        .map_err(|e| can_err(format!("sending OBD-II 09 02 to 0x7DF: {e}")))?;
+    let obd = run_query(&mut query, &mut rx).await;
+    let obd_err = match obd {
+        Ok(vin) => {
+            return Ok((
+                vin,
+                format!("from OBD-II service 09 PID 02 (0x7DF) on {iface}"),
+            ));
+        }
+        Err(e) => e,
+    };
+    let mut query = VinQuery::uds(format!("CAN 0x7E0 on {iface}"), false, timeout, now());
+    let engine = handles
+        .first()
+        .ok_or_else(|| can_err("no channel".into()))?;
+    engine
+        .send(Bytes::from_static(query.request()))
+        .await
+        .map_err(|e| can_err(format!("sending UDS 22 F1 90 to 0x7E0: {e}")))?;
+    match run_query(&mut query, &mut rx).await {
+        Ok(vin) => Ok((
+            vin,
+            format!(
+                "from UDS ReadDataByIdentifier 0xF190 (0x7E0) on {iface}; OBD-II failed: {obd_err}"
+            ),
+        )),
+        // A refusal or malformed OBD answer says more than a silent UDS fallback.
+        Err(VinReadError::NoAnswer { .. }) if !matches!(obd_err, VinReadError::NoAnswer { .. }) => {
+            Err(obd_err.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn run_query(
+    query: &mut crate::vehicle::uds::VinQuery,
+    rx: &mut tokio::sync::mpsc::Receiver<Bytes>,
+) -> Result<Vin, VinReadError> {
+    loop {
+        let Some(at) = query.poll_at() else {
+            // Finished queries always returned their result below.
+            return Err(VinReadError::NoAnswer {
+                source_kind: VinSource::UdsF190,
+                target: String::new(),
+                timeout: Duration::ZERO,
+            });
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {
+                if let Some(r) = query.poll(tokio::time::Instant::now().into_std()) {
+                    return r;
+                }
+            }
+            pdu = rx.recv() => {
+                let Some(pdu) = pdu else { continue };
+                if let Some(r) = query.on_response(&pdu, tokio::time::Instant::now().into_std()) {
+                    return r;
+                }
+            }
+        }
+    }
 }
