@@ -328,3 +328,76 @@ async fn physical_response_pending_then_final_through_our_client() {
         .unwrap();
     assert_eq!(&r[..], &[0x62, 0xF1, 0x86, 0x03]);
 }
+
+/// An in-process simulator whose entity announces `announced` instead of the VIN.
+async fn sim_announcing(announced: [u8; 17]) -> (SocketAddr, tokio_util::sync::CancellationToken) {
+    use obdgw::sim::ecu::{DEFAULT_VIN, Vehicle};
+    use obdgw::sim::vehicle::{DoipEcus, SimVehicle, entity_config};
+    use obdgw::vehicle::doip::Entity;
+    let sim = SimVehicle::new(Vehicle::standard(
+        DEFAULT_VIN,
+        tokio::time::Instant::now().into_std(),
+    ));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(sim.clone().run_timers(shutdown.clone()));
+    let mut cfg = sim.with_vehicle(|v| entity_config(v, None));
+    cfg.vin = announced;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let udp = tokio::net::UdpSocket::bind(addr).await.unwrap();
+    let entity = Entity::new(cfg, DoipEcus::new(sim));
+    let s = shutdown.clone();
+    tokio::spawn(async move { entity.run(listener, Some(udp), s).await });
+    (addr, shutdown)
+}
+
+fn vin_args(addr: SocketAddr) -> obdgw::vehicle::vin::VinArgs {
+    obdgw::vehicle::vin::VinArgs {
+        doip: Some(addr.to_string()),
+        can: None,
+        timeout: 2.0,
+        uds: false,
+        target: None,
+    }
+}
+
+#[tokio::test]
+async fn vin_falls_back_to_uds_when_the_announcement_has_no_vin() {
+    for unset in [[0x00u8; 17], [0xFF; 17]] {
+        let (addr, shutdown) = sim_announcing(unset).await;
+        let (vin, how) = obdgw::vehicle::vin::read_vin(&vin_args(addr))
+            .await
+            .unwrap();
+        assert_eq!(vin.as_str(), "1FTFW1E87MFA17359");
+        assert!(
+            how.starts_with("from UDS ReadDataByIdentifier 0xF190 of 0x1000"),
+            "{how}"
+        );
+        shutdown.cancel();
+    }
+}
+
+#[tokio::test]
+async fn vin_malformed_announcement_then_uds_succeeds_or_reports_it() {
+    let (addr, shutdown) = sim_announcing(*b"IIIIIIIIIIIIIIIII").await;
+    let (vin, how) = obdgw::vehicle::vin::read_vin(&vin_args(addr))
+        .await
+        .unwrap();
+    assert_eq!(vin.as_str(), "1FTFW1E87MFA17359");
+    assert!(how.contains("UDS"), "{how}");
+    // UDS to a target that stays silent to it (functional address through our physical
+    // client: the answers come from 0x1000.., never from 0xE400): the announcement's
+    // problem is reported, exit code 4.
+    let mut args = vin_args(addr);
+    args.timeout = 0.3;
+    args.target = Some(0xE400);
+    let err = obdgw::vehicle::vin::read_vin(&args).await.unwrap_err();
+    assert_eq!(err.exit_code(), 4, "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("DoIP vehicle announcement: malformed VIN"),
+        "{msg}"
+    );
+    assert!(msg.contains("'I' at position"), "{msg}");
+    shutdown.cancel();
+}

@@ -49,7 +49,14 @@ fn obdgw_vin_reads_obdgw_sim_vehicle_on_vcan() {
     }
     make_vcan(IFACE);
     let mut sim = Command::new(env!("CARGO_BIN_EXE_obdgw"))
-        .args(["sim", "vehicle", "--can", IFACE, "--vin", "WVWZZZ1JZXW000001"])
+        .args([
+            "sim",
+            "vehicle",
+            "--can",
+            IFACE,
+            "--vin",
+            "WVWZZZ1JZXW000001",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn obdgw sim vehicle");
@@ -73,5 +80,8 @@ fn obdgw_vin_reads_obdgw_sim_vehicle_on_vcan() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "WVWZZZ1JZXW000001\n");
-    assert!(stderr.contains("from OBD-II service 09 PID 02 (0x7DF)"), "{stderr}");
+    assert!(
+        stderr.contains("from OBD-II service 09 PID 02 (0x7DF)"),
+        "{stderr}"
+    );
 }

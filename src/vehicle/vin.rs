@@ -368,3 +368,50 @@ async fn run_query(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vehicle::uds::{Nrc, ServiceId, VinError};
+
+    #[test]
+    fn exit_codes() {
+        let no_answer = VinCliError::Read(VinReadError::NoAnswer {
+            source_kind: VinSource::ObdMode09,
+            target: "CAN 0x7DF on can0".into(),
+            timeout: Duration::from_secs(2),
+        });
+        assert_eq!(no_answer.exit_code(), 1);
+        let refused = VinCliError::Read(VinReadError::Negative {
+            source_kind: VinSource::UdsF190,
+            sid: ServiceId::READ_DATA_BY_IDENTIFIER,
+            nrc: Nrc::REQUEST_OUT_OF_RANGE,
+        });
+        assert_eq!(refused.exit_code(), 3);
+        assert!(
+            refused.to_string().contains("NRC 0x31 requestOutOfRange"),
+            "{refused}"
+        );
+        let malformed = VinCliError::Read(VinReadError::MalformedVin {
+            source_kind: VinSource::UdsF190,
+            error: VinError::Length {
+                vin: "ABC".into(),
+                len: 3,
+            },
+        });
+        assert_eq!(malformed.exit_code(), 4);
+        assert_eq!(VinCliError::Timeout(0.0).exit_code(), 2);
+        assert_eq!(VinCliError::NoTransport.exit_code(), 2);
+        assert_eq!(
+            VinCliError::NothingDiscovered(Duration::from_secs(2)).exit_code(),
+            1
+        );
+    }
+
+    #[test]
+    fn addresses_parse_in_hex_or_decimal() {
+        assert_eq!(parse_u16("0x1000"), Ok(0x1000));
+        assert_eq!(parse_u16("4096"), Ok(4096));
+        assert!(parse_u16("0x10000").unwrap_err().contains("16-bit address"));
+    }
+}
