@@ -184,7 +184,8 @@ impl SimVehicle {
         }
     }
 
-    /// Hand one request to the vehicle: `ecus` is `None` for a functional request.
+    /// Hand one request to the vehicle: `target` is `None` for a functional request;
+    /// `sink(ecu, doip_address)` says where each ECU's answers go.
     /// Returns what to send now and the receivers of the final answers owed later.
     fn request(
         &self,

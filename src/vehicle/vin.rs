@@ -360,7 +360,11 @@ async fn run_query(
                 }
             }
             pdu = rx.recv() => {
-                let Some(pdu) = pdu else { continue };
+                let Some(pdu) = pdu else {
+                    // Every channel closed (the port went away): only the deadline is left.
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+                    continue;
+                };
                 if let Some(r) = query.on_response(&pdu, tokio::time::Instant::now().into_std()) {
                     return r;
                 }
