@@ -36,6 +36,18 @@ pub enum Command {
     /// Run the tunnel relay: pair gateways and operators by session and forward their
     /// traffic.
     Relay(crate::relay::RelayArgs),
+    /// Simulators (a vehicle with ECUs over DoIP and CAN).
+    #[command(subcommand)]
+    Sim(SimCommand),
+    /// Read the vehicle's VIN and print it. Exit codes: 0 printed, 1 no answer, 2 usage,
+    /// 3 refused (negative response, NACK), 4 malformed answer or VIN.
+    Vin(crate::vehicle::vin::VinArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// Simulate a vehicle: ECUs answering UDS and OBD-II over DoIP (and CAN).
+    Vehicle(crate::sim::vehicle::SimVehicleArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,5 +80,7 @@ fn dispatch(cli: Cli) -> ExitCode {
         Command::Run(args) => crate::daemon::run_cli(args),
         Command::Config(ConfigCommand::Check(args)) => crate::config::check_cli(&args.config),
         Command::Relay(args) => crate::relay::run_relay(args),
+        Command::Sim(SimCommand::Vehicle(args)) => crate::sim::vehicle::run_sim_vehicle(args),
+        Command::Vin(args) => crate::vehicle::vin::run_vin(args),
     }
 }

@@ -8,3 +8,4 @@ pub mod can;
 pub mod doip;
 pub mod isotp;
 pub mod uds;
+pub mod vin;

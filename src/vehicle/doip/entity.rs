@@ -177,6 +177,19 @@ impl Replies {
             .map_err(|_| ReplyClosed)
     }
 
+    /// Send one response from another ECU address than the request's target: to a
+    /// functionally addressed request (e.g. 0xE400) each ECU answers from its own address.
+    pub async fn send_from(&self, ecu: u16, data: Bytes) -> Result<(), ReplyClosed> {
+        self.tx
+            .send(Reply {
+                source: ecu,
+                target: self.tester,
+                data,
+            })
+            .await
+            .map_err(|_| ReplyClosed)
+    }
+
     pub fn ecu(&self) -> u16 {
         self.ecu
     }
