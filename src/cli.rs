@@ -33,6 +33,15 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run a simulator (cloud API, ...).
+    #[command(subcommand)]
+    Sim(SimCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// The vendor Customer API with its status websocket and an admin interface.
+    Cloud(crate::sim::cloud::CloudSimArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -64,5 +73,6 @@ fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(args) => crate::daemon::run_cli(args),
         Command::Config(ConfigCommand::Check(args)) => crate::config::check_cli(&args.config),
+        Command::Sim(SimCommand::Cloud(args)) => crate::sim::cloud::run_cli(args),
     }
 }

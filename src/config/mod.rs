@@ -39,6 +39,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// The frame-routing core: ports and routes.
     pub router: RouterConfig,
+    /// The vendor Customer API: endpoint, login, status websocket.
+    pub cloud: crate::cloud::config::CloudConfig,
 }
 
 /// Where log records go.
@@ -478,6 +480,7 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
             );
         }
     }
+    issues.extend(crate::cloud::config::validate(&config.cloud));
     issues
 }
 
