@@ -156,7 +156,9 @@ resource!(
     Ticket {
         #[serde(deserialize_with = "lenient::int")] id: i64,
         uuid: String,
-        #[serde(deserialize_with = "lenient::string", alias = "vinNumber")] vin: String,
+        #[serde(deserialize_with = "lenient::string")] vin: String,
+        /// The same VIN under the vendor's camel-case name; see [`Ticket::vin`].
+        #[serde(rename = "vinNumber", deserialize_with = "lenient::opt_string", skip_serializing_if = "Option::is_none")] vin_number: Option<String>,
         #[serde(deserialize_with = "lenient::int")] vehicle_model_id: i64,
         #[serde(deserialize_with = "lenient::int")] vehicle_model_variant_id: i64,
         #[serde(deserialize_with = "lenient::int_list")] product_ids: Vec<i64>,
@@ -165,6 +167,17 @@ resource!(
         #[serde(deserialize_with = "lenient::int")] state: i64,
     }
 );
+
+impl Ticket {
+    /// The VIN from `vin`, else from `vinNumber`.
+    pub fn vin(&self) -> &str {
+        if self.vin.is_empty() {
+            self.vin_number.as_deref().unwrap_or("")
+        } else {
+            &self.vin
+        }
+    }
+}
 
 resource!(ProductGroup {
     #[serde(deserialize_with = "lenient::int")] id: i64,
@@ -600,7 +613,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.id, 3);
-        assert_eq!(t.vin, "JFL91010104591010");
+        assert_eq!(t.vin(), "JFL91010104591010");
         assert_eq!(t.vehicle_model_variant_id, 23423);
         assert_eq!(t.product_ids, vec![324234, 5]);
         assert_eq!(t.state, 1);

@@ -27,3 +27,14 @@ fn build() -> Result<Arc<rustls::ClientConfig>, String> {
         .with_no_client_auth();
     Ok(Arc::new(config))
 }
+
+/// A reqwest client on the shared TLS configuration, without API logic (admin calls,
+/// probes). Fails only when TLS cannot be configured.
+pub fn http_client(timeout: std::time::Duration) -> Result<reqwest::Client, String> {
+    let tls = client_config()?;
+    reqwest::Client::builder()
+        .tls_backend_preconfigured((*tls).clone())
+        .timeout(timeout)
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))
+}
