@@ -305,6 +305,30 @@ impl Client {
         }
     }
 
+    /// Keep the session fresh until `shutdown`: log in again `refresh_margin_s` before the
+    /// token's `exp`, so long-lived users (the status websocket) always find a valid token.
+    /// Failures are logged and retried every `retry_max`.
+    pub async fn keep_fresh(&self, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            let margin = self.inner.settings.refresh_margin_s;
+            let wait = match self.expires_at().await {
+                Some(exp) => exp.saturating_sub(margin).saturating_sub(now_unix()),
+                None => 0,
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
+            }
+            if let Err(e) = self.bearer().await {
+                tracing::warn!("refreshing the Customer API token: {e}");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(self.inner.settings.retry_max.max(Duration::from_secs(1))) => {}
+                }
+            }
+        }
+    }
+
     /// The expiry of the current session.
     pub async fn expires_at(&self) -> Option<u64> {
         self.inner.auth.lock().await.session.as_ref().map(|s| s.expires_at)

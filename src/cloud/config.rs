@@ -50,8 +50,9 @@ pub struct CloudConfig {
     /// This connector's numeric ID, for the deprecated ID + pincode login only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connector_id: Option<i64>,
-    /// The connector's pincode. Prefer `pincode_file` or a systemd credential.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The connector's pincode (a string or an integer). Prefer `pincode_file` or a
+    /// systemd credential.
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "secret_lenient")]
     pub pincode: Option<Secret>,
     /// A file holding the pincode (trailing newline ignored).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -209,6 +210,24 @@ impl CloudConfig {
             }
         }
         Ok(None)
+    }
+}
+
+/// A secret from a string or an integer; errors never echo the value.
+fn secret_lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Str(String),
+        Int(i64),
+    }
+    match Option::<Raw>::deserialize(d) {
+        Ok(Some(Raw::Str(s))) => Ok(Some(Secret::new(s))),
+        Ok(Some(Raw::Int(i))) => Ok(Some(Secret::new(i.to_string()))),
+        Ok(None) => Ok(None),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected the pincode as a string or an integer",
+        )),
     }
 }
 
