@@ -14,6 +14,7 @@ pub mod error;
 pub mod model;
 pub mod routes;
 pub mod spec;
+pub mod status;
 pub mod tls;
 pub mod token;
 pub mod validate;

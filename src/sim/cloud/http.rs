@@ -159,7 +159,7 @@ fn one() -> u32 {
     1
 }
 
-fn take_fault(sh: &Shared, method: &str, path: &str) -> Option<Fault> {
+pub(super) fn take_fault(sh: &Shared, method: &str, path: &str) -> Option<Fault> {
     let mut faults = sh.faults.lock().ok()?;
     let pos = faults.iter().position(|f| {
         f.count > 0

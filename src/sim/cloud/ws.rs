@@ -44,6 +44,14 @@ impl Sub {
 }
 
 pub async fn upgrade(State(sh): State<Arc<Shared>>, mut req: Request) -> Response {
+    if let Some(f) = super::http::take_fault(&sh, "GET", req.uri().path()) {
+        if f.latency_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(f.latency_ms)).await;
+        }
+        if let Some(s) = f.status {
+            return problem(s, "injected fault");
+        }
+    }
     let headers = req.headers();
     let query = parse_query(req.uri().query()).unwrap_or_default();
     let token = headers
