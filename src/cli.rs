@@ -33,6 +33,10 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Log in to the Customer API and store the tokens in the state directory.
+    Login(crate::cloud::cli::LoginArgs),
+    /// Call any Customer API operation: `obdgw api <group> <operation> --help`.
+    Api(crate::cloud::cli::ApiArgs),
     /// Run a simulator (cloud API, ...).
     #[command(subcommand)]
     Sim(SimCommand),
@@ -73,6 +77,8 @@ fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(args) => crate::daemon::run_cli(args),
         Command::Config(ConfigCommand::Check(args)) => crate::config::check_cli(&args.config),
+        Command::Login(args) => crate::cloud::cli::run_login(args),
+        Command::Api(args) => crate::cloud::cli::run_api(args),
         Command::Sim(SimCommand::Cloud(args)) => crate::sim::cloud::run_cli(args),
     }
 }

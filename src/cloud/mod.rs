@@ -8,6 +8,7 @@
 //! Does not own: the simulator (`crate::sim::cloud`), the diagnostic tunnel, or what the
 //! daemon does with status events.
 
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
