@@ -56,6 +56,34 @@ fn rules(op: Op, p: &Param) -> Vec<(&'static str, Value)> {
     }
 }
 
+/// Values from the built-in fixture, so generated requests reach existing resources.
+fn example(op: Op, name: &str) -> Option<Value> {
+    Some(match (op, name) {
+        (_, "connectorId" | "connector_id") => json!(super::DEMO_CONNECTOR_ID),
+        (_, "connectorUUID" | "connector_uuid") => json!(super::DEMO_CONNECTOR_UUID),
+        (_, "vehicle_model_id" | "modelId") => json!(200102),
+        (_, "vehicle_model_variant_id" | "modelVariantId") => json!(2001021),
+        (_, "vin") => json!("WVWZZZCDZMW012345"),
+        (_, "vehicle_make_id") => json!(20),
+        (_, "vehicle_model_group_id" | "modelGroupId") => json!(2001),
+        (_, "historicalTicketId" | "ticketId") => json!(7014044),
+        (Op::ProductsPrerequisites, "product_id") => json!([52351, 52357]),
+        (_, "product_ids") => json!([52352]),
+        (_, "id") => json!(52351),
+        (Op::ProductsList, "product_group_id") => json!(2690),
+        (Op::ProductsBundles, "product_group_id") => json!(2691),
+        (_, "employeeId") => json!("me"),
+        (_, "pincode") => json!(super::DEMO_PINCODE),
+        (_, "target_language") => json!("de"),
+        (_, "message.original") => json!("Hello world!"),
+        (_, "score") => json!(1),
+        (_, "email_address" | "username") => json!("jan@garage-vandijk.example"),
+        (_, "correspondence_locale") => json!("nl-NL"),
+        (_, "country") => json!("NL"),
+        _ => return None,
+    })
+}
+
 fn param_schema(op: Op, p: &Param, in_body: bool) -> Value {
     let mut s = match p.ty {
         Ty::Int if in_body => json!({ "oneOf": [int(), { "type": "string", "pattern": "^-?[0-9]{1,18}$" }] }),
@@ -82,6 +110,9 @@ fn param_schema(op: Op, p: &Param, in_body: bool) -> Value {
             m.insert("nullable".into(), json!(true));
         }
         m.insert("description".into(), json!(p.help));
+        if let Some(e) = example(op, p.name) {
+            m.insert("example".into(), e);
+        }
     }
     s
 }
