@@ -46,62 +46,142 @@ fn write_config(dir: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_then_api_calls() {
-    let r = sim::start(sim::data::SimData::builtin().unwrap(), SimOptions::default(), None).await.unwrap();
+    let r = sim::start(
+        sim::data::SimData::builtin().unwrap(),
+        SimOptions::default(),
+        None,
+    )
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path());
     let base = r.base_url.clone();
     let a = |rest: &[&str]| {
         let mut v: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
-        v.extend(["-c".to_string(), cfg.clone(), "--base-url".to_string(), base.clone()]);
+        v.extend([
+            "-c".to_string(),
+            cfg.clone(),
+            "--base-url".to_string(),
+            base.clone(),
+        ]);
         v
     };
 
     let (code, out, err) = run(a(&["login"])).await;
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains(&format!("logged in as connector:{DEMO_CONNECTOR_UUID}")), "{out}");
+    assert!(
+        out.contains(&format!("logged in as connector:{DEMO_CONNECTOR_UUID}")),
+        "{out}"
+    );
     let tokens_after_login = r.shared.data.lock().unwrap().tokens.len();
 
-    let (code, out, err) = run(a(&["api", "vehicles", "lookup", "--vin", "WVWZZZCDZMW012345", "--json"])).await;
+    let (code, out, err) = run(a(&[
+        "api",
+        "vehicles",
+        "lookup",
+        "--vin",
+        "WVWZZZCDZMW012345",
+        "--json",
+    ]))
+    .await;
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["make"]["name"], "Volkswagen");
-    assert_eq!(r.shared.data.lock().unwrap().tokens.len(), tokens_after_login, "the stored token was reused");
+    assert_eq!(
+        r.shared.data.lock().unwrap().tokens.len(),
+        tokens_after_login,
+        "the stored token was reused"
+    );
 
     let (code, out, _) = run(a(&["api", "vehicles", "makes", "--limit", "2"])).await;
     assert_eq!(code, 0);
-    assert!(out.starts_with("ID  NAME\n10  Ford\n20  Volkswagen\n"), "{out}");
-    assert!(out.contains("(2 of 6; next page: --offset 2, or --all)"), "{out}");
-    let (code, out, _) = run(a(&["api", "vehicles", "makes", "--all", "--limit", "4", "--json"])).await;
+    assert!(
+        out.starts_with("ID  NAME\n10  Ford\n20  Volkswagen\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("(2 of 6; next page: --offset 2, or --all)"),
+        "{out}"
+    );
+    let (code, out, _) = run(a(&[
+        "api", "vehicles", "makes", "--all", "--limit", "4", "--json",
+    ]))
+    .await;
     assert_eq!(code, 0);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["result"].as_array().unwrap().len(), 6);
 
     let (code, out, err) = run(a(&[
-        "api", "tickets", "create", "--vin", "WVWZZZCDZMW012345", "--vehicle-model-id", "200102",
-        "--vehicle-model-variant-id", "2001021", "--connector-id", "910000001", "--product-ids", "52352",
-        "--product-prerequisites", r#"[{"definition_id":4,"value":"true"}]"#,
+        "api",
+        "tickets",
+        "create",
+        "--vin",
+        "WVWZZZCDZMW012345",
+        "--vehicle-model-id",
+        "200102",
+        "--vehicle-model-variant-id",
+        "2001021",
+        "--connector-id",
+        "910000001",
+        "--product-ids",
+        "52352",
+        "--product-prerequisites",
+        r#"[{"definition_id":4,"value":"true"}]"#,
     ]))
     .await;
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("state") && out.contains("WVWZZZCDZMW012345"), "{out}");
-    let (code, out, _) = run(a(&["api", "connectors", "active-ticket", "--connector-id", "910000001", "--json"])).await;
+    assert!(
+        out.contains("state") && out.contains("WVWZZZCDZMW012345"),
+        "{out}"
+    );
+    let (code, out, _) = run(a(&[
+        "api",
+        "connectors",
+        "active-ticket",
+        "--connector-id",
+        "910000001",
+        "--json",
+    ]))
+    .await;
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["state"], 1);
 
     // Errors say what was wrong and what to do; exit 2 for bad input, 1 for service errors.
     let (code, _, err) = run(a(&["api", "vehicles", "lookup", "--vin", "WVW"])).await;
     assert_eq!(code, 2);
-    assert!(err.contains("17 letters and digits") && err.contains("nothing was sent"), "{err}");
+    assert!(
+        err.contains("17 letters and digits") && err.contains("nothing was sent"),
+        "{err}"
+    );
     let (code, _, err) = run(a(&["api", "connectors", "get", "--connector-id", "5"])).await;
     assert_eq!(code, 1);
     assert!(err.contains("404") && err.contains("check the id"), "{err}");
-    let (code, _, err) = run(a(&["api", "tickets", "create", "--vin", "WVWZZZCDZMW012345"])).await;
+    let (code, _, err) = run(a(&[
+        "api",
+        "tickets",
+        "create",
+        "--vin",
+        "WVWZZZCDZMW012345",
+    ]))
+    .await;
     assert_eq!(code, 2);
     assert!(err.contains("--vehicle-model-id"), "{err}");
     let (code, out, _) = run(a(&["api", "auth", "login-uuid"])).await;
     assert_eq!(code, 0);
-    assert!(out.contains("(hidden; exp"), "tokens are never printed whole: {out}");
-    let (code, _, err) = run(vec!["api".into(), "vehicles".into(), "makes".into(), "-c".into(), cfg.clone(), "--base-url".into(), "http://127.0.0.1:1".into()]).await;
+    assert!(
+        out.contains("(hidden; exp"),
+        "tokens are never printed whole: {out}"
+    );
+    let (code, _, err) = run(vec![
+        "api".into(),
+        "vehicles".into(),
+        "makes".into(),
+        "-c".into(),
+        cfg.clone(),
+        "--base-url".into(),
+        "http://127.0.0.1:1".into(),
+    ])
+    .await;
     assert_eq!(code, 1);
     assert!(err.contains("check cloud.base_url"), "{err}");
     r.stop().await;

@@ -25,18 +25,29 @@ fn fixture(n: usize) -> SimData {
 }
 
 fn walk(n: usize, limit: u32) -> (Vec<String>, Vec<String>, i64) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let d = fixture(n);
         let want: Vec<String> = d.employees.iter().map(|e| e.id.clone()).collect();
         let r = sim::start(d, SimOptions::default(), None).await.unwrap();
         let c = Client::new(
             ClientSettings::for_base_url(&r.base_url),
-            Some(Credentials::ConnectorUuid { uuid: DEMO_CONNECTOR_UUID.into(), pincode: Secret::new(DEMO_PINCODE) }),
+            Some(Credentials::ConnectorUuid {
+                uuid: DEMO_CONNECTOR_UUID.into(),
+                pincode: Secret::new(DEMO_PINCODE),
+            }),
             None,
         )
         .unwrap();
-        let got: Vec<String> = collect_all(limit, |p| c.employees(p)).await.unwrap().into_iter().map(|e| e.id).collect();
+        let got: Vec<String> = collect_all(limit, |p| c.employees(p))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
         let zero = c.employees(Page::new(0, 0)).await.unwrap();
         assert!(zero.result.is_empty(), "limit 0 returns no items");
         r.stop().await;

@@ -43,30 +43,54 @@ fn pincode_never_reaches_the_logs() {
     let _ = tracing_log::LogTracer::init();
     let _guard = tracing::subscriber::set_default(subscriber);
     // Current-thread runtime: every task (server, client, hyper) logs into this subscriber.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut shown = String::new();
     rt.block_on(async {
         let mut data = sim::data::SimData::builtin().unwrap();
         data.connectors[0].pincode = PIN.into();
         let r = sim::start(data, SimOptions::default(), None).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let good = Credentials::ConnectorUuid { uuid: DEMO_CONNECTOR_UUID.into(), pincode: Secret::new(PIN) };
-        let c = Client::new(ClientSettings::for_base_url(&r.base_url), Some(good.clone()), Some(dir.path())).unwrap();
+        let good = Credentials::ConnectorUuid {
+            uuid: DEMO_CONNECTOR_UUID.into(),
+            pincode: Secret::new(PIN),
+        };
+        let c = Client::new(
+            ClientSettings::for_base_url(&r.base_url),
+            Some(good.clone()),
+            Some(dir.path()),
+        )
+        .unwrap();
         c.makes(Page::default()).await.unwrap();
         c.login().await.unwrap();
         shown.push_str(&format!("{c:?} {good:?} {:?}", c.session().await));
-        let bad = Credentials::ConnectorUuid { uuid: DEMO_CONNECTOR_UUID.into(), pincode: Secret::new(WRONG_PIN) };
+        let bad = Credentials::ConnectorUuid {
+            uuid: DEMO_CONNECTOR_UUID.into(),
+            pincode: Secret::new(WRONG_PIN),
+        };
         let w = Client::new(ClientSettings::for_base_url(&r.base_url), Some(bad), None).unwrap();
         let e = w.makes(Page::default()).await.unwrap_err();
         shown.push_str(&format!("{e} {e:?}"));
-        let e = w.login_uuid(DEMO_CONNECTOR_UUID, &Secret::new(WRONG_PIN)).await.unwrap_err();
+        let e = w
+            .login_uuid(DEMO_CONNECTOR_UUID, &Secret::new(WRONG_PIN))
+            .await
+            .unwrap_err();
         shown.push_str(&format!("{e} {e:?}"));
-        let stored = std::fs::read_to_string(dir.path().join(obdgw::cloud::token::STORE_FILE)).unwrap();
-        assert!(!stored.contains(PIN), "the token store holds tokens, not the pincode");
+        let stored =
+            std::fs::read_to_string(dir.path().join(obdgw::cloud::token::STORE_FILE)).unwrap();
+        assert!(
+            !stored.contains(PIN),
+            "the token store holds tokens, not the pincode"
+        );
         r.stop().await;
     });
     let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-    assert!(logs.contains("logged in to the Customer API"), "the capture works: {logs}");
+    assert!(
+        logs.contains("logged in to the Customer API"),
+        "the capture works: {logs}"
+    );
     assert!(logs.contains("api request"), "request logs captured");
     assert!(logs.lines().count() > 10);
     for secret in [PIN, WRONG_PIN] {
@@ -78,20 +102,30 @@ fn pincode_never_reaches_the_logs() {
 fn config_check(toml: &str, env: &[(&str, &str)]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("obdgw.toml");
-    std::fs::File::create(&path).unwrap().write_all(toml.as_bytes()).unwrap();
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(toml.as_bytes())
+        .unwrap();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_obdgw"));
     cmd.args(["config", "check", "-c"]).arg(&path);
     for (k, v) in env {
         cmd.env(k, v);
     }
     let out = cmd.output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
 #[test]
 fn pincode_never_reaches_config_check() {
-    let (ok, out) = config_check(&format!("[cloud]\nconnector_uuid = \"{DEMO_CONNECTOR_UUID}\"\npincode = \"{PIN}\"\n"), &[]);
+    let (ok, out) = config_check(
+        &format!("[cloud]\nconnector_uuid = \"{DEMO_CONNECTOR_UUID}\"\npincode = \"{PIN}\"\n"),
+        &[],
+    );
     assert!(ok, "{out}");
     assert!(out.contains("pincode = \"<redacted>\""), "{out}");
     assert!(!out.contains(PIN), "{out}");
@@ -100,7 +134,10 @@ fn pincode_never_reaches_config_check() {
     assert!(ok, "{out}");
     assert!(!out.contains("83517290"), "{out}");
     // Invalid configurations print errors, never the pincode.
-    let (ok, out) = config_check(&format!("[cloud]\nconnector_uuid = \"nope\"\npincode = \"{PIN}\"\n"), &[]);
+    let (ok, out) = config_check(
+        &format!("[cloud]\nconnector_uuid = \"nope\"\npincode = \"{PIN}\"\n"),
+        &[],
+    );
     assert!(!ok);
     assert!(out.contains("cloud.connector_uuid"), "{out}");
     assert!(!out.contains(PIN), "{out}");
@@ -108,7 +145,10 @@ fn pincode_never_reaches_config_check() {
     assert!(!ok);
     assert!(out.contains("pincode"), "{out}");
     assert!(!out.contains("83517290"), "{out}");
-    let (ok, out) = config_check(&format!("[cloud]\npincode = \"{PIN}\"\npincode_file = \"/x\"\n"), &[]);
+    let (ok, out) = config_check(
+        &format!("[cloud]\npincode = \"{PIN}\"\npincode_file = \"/x\"\n"),
+        &[],
+    );
     assert!(!ok);
     assert!(out.contains("keep one"), "{out}");
     assert!(!out.contains(PIN), "{out}");

@@ -21,7 +21,13 @@ use std::process::ExitCode;
 #[derive(Debug, Clone, clap::Args)]
 pub struct CloudCliArgs {
     /// Configuration file (default /etc/obdgw/obdgw.toml when it exists).
-    #[arg(long, short = 'c', value_name = "PATH", env = "OBDGW_CONFIG", global = true)]
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "PATH",
+        env = "OBDGW_CONFIG",
+        global = true
+    )]
     pub config: Option<PathBuf>,
     /// REST base URL, overriding cloud.base_url (e.g. the simulator's printed URL).
     #[arg(long, value_name = "URL", env = "OBDGW_BASE_URL", global = true)]
@@ -127,9 +133,27 @@ fn op_command(spec: &'static OpSpec) -> Command {
     }
     if spec.paged {
         c = c
-            .arg(Arg::new("offset").long("offset").value_name("N").help("items to skip").value_parser(clap::value_parser!(u64)))
-            .arg(Arg::new("limit").long("limit").value_name("N").help("page size (0..=200; the service's default is 20)").value_parser(clap::value_parser!(u32).range(0..=i64::from(MAX_LIMIT))))
-            .arg(Arg::new("all").long("all").action(ArgAction::SetTrue).help("fetch every page").conflicts_with("offset"));
+            .arg(
+                Arg::new("offset")
+                    .long("offset")
+                    .value_name("N")
+                    .help("items to skip")
+                    .value_parser(clap::value_parser!(u64)),
+            )
+            .arg(
+                Arg::new("limit")
+                    .long("limit")
+                    .value_name("N")
+                    .help("page size (0..=200; the service's default is 20)")
+                    .value_parser(clap::value_parser!(u32).range(0..=i64::from(MAX_LIMIT))),
+            )
+            .arg(
+                Arg::new("all")
+                    .long("all")
+                    .action(ArgAction::SetTrue)
+                    .help("fetch every page")
+                    .conflicts_with("offset"),
+            );
     }
     c
 }
@@ -193,7 +217,10 @@ impl clap::FromArgMatches for ApiArgs {
             op: spec.op,
             values,
             offset: paged("offset"),
-            limit: spec.paged.then(|| om.get_one::<u32>("limit").copied()).flatten(),
+            limit: spec
+                .paged
+                .then(|| om.get_one::<u32>("limit").copied())
+                .flatten(),
             all: spec.paged && om.get_flag("all"),
         })
     }
@@ -222,8 +249,18 @@ pub fn build_request(spec: &OpSpec, values: &[(&str, String)]) -> Result<ApiRequ
             Loc::Body => {
                 has_body = true;
                 let v = match p.ty {
-                    Ty::Int => raw.trim().parse::<i64>().map(Value::from).unwrap_or_else(|_| json!(raw)),
-                    Ty::Num => raw.trim().parse::<f64>().ok().and_then(|f| serde_json::Number::from_f64(f)).map(Value::Number).unwrap_or_else(|| json!(raw)),
+                    Ty::Int => raw
+                        .trim()
+                        .parse::<i64>()
+                        .map(Value::from)
+                        .unwrap_or_else(|_| json!(raw)),
+                    Ty::Num => raw
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                        .and_then(serde_json::Number::from_f64)
+                        .map(Value::Number)
+                        .unwrap_or_else(|| json!(raw)),
                     Ty::Bool => match raw.as_str() {
                         "true" | "1" | "yes" => json!(true),
                         "false" | "0" | "no" => json!(false),
@@ -232,7 +269,12 @@ pub fn build_request(spec: &OpSpec, values: &[(&str, String)]) -> Result<ApiRequ
                     Ty::IntList => Value::Array(
                         raw.split(',')
                             .filter(|s| !s.trim().is_empty())
-                            .map(|s| s.trim().parse::<i64>().map(Value::from).unwrap_or_else(|_| json!(s)))
+                            .map(|s| {
+                                s.trim()
+                                    .parse::<i64>()
+                                    .map(Value::from)
+                                    .unwrap_or_else(|_| json!(s))
+                            })
                             .collect(),
                     ),
                     Ty::Object | Ty::ObjectList => serde_json::from_str(raw)
@@ -266,7 +308,10 @@ struct Env {
 fn setup(common: &CloudCliArgs) -> Result<Env, (ExitCode, String)> {
     let source = ConfigSource::from_arg(common.config.as_deref());
     let loaded = crate::config::load(&source).map_err(|e| {
-        (ExitCode::from(2), format!("{e}\nrun `obdgw config check` to see every problem"))
+        (
+            ExitCode::from(2),
+            format!("{e}\nrun `obdgw config check` to see every problem"),
+        )
     })?;
     let mut log = loaded.config.log.clone();
     log.level = "warn".into();
@@ -283,11 +328,16 @@ fn setup(common: &CloudCliArgs) -> Result<Env, (ExitCode, String)> {
         .state_dir
         .clone()
         .unwrap_or_else(|| loaded.config.daemon.state_dir.clone());
-    let client = Client::from_config(&cloud, Some(&state)).map_err(|e| (ExitCode::FAILURE, e.to_string()))?;
+    let client = Client::from_config(&cloud, Some(&state))
+        .map_err(|e| (ExitCode::FAILURE, e.to_string()))?;
     Ok(Env {
         client,
         cloud,
-        store: Some(super::token::TokenStore::in_dir(&state).path().to_path_buf()),
+        store: Some(
+            super::token::TokenStore::in_dir(&state)
+                .path()
+                .to_path_buf(),
+        ),
     })
 }
 
@@ -295,7 +345,12 @@ fn runtime() -> Result<tokio::runtime::Runtime, (ExitCode, String)> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| (ExitCode::FAILURE, format!("cannot start the async runtime: {e}")))
+        .map_err(|e| {
+            (
+                ExitCode::FAILURE,
+                format!("cannot start the async runtime: {e}"),
+            )
+        })
 }
 
 fn exit_for(e: &ApiError) -> ExitCode {
@@ -360,8 +415,14 @@ pub fn run_api(args: ApiArgs) -> ExitCode {
         if spec.op == Op::TicketsCreate && !values.iter().any(|(n, _)| *n == "metadata") {
             values.push(("metadata", super::model::default_metadata().to_string()));
         }
-        if matches!(spec.op, Op::AuthLoginUuid | Op::AuthLoginPincode) && !values.iter().any(|(n, _)| *n == "pincode") {
-            let pin = env.cloud.resolve_pincode().map_err(|e| (ExitCode::from(2), e))?.ok_or_else(no_pincode)?;
+        if matches!(spec.op, Op::AuthLoginUuid | Op::AuthLoginPincode)
+            && !values.iter().any(|(n, _)| *n == "pincode")
+        {
+            let pin = env
+                .cloud
+                .resolve_pincode()
+                .map_err(|e| (ExitCode::from(2), e))?
+                .ok_or_else(no_pincode)?;
             values.push(("pincode", pin.expose().to_string()));
         }
         if spec.op == Op::AuthLoginUuid && !values.iter().any(|(n, _)| *n == "connector_uuid") {
@@ -400,11 +461,18 @@ pub fn run_api(args: ApiArgs) -> ExitCode {
     }
 }
 
-async fn fetch_all(client: &Client, op: Op, req: ApiRequest, limit: u32) -> Result<Option<Value>, ApiError> {
+async fn fetch_all(
+    client: &Client,
+    op: Op,
+    req: ApiRequest,
+    limit: u32,
+) -> Result<Option<Value>, ApiError> {
     let items = super::client::collect_all(limit, |page| {
         let mut r = req.clone();
-        r.query.push(("offset".into(), page.offset.unwrap_or(0).to_string()));
-        r.query.push(("limit".into(), page.limit.unwrap_or(limit).to_string()));
+        r.query
+            .push(("offset".into(), page.offset.unwrap_or(0).to_string()));
+        r.query
+            .push(("limit".into(), page.limit.unwrap_or(limit).to_string()));
         async move {
             let v = client.call(op, r).await?.unwrap_or(Value::Null);
             serde_json::from_value::<super::model::List<Value>>(v).map_err(|e| ApiError::Decode {
@@ -415,12 +483,16 @@ async fn fetch_all(client: &Client, op: Op, req: ApiRequest, limit: u32) -> Resu
     })
     .await?;
     let n = items.len();
-    Ok(Some(json!({ "result": items, "total": n, "offset": 0, "limit": n })))
+    Ok(Some(
+        json!({ "result": items, "total": n, "offset": 0, "limit": n }),
+    ))
 }
 
 fn redact_tokens(op: Op, mut v: Value) -> Value {
-    if matches!(op, Op::AuthLoginOtp | Op::AuthLoginPincode | Op::AuthLoginUuid)
-        && let Value::Object(m) = &mut v
+    if matches!(
+        op,
+        Op::AuthLoginOtp | Op::AuthLoginPincode | Op::AuthLoginUuid
+    ) && let Value::Object(m) = &mut v
     {
         for (k, val) in m.iter_mut() {
             if k.ends_with("_token")
@@ -428,7 +500,10 @@ fn redact_tokens(op: Op, mut v: Value) -> Value {
             {
                 let exp = super::token::jwt_exp(s);
                 let head: String = s.chars().take(10).collect();
-                *val = json!(format!("{head}... (hidden; exp {})", exp.map(|e| e.to_string()).unwrap_or_else(|| "?".into())));
+                *val = json!(format!(
+                    "{head}... (hidden; exp {})",
+                    exp.map(|e| e.to_string()).unwrap_or_else(|| "?".into())
+                ));
             }
         }
     }
@@ -453,7 +528,11 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>, depth: u8) 
     match v {
         Value::Object(m) if depth < 3 => {
             for (k, val) in m {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&key, val, out, depth + 1);
             }
         }
@@ -464,7 +543,11 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>, depth: u8) 
 /// Render an answer: JSON, or a table (lists) / key-value lines (objects).
 pub fn render(spec: &OpSpec, v: Option<&Value>, as_json: bool) -> String {
     let Some(v) = v else {
-        return if as_json { "null\n".into() } else { "done\n".into() };
+        return if as_json {
+            "null\n".into()
+        } else {
+            "done\n".into()
+        };
     };
     if as_json {
         return format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default());
@@ -495,12 +578,22 @@ pub fn render(spec: &OpSpec, v: Option<&Value>, as_json: bool) -> String {
         cols.truncate(8);
         let rows: Vec<Vec<String>> = items
             .iter()
-            .map(|it| cols.iter().map(|c| cell(it.get(c).unwrap_or(&Value::Null), 48)).collect())
+            .map(|it| {
+                cols.iter()
+                    .map(|c| cell(it.get(c).unwrap_or(&Value::Null), 48))
+                    .collect()
+            })
             .collect();
         let widths: Vec<usize> = cols
             .iter()
             .enumerate()
-            .map(|(i, c)| rows.iter().map(|r| r[i].chars().count()).chain([c.len()]).max().unwrap_or(0))
+            .map(|(i, c)| {
+                rows.iter()
+                    .map(|r| r[i].chars().count())
+                    .chain([c.len()])
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         let mut out = String::new();
         let line = |cells: &[String]| {
@@ -514,16 +607,24 @@ pub fn render(spec: &OpSpec, v: Option<&Value>, as_json: bool) -> String {
             s.push('\n');
             s
         };
-        out.push_str(&line(&cols.iter().map(|c| c.to_uppercase()).collect::<Vec<_>>()));
+        out.push_str(&line(
+            &cols.iter().map(|c| c.to_uppercase()).collect::<Vec<_>>(),
+        ));
         for r in &rows {
             out.push_str(&line(r));
         }
-        let total = v.get("total").and_then(Value::as_i64).unwrap_or(items.len() as i64);
+        let total = v
+            .get("total")
+            .and_then(Value::as_i64)
+            .unwrap_or(items.len() as i64);
         let offset = v.get("offset").and_then(Value::as_i64).unwrap_or(0);
         let shown = items.len() as i64;
         out.push_str(&format!("({shown} of {total}"));
         if offset + shown < total {
-            out.push_str(&format!("; next page: --offset {}, or --all", offset + shown));
+            out.push_str(&format!(
+                "; next page: --offset {}, or --all",
+                offset + shown
+            ));
         }
         out.push_str(")\n");
         return out;
@@ -531,7 +632,9 @@ pub fn render(spec: &OpSpec, v: Option<&Value>, as_json: bool) -> String {
     let mut kv = Vec::new();
     flatten("", v, &mut kv, 0);
     let w = kv.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    kv.iter().map(|(k, val)| format!("{k:<w$}  {val}\n")).collect()
+    kv.iter()
+        .map(|(k, val)| format!("{k:<w$}  {val}\n"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -546,13 +649,26 @@ mod tests {
         assert_eq!(flag("historicalTicketId"), "historical-ticket-id");
         let req = build_request(
             Op::TicketsCreate.spec(),
-            &[("vin", "X".into()), ("product_ids", "1, 2".into()), ("metadata", "{}".into()), ("vehicle_model_id", "abc".into())],
+            &[
+                ("vin", "X".into()),
+                ("product_ids", "1, 2".into()),
+                ("metadata", "{}".into()),
+                ("vehicle_model_id", "abc".into()),
+            ],
         )
         .unwrap();
         let b = req.body.unwrap();
         assert_eq!(b["product_ids"], json!([1, 2]));
-        assert_eq!(b["vehicle_model_id"], json!("abc"), "left for validation to name");
-        let req = build_request(Op::MiscTranslate.spec(), &[("message.original", "hi".into())]).unwrap();
+        assert_eq!(
+            b["vehicle_model_id"],
+            json!("abc"),
+            "left for validation to name"
+        );
+        let req = build_request(
+            Op::MiscTranslate.spec(),
+            &[("message.original", "hi".into())],
+        )
+        .unwrap();
         assert_eq!(req.body.unwrap()["message"]["original"], "hi");
         assert!(build_request(Op::TicketsCreate.spec(), &[("metadata", "{".into())]).is_err());
     }
@@ -563,7 +679,12 @@ mod tests {
         cmd.clone().debug_assert();
         for s in OPS {
             let g = cmd.find_subcommand(s.group).unwrap();
-            assert!(g.find_subcommand(s.name).is_some(), "{} {}", s.group, s.name);
+            assert!(
+                g.find_subcommand(s.name).is_some(),
+                "{} {}",
+                s.group,
+                s.name
+            );
         }
     }
 
@@ -572,7 +693,10 @@ mod tests {
         let v = json!({"result": [{"id": 1, "name": "Ford", "nested": {"a": 1}}, {"id": 20, "name": "Volkswagen"}], "total": 5, "offset": 0, "limit": 2});
         let t = render(Op::VehiclesMakes.spec(), Some(&v), false);
         assert!(t.starts_with("ID  NAME\n1   Ford\n20  Volkswagen\n"), "{t}");
-        assert!(t.contains("(2 of 5; next page: --offset 2, or --all)"), "{t}");
+        assert!(
+            t.contains("(2 of 5; next page: --offset 2, or --all)"),
+            "{t}"
+        );
         let tok = crate::cloud::token::make_jwt(&json!({"exp": 5}), "secretsignature");
         let r = redact_tokens(Op::AuthLoginUuid, json!({"access_token": tok}));
         assert!(!r.to_string().contains("secretsignature"));

@@ -58,8 +58,10 @@ impl ClientSettings {
 
     /// Defaults for a base URL.
     pub fn for_base_url(base_url: &str) -> Self {
-        let mut c = CloudConfig::default();
-        c.base_url = base_url.to_string();
+        let c = CloudConfig {
+            base_url: base_url.to_string(),
+            ..CloudConfig::default()
+        };
         // Defaults have no route overrides, so this cannot fail.
         Self::from_config(&c).unwrap_or_else(|_| ClientSettings {
             base_url: base_url.to_string(),
@@ -156,10 +158,7 @@ impl Client {
                 settings,
                 credentials,
                 store,
-                auth: tokio::sync::Mutex::new(AuthState {
-                    session,
-                    logins: 0,
-                }),
+                auth: tokio::sync::Mutex::new(AuthState { session, logins: 0 }),
             }),
         })
     }
@@ -331,7 +330,13 @@ impl Client {
 
     /// The expiry of the current session.
     pub async fn expires_at(&self) -> Option<u64> {
-        self.inner.auth.lock().await.session.as_ref().map(|s| s.expires_at)
+        self.inner
+            .auth
+            .lock()
+            .await
+            .session
+            .as_ref()
+            .map(|s| s.expires_at)
     }
 
     /// Call any operation with a generic request; `Ok(None)` for an empty answer.
@@ -380,7 +385,10 @@ impl Client {
             if let Some(t) = &token {
                 rb = rb.bearer_auth(t);
             }
-            rb = rb.header(reqwest::header::ACCEPT, "application/json, application/problem+json");
+            rb = rb.header(
+                reqwest::header::ACCEPT,
+                "application/json, application/problem+json",
+            );
             let started = std::time::Instant::now();
             let outcome = match rb.send().await {
                 Ok(resp) => {
@@ -404,7 +412,11 @@ impl Client {
                     return Err(ApiError::Transport {
                         op: key,
                         url,
-                        what: if timeout { "timed out on" } else { "cannot complete request to" },
+                        what: if timeout {
+                            "timed out on"
+                        } else {
+                            "cannot complete request to"
+                        },
                         message: error_chain(&e),
                         timeout,
                     });
@@ -415,17 +427,21 @@ impl Client {
                         if body.iter().all(u8::is_ascii_whitespace) {
                             return Ok(None);
                         }
-                        return serde_json::from_slice(&body)
-                            .map(Some)
-                            .map_err(|e| ApiError::Decode {
+                        return serde_json::from_slice(&body).map(Some).map_err(|e| {
+                            ApiError::Decode {
                                 op: key,
                                 message: format!("the body is not JSON: {e}"),
-                            });
+                            }
+                        });
                     }
                     if status == 401
                         && let Some(t) = &token
                         && !relogged
-                        && self.inner.credentials.as_ref().is_some_and(Credentials::reusable)
+                        && self
+                            .inner
+                            .credentials
+                            .as_ref()
+                            .is_some_and(Credentials::reusable)
                     {
                         tracing::info!(op = %key, "the service rejected the token; logging in again");
                         relogged = true;
@@ -465,17 +481,24 @@ impl Client {
     // ---- connectors ----
 
     pub async fn connectors(&self, page: Page) -> Result<List<Connector>, ApiError> {
-        self.get(Op::ConnectorsList, paged(ApiRequest::new(), page)).await
+        self.get(Op::ConnectorsList, paged(ApiRequest::new(), page))
+            .await
     }
 
     pub async fn connector(&self, connector_id: i64) -> Result<Connector, ApiError> {
-        self.get(Op::ConnectorsGet, ApiRequest::new().path("connectorId", connector_id))
-            .await
+        self.get(
+            Op::ConnectorsGet,
+            ApiRequest::new().path("connectorId", connector_id),
+        )
+        .await
     }
 
     pub async fn connector_by_uuid(&self, uuid: &str) -> Result<Connector, ApiError> {
-        self.get(Op::ConnectorsGetByUuid, ApiRequest::new().path("connectorUUID", uuid))
-            .await
+        self.get(
+            Op::ConnectorsGetByUuid,
+            ApiRequest::new().path("connectorUUID", uuid),
+        )
+        .await
     }
 
     pub async fn dismiss_call_for_attention(&self, uuid: &str) -> Result<(), ApiError> {
@@ -489,7 +512,10 @@ impl Client {
     /// The active ticket; `Ok(None)` when the connector has none (404).
     pub async fn active_ticket(&self, connector_id: i64) -> Result<Option<Ticket>, ApiError> {
         match self
-            .get(Op::ConnectorsActiveTicket, ApiRequest::new().path("connectorId", connector_id))
+            .get(
+                Op::ConnectorsActiveTicket,
+                ApiRequest::new().path("connectorId", connector_id),
+            )
             .await
         {
             Ok(t) => Ok(Some(t)),
@@ -506,8 +532,11 @@ impl Client {
         variant_id: i64,
         page: Page,
     ) -> Result<List<ProductGroup>, ApiError> {
-        self.get(Op::ProductsGroups, paged(vehicle(model_id, variant_id), page))
-            .await
+        self.get(
+            Op::ProductsGroups,
+            paged(vehicle(model_id, variant_id), page),
+        )
+        .await
     }
 
     pub async fn product_bundles(
@@ -648,10 +677,15 @@ impl Client {
     }
 
     pub async fn makes(&self, page: Page) -> Result<List<Make>, ApiError> {
-        self.get(Op::VehiclesMakes, paged(ApiRequest::new(), page)).await
+        self.get(Op::VehiclesMakes, paged(ApiRequest::new(), page))
+            .await
     }
 
-    pub async fn model_groups(&self, make_id: i64, page: Page) -> Result<List<ModelGroup>, ApiError> {
+    pub async fn model_groups(
+        &self,
+        make_id: i64,
+        page: Page,
+    ) -> Result<List<ModelGroup>, ApiError> {
         self.get(
             Op::VehiclesModelGroups,
             paged(ApiRequest::new().query("vehicle_make_id", make_id), page),
@@ -660,8 +694,11 @@ impl Client {
     }
 
     pub async fn model_group(&self, id: i64) -> Result<ModelGroup, ApiError> {
-        self.get(Op::VehiclesModelGroup, ApiRequest::new().path("modelGroupId", id))
-            .await
+        self.get(
+            Op::VehiclesModelGroup,
+            ApiRequest::new().path("modelGroupId", id),
+        )
+        .await
     }
 
     pub async fn models(&self, model_group_id: i64, page: Page) -> Result<List<Model>, ApiError> {
@@ -689,8 +726,11 @@ impl Client {
     }
 
     pub async fn variant(&self, id: i64) -> Result<Variant, ApiError> {
-        self.get(Op::VehiclesVariant, ApiRequest::new().path("modelVariantId", id))
-            .await
+        self.get(
+            Op::VehiclesVariant,
+            ApiRequest::new().path("modelVariantId", id),
+        )
+        .await
     }
 
     // ---- account ----
@@ -708,8 +748,11 @@ impl Client {
     }
 
     pub async fn edit_customer(&self, edit: &CustomerEdit) -> Result<Customer, ApiError> {
-        self.get(Op::AccountCustomerEdit, ApiRequest::new().body(to_value(edit)))
-            .await
+        self.get(
+            Op::AccountCustomerEdit,
+            ApiRequest::new().body(to_value(edit)),
+        )
+        .await
     }
 
     pub async fn branding(&self) -> Result<Branding, ApiError> {
@@ -727,7 +770,8 @@ impl Client {
     // ---- employees ----
 
     pub async fn employees(&self, page: Page) -> Result<List<Employee>, ApiError> {
-        self.get(Op::EmployeesList, paged(ApiRequest::new(), page)).await
+        self.get(Op::EmployeesList, paged(ApiRequest::new(), page))
+            .await
     }
 
     pub async fn add_employee(&self, e: &EmployeeInput) -> Result<Employee, ApiError> {
@@ -735,7 +779,8 @@ impl Client {
         if let Value::Object(m) = &mut body {
             m.remove("enabled");
         }
-        self.get(Op::EmployeesAdd, ApiRequest::new().body(body)).await
+        self.get(Op::EmployeesAdd, ApiRequest::new().body(body))
+            .await
     }
 
     /// One employee; `"me"` for the logged-in one.
@@ -755,23 +800,38 @@ impl Client {
     // ---- logins (raw: they do not change this client's session) ----
 
     /// Deprecated connector ID + pincode login; answers the tokens without storing them.
-    pub async fn login_pincode(&self, connector_id: i64, pincode: &crate::config::Secret) -> Result<Tokens, ApiError> {
+    pub async fn login_pincode(
+        &self,
+        connector_id: i64,
+        pincode: &crate::config::Secret,
+    ) -> Result<Tokens, ApiError> {
         let body = json!({ "connector_id": connector_id.to_string(), "pincode": pincode.expose() });
-        let v = self.call(Op::AuthLoginPincode, ApiRequest::new().body(body)).await?;
+        let v = self
+            .call(Op::AuthLoginPincode, ApiRequest::new().body(body))
+            .await?;
         decode(Op::AuthLoginPincode, v.unwrap_or(Value::Null))
     }
 
     /// Connector UUID + pincode login; answers the tokens without storing them.
-    pub async fn login_uuid(&self, uuid: &str, pincode: &crate::config::Secret) -> Result<Tokens, ApiError> {
+    pub async fn login_uuid(
+        &self,
+        uuid: &str,
+        pincode: &crate::config::Secret,
+    ) -> Result<Tokens, ApiError> {
         let body = json!({ "connector_uuid": uuid, "pincode": pincode.expose() });
-        let v = self.call(Op::AuthLoginUuid, ApiRequest::new().body(body)).await?;
+        let v = self
+            .call(Op::AuthLoginUuid, ApiRequest::new().body(body))
+            .await?;
         decode(Op::AuthLoginUuid, v.unwrap_or(Value::Null))
     }
 
     /// OTP login; answers the tokens without storing them.
     pub async fn login_otp(&self, otp: &crate::config::Secret) -> Result<Tokens, ApiError> {
         let v = self
-            .call(Op::AuthLoginOtp, ApiRequest::new().body(json!({ "otp": otp.expose() })))
+            .call(
+                Op::AuthLoginOtp,
+                ApiRequest::new().body(json!({ "otp": otp.expose() })),
+            )
             .await?;
         decode(Op::AuthLoginOtp, v.unwrap_or(Value::Null))
     }
@@ -786,7 +846,11 @@ impl Client {
         self.get(Op::ServiceCenterState, ApiRequest::new()).await
     }
 
-    pub async fn translate(&self, text: &str, target_language: &str) -> Result<Translation, ApiError> {
+    pub async fn translate(
+        &self,
+        text: &str,
+        target_language: &str,
+    ) -> Result<Translation, ApiError> {
         self.get(
             Op::MiscTranslate,
             ApiRequest::new().body(json!({
@@ -798,8 +862,11 @@ impl Client {
     }
 
     pub async fn channel(&self, channel_id: &str) -> Result<Channel, ApiError> {
-        self.get(Op::ChannelsGet, ApiRequest::new().path("channelId", channel_id))
-            .await
+        self.get(
+            Op::ChannelsGet,
+            ApiRequest::new().path("channelId", channel_id),
+        )
+        .await
     }
 
     pub async fn send_control_message(&self, channel_id: &str) -> Result<ControlMessage, ApiError> {
@@ -826,7 +893,11 @@ impl Client {
         .await
     }
 
-    pub async fn attachment(&self, channel_id: &str, file_reference: &str) -> Result<Attachment, ApiError> {
+    pub async fn attachment(
+        &self,
+        channel_id: &str,
+        file_reference: &str,
+    ) -> Result<Attachment, ApiError> {
         self.get(
             Op::ChannelsAttachment,
             ApiRequest::new()
@@ -855,7 +926,8 @@ fn vehicle(model_id: i64, variant_id: i64) -> ApiRequest {
 }
 
 fn paged(req: ApiRequest, page: Page) -> ApiRequest {
-    req.query_opt("offset", page.offset).query_opt("limit", page.limit)
+    req.query_opt("offset", page.offset)
+        .query_opt("limit", page.limit)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -917,7 +989,10 @@ mod tests {
         for attempt in 0..20 {
             let d = retry_delay(base, max, attempt);
             let full = (100u64 << attempt.min(16)).min(1000);
-            assert!(d.as_millis() as u64 >= full / 2 && d.as_millis() as u64 <= full, "{attempt}: {d:?}");
+            assert!(
+                d.as_millis() as u64 >= full / 2 && d.as_millis() as u64 <= full,
+                "{attempt}: {d:?}"
+            );
         }
     }
 

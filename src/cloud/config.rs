@@ -52,7 +52,10 @@ pub struct CloudConfig {
     pub connector_id: Option<i64>,
     /// The connector's pincode (a string or an integer). Prefer `pincode_file` or a
     /// systemd credential.
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "secret_lenient")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "secret_lenient"
+    )]
     pub pincode: Option<Secret>,
     /// A file holding the pincode (trailing newline ignored).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -192,21 +195,27 @@ impl CloudConfig {
     }
 
     /// [`Self::resolve_pincode`] with the credentials directory given (for tests).
-    pub fn resolve_pincode_with(&self, cred_dir: Option<PathBuf>) -> Result<Option<Secret>, String> {
+    pub fn resolve_pincode_with(
+        &self,
+        cred_dir: Option<PathBuf>,
+    ) -> Result<Option<Secret>, String> {
         if let Some(p) = &self.pincode {
             return Ok(Some(p.clone()));
         }
         if let Some(f) = &self.pincode_file {
             return read_secret(f).map(Some).map_err(|e| {
-                format!("cloud.pincode_file {}: {e}; check the path and that the service may read it", f.display())
+                format!(
+                    "cloud.pincode_file {}: {e}; check the path and that the service may read it",
+                    f.display()
+                )
             });
         }
         if let Some(dir) = cred_dir {
             let f = dir.join(CREDENTIAL_NAME);
             if f.exists() {
-                return read_secret(&f).map(Some).map_err(|e| {
-                    format!("systemd credential {}: {e}", f.display())
-                });
+                return read_secret(&f)
+                    .map(Some)
+                    .map_err(|e| format!("systemd credential {}: {e}", f.display()));
             }
         }
         Ok(None)
@@ -263,7 +272,10 @@ pub fn validate(c: &CloudConfig) -> Vec<ConfigIssue> {
     if let Some(u) = &c.login_base_url
         && !is_http_url(u)
     {
-        issue("login_base_url", format!("`{u}` is not an http:// or https:// URL"));
+        issue(
+            "login_base_url",
+            format!("`{u}` is not an http:// or https:// URL"),
+        );
     }
     for (k, v) in &c.routes {
         if let Err(e) = super::routes::check_override(k, v) {
@@ -292,11 +304,36 @@ pub fn validate(c: &CloudConfig) -> Vec<ConfigIssue> {
         ("connect_timeout_ms", c.connect_timeout_ms, 100, 600_000),
         ("retry_base_ms", c.retry_base_ms, 1, 600_000),
         ("retry_max_ms", c.retry_max_ms, 1, 600_000),
-        ("default_token_lifetime_s", c.default_token_lifetime_s, 1, 31_536_000),
-        ("status.reconnect_min_ms", c.status.reconnect_min_ms, 1, 3_600_000),
-        ("status.reconnect_max_ms", c.status.reconnect_max_ms, 1, 3_600_000),
-        ("status.poll_interval_ms", c.status.poll_interval_ms, 50, 3_600_000),
-        ("status.idle_timeout_ms", c.status.idle_timeout_ms, 100, 3_600_000),
+        (
+            "default_token_lifetime_s",
+            c.default_token_lifetime_s,
+            1,
+            31_536_000,
+        ),
+        (
+            "status.reconnect_min_ms",
+            c.status.reconnect_min_ms,
+            1,
+            3_600_000,
+        ),
+        (
+            "status.reconnect_max_ms",
+            c.status.reconnect_max_ms,
+            1,
+            3_600_000,
+        ),
+        (
+            "status.poll_interval_ms",
+            c.status.poll_interval_ms,
+            50,
+            3_600_000,
+        ),
+        (
+            "status.idle_timeout_ms",
+            c.status.idle_timeout_ms,
+            100,
+            3_600_000,
+        ),
     ];
     for (k, v, lo, hi) in ranges {
         if !(lo..=hi).contains(&v) {
@@ -304,7 +341,10 @@ pub fn validate(c: &CloudConfig) -> Vec<ConfigIssue> {
         }
     }
     if c.retries > 10 {
-        issue("retries", format!("{} is out of range; expected 0..=10", c.retries));
+        issue(
+            "retries",
+            format!("{} is out of range; expected 0..=10", c.retries),
+        );
     }
     if c.status.reconnect_max_ms < c.status.reconnect_min_ms {
         issue(
@@ -315,7 +355,10 @@ pub fn validate(c: &CloudConfig) -> Vec<ConfigIssue> {
     if c.status.ticket_check_interval_ms < 50 {
         issue(
             "status.ticket_check_interval_ms",
-            format!("{} is too small; expected at least 50", c.status.ticket_check_interval_ms),
+            format!(
+                "{} is too small; expected at least 50",
+                c.status.ticket_check_interval_ms
+            ),
         );
     }
     if let Some(u) = &c.status.url
@@ -349,14 +392,33 @@ mod tests {
         let mut c = CloudConfig::default();
         let cred = Some(dir.path().to_path_buf());
         assert_eq!(c.resolve_pincode_with(None).unwrap(), None);
-        assert_eq!(c.resolve_pincode_with(cred.clone()).unwrap().unwrap().expose(), "1111");
+        assert_eq!(
+            c.resolve_pincode_with(cred.clone())
+                .unwrap()
+                .unwrap()
+                .expose(),
+            "1111"
+        );
         c.pincode_file = Some(dir.path().join("pin"));
-        assert_eq!(c.resolve_pincode_with(cred.clone()).unwrap().unwrap().expose(), "2222");
+        assert_eq!(
+            c.resolve_pincode_with(cred.clone())
+                .unwrap()
+                .unwrap()
+                .expose(),
+            "2222"
+        );
         c.pincode = Some(Secret::new("3333"));
-        assert_eq!(c.resolve_pincode_with(cred).unwrap().unwrap().expose(), "3333");
+        assert_eq!(
+            c.resolve_pincode_with(cred).unwrap().unwrap().expose(),
+            "3333"
+        );
         c.pincode = None;
         c.pincode_file = Some(dir.path().join("missing"));
-        assert!(c.resolve_pincode_with(None).unwrap_err().contains("missing"));
+        assert!(
+            c.resolve_pincode_with(None)
+                .unwrap_err()
+                .contains("missing")
+        );
     }
 
     #[test]
@@ -370,6 +432,13 @@ mod tests {
         c.connector_uuid = Some("nope".into());
         c.routes.insert("connectors_get".into(), "/v1/c/{x}".into());
         let keys: Vec<String> = validate(&c).into_iter().map(|i| i.key).collect();
-        assert_eq!(keys, ["cloud.base_url", "cloud.routes.connectors_get", "cloud.connector_uuid"]);
+        assert_eq!(
+            keys,
+            [
+                "cloud.base_url",
+                "cloud.routes.connectors_get",
+                "cloud.connector_uuid"
+            ]
+        );
     }
 }

@@ -67,12 +67,12 @@ fn reason(status: u16) -> &'static str {
 pub fn hint(status: u16) -> &'static str {
     match status {
         400 | 422 => "check the arguments against `obdgw api <group> <operation> --help`",
-        401 => {
-            "log in again with `obdgw login`, and check cloud.connector_uuid and the pincode"
-        }
+        401 => "log in again with `obdgw login`, and check cloud.connector_uuid and the pincode",
         403 => "this account is not allowed to do this; ask the service provider",
         404 => "check the id (list the resources first), or the route in cloud.routes",
-        409 => "the resource is busy (e.g. a pending ticket on the connector); finish or cancel it first",
+        409 => {
+            "the resource is busy (e.g. a pending ticket on the connector); finish or cancel it first"
+        }
         429 => "too many requests; wait and try again",
         500..=599 => "the service failed; try again later",
         _ => "see the detail above",
@@ -153,14 +153,27 @@ mod tests {
 
     #[test]
     fn problem_bodies() {
-        let p = Problem::from_body(404, br#"{"status":404,"type":"about:blank","title":"Not Found","detail":"no ticket"}"#);
-        assert_eq!((p.status, p.title.as_str(), p.detail.as_str()), (404, "Not Found", "no ticket"));
+        let p = Problem::from_body(
+            404,
+            br#"{"status":404,"type":"about:blank","title":"Not Found","detail":"no ticket"}"#,
+        );
+        assert_eq!(
+            (p.status, p.title.as_str(), p.detail.as_str()),
+            (404, "Not Found", "no ticket")
+        );
         let p = Problem::from_body(502, b"<html>bad gateway</html>");
         assert_eq!(p.status, 502);
         assert_eq!(p.title, "Bad Gateway");
         assert!(p.detail.contains("bad gateway"));
-        let e = ApiError::Status { op: "tickets_create".into(), status: 409, problem: Problem::from_body(409, b"{}") };
+        let e = ApiError::Status {
+            op: "tickets_create".into(),
+            status: 409,
+            problem: Problem::from_body(409, b"{}"),
+        };
         let s = e.to_string();
-        assert!(s.contains("409 Conflict") && s.contains("pending ticket"), "{s}");
+        assert!(
+            s.contains("409 Conflict") && s.contains("pending ticket"),
+            "{s}"
+        );
     }
 }

@@ -180,7 +180,8 @@ impl Ticket {
 }
 
 resource!(ProductGroup {
-    #[serde(deserialize_with = "lenient::int")] id: i64,
+    #[serde(deserialize_with = "lenient::int")]
+    id: i64,
     name: String,
 });
 
@@ -241,9 +242,12 @@ resource!(Product {
 });
 
 resource!(PrerequisiteOption {
-    #[serde(deserialize_with = "lenient::int")] id: i64,
-    #[serde(rename = "productPrerequisiteId", deserialize_with = "lenient::int")] product_prerequisite_id: i64,
-    #[serde(deserialize_with = "lenient::string")] value: String,
+    #[serde(deserialize_with = "lenient::int")]
+    id: i64,
+    #[serde(rename = "productPrerequisiteId", deserialize_with = "lenient::int")]
+    product_prerequisite_id: i64,
+    #[serde(deserialize_with = "lenient::string")]
+    value: String,
 });
 
 resource!(Prerequisite {
@@ -331,15 +335,19 @@ resource!(ServicedVehicle {
 });
 
 resource!(Make {
-    #[serde(deserialize_with = "lenient::int")] id: i64,
+    #[serde(deserialize_with = "lenient::int")]
+    id: i64,
     name: String,
 });
 
 resource!(ModelGroup {
-    #[serde(deserialize_with = "lenient::int")] id: i64,
+    #[serde(deserialize_with = "lenient::int")]
+    id: i64,
     name: String,
-    #[serde(deserialize_with = "lenient::int")] vehicle_make_id: i64,
-    #[serde(deserialize_with = "lenient::string")] vehicle_make_name: String,
+    #[serde(deserialize_with = "lenient::int")]
+    vehicle_make_id: i64,
+    #[serde(deserialize_with = "lenient::string")]
+    vehicle_make_name: String,
 });
 
 resource!(Model {
@@ -508,7 +516,8 @@ resource!(Translation {
 });
 
 resource!(ControlMessage {
-    #[serde(deserialize_with = "lenient::string")] channel_id: String,
+    #[serde(deserialize_with = "lenient::string")]
+    channel_id: String,
 });
 
 resource!(Attachment {
@@ -621,11 +630,13 @@ mod tests {
 
     #[test]
     fn missing_and_loose_fields() {
-        let c: Customer = serde_json::from_str(r#"{"name":"X","phone":31651226913,"reference":213432}"#).unwrap();
+        let c: Customer =
+            serde_json::from_str(r#"{"name":"X","phone":31651226913,"reference":213432}"#).unwrap();
         assert_eq!(c.phone.as_deref(), Some("31651226913"));
         assert_eq!(c.reference.as_deref(), Some("213432"));
         assert_eq!(c.city, None);
-        let l: List<Make> = serde_json::from_str(r#"{"result":[{"id":"10","name":"Ford"}],"total":"1"}"#).unwrap();
+        let l: List<Make> =
+            serde_json::from_str(r#"{"result":[{"id":"10","name":"Ford"}],"total":"1"}"#).unwrap();
         assert_eq!(l.result[0].id, 10);
         assert_eq!(l.total, 1);
         assert!(serde_json::from_str::<Make>(r#"{"id":"ten"}"#).is_err());

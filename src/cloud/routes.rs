@@ -2,7 +2,7 @@
 //! overridable per deployment (`cloud.routes.<key> = "/v1/..."`) without a rebuild.
 
 use super::error::ApiError;
-use super::spec::{Op, OPS, placeholders};
+use super::spec::{OPS, Op, placeholders};
 use std::collections::{BTreeMap, HashMap};
 
 /// Path templates by operation.
@@ -61,7 +61,10 @@ impl RouteTable {
 
     /// The template of an operation.
     pub fn template(&self, op: Op) -> &str {
-        self.paths.get(&op).map(String::as_str).unwrap_or(op.spec().path)
+        self.paths
+            .get(&op)
+            .map(String::as_str)
+            .unwrap_or(op.spec().path)
     }
 
     /// The path of an operation with its parameters filled in (percent-encoded).
@@ -107,16 +110,30 @@ mod tests {
     #[test]
     fn defaults_overrides_and_encoding() {
         let mut o = BTreeMap::new();
-        o.insert("connectors_get".to_string(), "/v2/boxes/{connectorId}".to_string());
+        o.insert(
+            "connectors_get".to_string(),
+            "/v2/boxes/{connectorId}".to_string(),
+        );
         let t = RouteTable::with_overrides(&o).unwrap();
         let mut p = BTreeMap::new();
         p.insert("connectorId".to_string(), "12 /x".to_string());
-        assert_eq!(t.render(Op::ConnectorsGet, &p).unwrap(), "/v2/boxes/12%20%2Fx");
+        assert_eq!(
+            t.render(Op::ConnectorsGet, &p).unwrap(),
+            "/v2/boxes/12%20%2Fx"
+        );
         assert_eq!(t.template(Op::EmployeesList), "/v1/employees");
         o.insert("connectors_get".to_string(), "/v2/boxes/{id}".to_string());
-        assert!(RouteTable::with_overrides(&o).unwrap_err().contains("placeholders"));
+        assert!(
+            RouteTable::with_overrides(&o)
+                .unwrap_err()
+                .contains("placeholders")
+        );
         let mut o = BTreeMap::new();
         o.insert("nope".to_string(), "/x".to_string());
-        assert!(RouteTable::with_overrides(&o).unwrap_err().contains("unknown operation"));
+        assert!(
+            RouteTable::with_overrides(&o)
+                .unwrap_err()
+                .contains("unknown operation")
+        );
     }
 }

@@ -229,7 +229,13 @@ const EMPLOYEE_BODY: [Param; 4] = [
         true,
         "family name (at most 255 characters)",
     ),
-    p("username", Body, Email, true, "e-mail address used to log in"),
+    p(
+        "username",
+        Body,
+        Email,
+        true,
+        "e-mail address used to log in",
+    ),
     p(
         "correspondence_locale",
         Body,
@@ -467,7 +473,13 @@ pub static OPS: &[OpSpec] = &[
         summary: "Create a ticket (at most one pending ticket per connector)",
         params: &[
             p("vin", Body, Str, true, "VIN: 17 letters and digits"),
-            p("vehicle_model_id", Body, Int, true, "ID of the vehicle model"),
+            p(
+                "vehicle_model_id",
+                Body,
+                Int,
+                true,
+                "ID of the vehicle model",
+            ),
             p(
                 "vehicle_model_variant_id",
                 Body,
@@ -499,7 +511,13 @@ pub static OPS: &[OpSpec] = &[
                 false,
                 "prepared ticket this ticket realises",
             ),
-            p("reference", Body, Str, false, "free reference (licence plate)"),
+            p(
+                "reference",
+                Body,
+                Str,
+                false,
+                "free reference (licence plate)",
+            ),
             p(
                 "confirmed_unattended_service",
                 Body,
@@ -523,7 +541,13 @@ pub static OPS: &[OpSpec] = &[
         summary: "Add or update the satisfaction score (-1..=1) and comment of a ticket",
         params: &[
             p("ticketId", Path, Int, true, "ID of the ticket"),
-            p("score", Body, Num, true, "score from -1 (worst) to 1 (best)"),
+            p(
+                "score",
+                Body,
+                Num,
+                true,
+                "score from -1 (worst) to 1 (best)",
+            ),
             p("comment", Body, Str, false, "comment"),
         ],
     },
@@ -612,7 +636,13 @@ pub static OPS: &[OpSpec] = &[
         summary: "Calculate prices of products for a vehicle, with an optional voucher",
         params: &[
             p("voucher", Body, Str, false, "voucher code"),
-            p("vehicle_model_id", Body, Int, true, "ID of the vehicle model"),
+            p(
+                "vehicle_model_id",
+                Body,
+                Int,
+                true,
+                "ID of the vehicle model",
+            ),
             p(
                 "vehicle_model_variant_id",
                 Body,
@@ -903,13 +933,7 @@ pub static OPS: &[OpSpec] = &[
         ok_status: 200,
         response: "Employee",
         summary: "One employee (`me` for the logged-in one)",
-        params: &[p(
-            "employeeId",
-            Path,
-            Str,
-            true,
-            "employee ID or `me`",
-        )],
+        params: &[p("employeeId", Path, Str, true, "employee ID or `me`")],
     },
     OpSpec {
         op: Op::EmployeesEdit,
@@ -929,7 +953,13 @@ pub static OPS: &[OpSpec] = &[
             EMPLOYEE_BODY[1],
             EMPLOYEE_BODY[2],
             EMPLOYEE_BODY[3],
-            p("enabled", Body, Bool, false, "whether the employee may log in"),
+            p(
+                "enabled",
+                Body,
+                Bool,
+                false,
+                "whether the employee may log in",
+            ),
         ],
     },
     OpSpec {

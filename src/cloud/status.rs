@@ -109,7 +109,9 @@ pub enum StatusEvent {
     /// The websocket is up.
     LinkUp,
     /// The websocket is down; REST polling takes over.
-    LinkDown { reason: String },
+    LinkDown {
+        reason: String,
+    },
     ConnectorChanged {
         before: Option<ConnectorSnapshot>,
         after: ConnectorSnapshot,
@@ -121,7 +123,9 @@ pub enum StatusEvent {
         to: TicketState,
     },
     /// The active ticket disappeared without a known final state.
-    TicketGone { ticket_id: i64 },
+    TicketGone {
+        ticket_id: i64,
+    },
     ConnectionStarted {
         ticket_id: i64,
         connection_uuid: String,
@@ -145,18 +149,26 @@ impl Subscription {
     /// The frame that subscribes.
     pub fn subscribe(&self) -> Value {
         match self {
-            Subscription::Connector(id) => json!({ "action": "subscribeToConnector", "connector_id": id }),
+            Subscription::Connector(id) => {
+                json!({ "action": "subscribeToConnector", "connector_id": id })
+            }
             Subscription::Ticket(id) => json!({ "action": "subscribeToTicket", "ticket_id": id }),
-            Subscription::Connection(u) => json!({ "action": "subscribeToConnection", "connection_uuid": u }),
+            Subscription::Connection(u) => {
+                json!({ "action": "subscribeToConnection", "connection_uuid": u })
+            }
         }
     }
 
     /// The frame that unsubscribes (the vendor's spellings).
     pub fn unsubscribe(&self) -> Value {
         match self {
-            Subscription::Connector(id) => json!({ "action": "unsubscribeFromConnector", "connector_id": id }),
+            Subscription::Connector(id) => {
+                json!({ "action": "unsubscribeFromConnector", "connector_id": id })
+            }
             Subscription::Ticket(id) => json!({ "action": "unsubscribeToTicket", "ticket_id": id }),
-            Subscription::Connection(u) => json!({ "action": "unsubscribeToConnection", "connection_uuid": u }),
+            Subscription::Connection(u) => {
+                json!({ "action": "unsubscribeToConnection", "connection_uuid": u })
+            }
         }
     }
 }
@@ -196,7 +208,9 @@ impl StatusTracker {
 
     /// The live connection, if any.
     pub fn connection_uuid(&self) -> Option<&str> {
-        self.ticket.as_ref().and_then(|t| t.connection_uuid.as_deref())
+        self.ticket
+            .as_ref()
+            .and_then(|t| t.connection_uuid.as_deref())
     }
 
     /// The subscriptions wanted now.
@@ -226,11 +240,17 @@ impl StatusTracker {
         match action {
             "subscribeToConnector" => match serde_json::from_value::<ConnectorSnapshot>(message) {
                 Ok(s) if s.connector_id == self.connector_id || s.connector_id == 0 => {
-                    let s = ConnectorSnapshot { connector_id: self.connector_id, ..s };
+                    let s = ConnectorSnapshot {
+                        connector_id: self.connector_id,
+                        ..s
+                    };
                     self.apply_connector(s)
                 }
                 Ok(s) => {
-                    tracing::debug!(connector = s.connector_id, "status: snapshot of another connector ignored");
+                    tracing::debug!(
+                        connector = s.connector_id,
+                        "status: snapshot of another connector ignored"
+                    );
                     Vec::new()
                 }
                 Err(e) => {
@@ -245,13 +265,15 @@ impl StatusTracker {
                     Vec::new()
                 }
             },
-            "subscribeToConnection" => match serde_json::from_value::<ConnectionSnapshot>(message) {
-                Ok(s) => self.apply_connection(s),
-                Err(e) => {
-                    tracing::warn!("status: malformed connection snapshot ignored: {e}");
-                    Vec::new()
+            "subscribeToConnection" => {
+                match serde_json::from_value::<ConnectionSnapshot>(message) {
+                    Ok(s) => self.apply_connection(s),
+                    Err(e) => {
+                        tracing::warn!("status: malformed connection snapshot ignored: {e}");
+                        Vec::new()
+                    }
                 }
-            },
+            }
             "error" => {
                 tracing::warn!("status websocket error frame: {message}");
                 Vec::new()
@@ -309,7 +331,10 @@ impl StatusTracker {
             Some(old) => {
                 // A different ticket replaces the old one.
                 if let Some(c) = &old.connection_uuid {
-                    ev.push(StatusEvent::ConnectionEnded { ticket_id: old.id, connection_uuid: c.clone() });
+                    ev.push(StatusEvent::ConnectionEnded {
+                        ticket_id: old.id,
+                        connection_uuid: c.clone(),
+                    });
                 }
                 self.connection = None;
                 None
@@ -318,16 +343,28 @@ impl StatusTracker {
         };
         if from != Some(to) {
             if let TicketState::Unknown(n) = to {
-                tracing::warn!(ticket = id, state = n, "ticket state number without a name; add it to cloud.ticket_states");
+                tracing::warn!(
+                    ticket = id,
+                    state = n,
+                    "ticket state number without a name; add it to cloud.ticket_states"
+                );
             }
-            ev.push(StatusEvent::TicketStateChanged { ticket_id: id, from, to });
+            ev.push(StatusEvent::TicketStateChanged {
+                ticket_id: id,
+                from,
+                to,
+            });
         }
         let conn = self
             .ticket
             .as_ref()
             .filter(|t| t.id == id)
             .and_then(|t| t.connection_uuid.clone());
-        self.ticket = Some(ActiveTicket { id, state: to, connection_uuid: conn });
+        self.ticket = Some(ActiveTicket {
+            id,
+            state: to,
+            connection_uuid: conn,
+        });
     }
 
     fn set_connection(&mut self, id: i64, uuid: Option<String>, ev: &mut Vec<StatusEvent>) {
@@ -338,11 +375,17 @@ impl StatusTracker {
             return;
         }
         if let Some(old) = t.connection_uuid.take() {
-            ev.push(StatusEvent::ConnectionEnded { ticket_id: id, connection_uuid: old });
+            ev.push(StatusEvent::ConnectionEnded {
+                ticket_id: id,
+                connection_uuid: old,
+            });
             self.connection = None;
         }
         if let Some(new) = uuid {
-            ev.push(StatusEvent::ConnectionStarted { ticket_id: id, connection_uuid: new.clone() });
+            ev.push(StatusEvent::ConnectionStarted {
+                ticket_id: id,
+                connection_uuid: new.clone(),
+            });
             t.connection_uuid = Some(new);
         }
     }
@@ -354,13 +397,24 @@ impl StatusTracker {
             tracing::warn!("status: ticket snapshot without ticket_id ignored");
             return ev;
         }
-        if self.ticket.as_ref().is_some_and(|t| t.id != s.ticket_id && !t.state.is_final()) {
-            tracing::debug!(ticket = s.ticket_id, "status: snapshot of a ticket that is not the active one ignored");
+        if self
+            .ticket
+            .as_ref()
+            .is_some_and(|t| t.id != s.ticket_id && !t.state.is_final())
+        {
+            tracing::debug!(
+                ticket = s.ticket_id,
+                "status: snapshot of a ticket that is not the active one ignored"
+            );
             return ev;
         }
         let to = TicketState::from_number(s.state, &self.names);
         self.set_state(s.ticket_id, to, &mut ev);
-        let conn = if to.is_final() { None } else { s.connection_uuid.filter(|c| !c.is_empty()) };
+        let conn = if to.is_final() {
+            None
+        } else {
+            s.connection_uuid.filter(|c| !c.is_empty())
+        };
         self.set_connection(s.ticket_id, conn, &mut ev);
         if to.is_final() {
             self.ticket = None;
@@ -421,7 +475,12 @@ pub struct Reconnect {
 
 impl Reconnect {
     pub fn new(immediate: u32, min: Duration, max: Duration) -> Self {
-        Reconnect { immediate, min, max: max.max(min), failures: 0 }
+        Reconnect {
+            immediate,
+            min,
+            max: max.max(min),
+            failures: 0,
+        }
     }
 
     /// The delay before the next attempt.
@@ -477,7 +536,8 @@ impl StatusSettings {
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The driver: one per connector.
 pub struct StatusClient {
@@ -492,8 +552,16 @@ enum Ended {
 }
 
 impl StatusClient {
-    pub fn new(client: Client, settings: StatusSettings, connector_uuid: impl Into<String>) -> Self {
-        StatusClient { client, settings, connector_uuid: connector_uuid.into() }
+    pub fn new(
+        client: Client,
+        settings: StatusSettings,
+        connector_uuid: impl Into<String>,
+    ) -> Self {
+        StatusClient {
+            client,
+            settings,
+            connector_uuid: connector_uuid.into(),
+        }
     }
 
     /// Run until `shutdown`; events go to `events` (bounded: a slow consumer slows this).
@@ -507,7 +575,10 @@ impl StatusClient {
                 Ok(c) => break c.id,
                 Err(e) => {
                     let d = backoff.next_delay().max(Duration::from_millis(100));
-                    tracing::warn!("status: cannot look up connector {}: {e}; retrying in {d:?}", self.connector_uuid);
+                    tracing::warn!(
+                        "status: cannot look up connector {}: {e}; retrying in {d:?}",
+                        self.connector_uuid
+                    );
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(d) => {}
@@ -525,10 +596,15 @@ impl StatusClient {
                     if events.send(StatusEvent::LinkUp).await.is_err() {
                         return;
                     }
-                    match self.session(ws, &mut tracker, &events, &shutdown, &mut backoff).await {
+                    match self
+                        .session(ws, &mut tracker, &events, &shutdown, &mut backoff)
+                        .await
+                    {
                         Ended::Shutdown => return,
                         Ended::Lost(reason) => {
-                            tracing::warn!("status websocket lost: {reason}; falling back to REST polling");
+                            tracing::warn!(
+                                "status websocket lost: {reason}; falling back to REST polling"
+                            );
                             if events.send(StatusEvent::LinkDown { reason }).await.is_err() {
                                 return;
                             }
@@ -539,7 +615,13 @@ impl StatusClient {
                 Err(e) => {
                     tracing::warn!("status websocket: cannot connect: {e}");
                     if !down_reported {
-                        if events.send(StatusEvent::LinkDown { reason: e.to_string() }).await.is_err() {
+                        if events
+                            .send(StatusEvent::LinkDown {
+                                reason: e.to_string(),
+                            })
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                         down_reported = true;
@@ -588,7 +670,10 @@ impl StatusClient {
                 format!("{}{sep}{}={enc}", s.url, s.query_param)
             }
         };
-        let mut req = url.as_str().into_client_request().map_err(|e| fail(e.to_string()))?;
+        let mut req = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| fail(e.to_string()))?;
         if s.placement == TokenPlacement::Header {
             let v = format!("Bearer {token}")
                 .parse()
@@ -641,7 +726,10 @@ impl StatusClient {
         loop {
             // Bring subscriptions in line with what the tracker wants.
             let wanted = tracker.wanted();
-            let mut frames: Vec<Value> = subscribed.difference(&wanted).map(Subscription::unsubscribe).collect();
+            let mut frames: Vec<Value> = subscribed
+                .difference(&wanted)
+                .map(Subscription::unsubscribe)
+                .collect();
             frames.extend(wanted.difference(&subscribed).map(Subscription::subscribe));
             if !frames.is_empty() {
                 for f in frames {
@@ -746,27 +834,82 @@ mod tests {
     fn ticket_life_becomes_events_and_subscriptions() {
         let mut t = tracker();
         assert_eq!(t.wanted().len(), 1);
-        let ev = t.apply_text(&frame("subscribeToConnector", json!({"connector_id": 7, "voltage": 12.6, "active_ticket_id": 3})));
-        assert!(matches!(ev[0], StatusEvent::ConnectorChanged { before: None, .. }));
+        let ev = t.apply_text(&frame(
+            "subscribeToConnector",
+            json!({"connector_id": 7, "voltage": 12.6, "active_ticket_id": 3}),
+        ));
+        assert!(matches!(
+            ev[0],
+            StatusEvent::ConnectorChanged { before: None, .. }
+        ));
         assert!(t.wanted().contains(&Subscription::Ticket(3)));
         // Same snapshot again: nothing.
-        assert!(t.apply_text(&frame("subscribeToConnector", json!({"connector_id": 7, "voltage": 12.6, "active_ticket_id": 3}))).is_empty());
-        let ev = t.apply_text(&frame("subscribeToTicket", json!({"ticket_id": 3, "state": 1})));
-        assert_eq!(ev, vec![StatusEvent::TicketStateChanged { ticket_id: 3, from: None, to: TicketState::Pending }]);
-        let ev = t.apply_text(&frame("subscribeToTicket", json!({"ticket_id": "3", "state": 2, "connection_uuid": "c-1"})));
-        assert_eq!(ev, vec![
-            StatusEvent::TicketStateChanged { ticket_id: 3, from: Some(TicketState::Pending), to: TicketState::InProgress },
-            StatusEvent::ConnectionStarted { ticket_id: 3, connection_uuid: "c-1".into() },
-        ]);
+        assert!(
+            t.apply_text(&frame(
+                "subscribeToConnector",
+                json!({"connector_id": 7, "voltage": 12.6, "active_ticket_id": 3})
+            ))
+            .is_empty()
+        );
+        let ev = t.apply_text(&frame(
+            "subscribeToTicket",
+            json!({"ticket_id": 3, "state": 1}),
+        ));
+        assert_eq!(
+            ev,
+            vec![StatusEvent::TicketStateChanged {
+                ticket_id: 3,
+                from: None,
+                to: TicketState::Pending
+            }]
+        );
+        let ev = t.apply_text(&frame(
+            "subscribeToTicket",
+            json!({"ticket_id": "3", "state": 2, "connection_uuid": "c-1"}),
+        ));
+        assert_eq!(
+            ev,
+            vec![
+                StatusEvent::TicketStateChanged {
+                    ticket_id: 3,
+                    from: Some(TicketState::Pending),
+                    to: TicketState::InProgress
+                },
+                StatusEvent::ConnectionStarted {
+                    ticket_id: 3,
+                    connection_uuid: "c-1".into()
+                },
+            ]
+        );
         assert!(t.wanted().contains(&Subscription::Connection("c-1".into())));
-        let ev = t.apply_text(&frame("subscribeToConnection", json!({"connection_uuid": "c-1", "script_ui_available": true})));
+        let ev = t.apply_text(&frame(
+            "subscribeToConnection",
+            json!({"connection_uuid": "c-1", "script_ui_available": true}),
+        ));
         assert!(matches!(ev[0], StatusEvent::ConnectionUpdated(_)));
-        let ev = t.apply_text(&frame("subscribeToTicket", json!({"ticket_id": 3, "state": 7, "connection_uuid": null})));
-        assert_eq!(ev, vec![
-            StatusEvent::TicketStateChanged { ticket_id: 3, from: Some(TicketState::InProgress), to: TicketState::Closed },
-            StatusEvent::ConnectionEnded { ticket_id: 3, connection_uuid: "c-1".into() },
-        ]);
-        assert_eq!(t.wanted().len(), 1, "finished ticket: back to the connector only");
+        let ev = t.apply_text(&frame(
+            "subscribeToTicket",
+            json!({"ticket_id": 3, "state": 7, "connection_uuid": null}),
+        ));
+        assert_eq!(
+            ev,
+            vec![
+                StatusEvent::TicketStateChanged {
+                    ticket_id: 3,
+                    from: Some(TicketState::InProgress),
+                    to: TicketState::Closed
+                },
+                StatusEvent::ConnectionEnded {
+                    ticket_id: 3,
+                    connection_uuid: "c-1".into()
+                },
+            ]
+        );
+        assert_eq!(
+            t.wanted().len(),
+            1,
+            "finished ticket: back to the connector only"
+        );
     }
 
     #[test]
@@ -774,33 +917,92 @@ mod tests {
         let mut t = tracker();
         assert!(t.apply_text("not json").is_empty());
         assert!(t.apply_text(&frame("somethingNew", json!({}))).is_empty());
-        assert!(t.apply_text(&frame("error", json!({"detail": "x"}))).is_empty());
-        assert!(t.apply_text(&frame("subscribeToTicket", json!("string"))).is_empty());
-        assert!(t.apply_text(&frame("subscribeToTicket", json!({"state": 1}))).is_empty());
+        assert!(
+            t.apply_text(&frame("error", json!({"detail": "x"})))
+                .is_empty()
+        );
+        assert!(
+            t.apply_text(&frame("subscribeToTicket", json!("string")))
+                .is_empty()
+        );
+        assert!(
+            t.apply_text(&frame("subscribeToTicket", json!({"state": 1})))
+                .is_empty()
+        );
         assert!(t.apply_text("{\"action\": 5}").is_empty());
-        let ev = t.apply_text(&frame("subscribeToTicket", json!({"ticket_id": 9, "state": 42})));
-        assert_eq!(ev, vec![StatusEvent::TicketStateChanged { ticket_id: 9, from: None, to: TicketState::Unknown(42) }]);
-        assert!(t.wanted().contains(&Subscription::Ticket(9)), "an unknown state does not stall tracking");
+        let ev = t.apply_text(&frame(
+            "subscribeToTicket",
+            json!({"ticket_id": 9, "state": 42}),
+        ));
+        assert_eq!(
+            ev,
+            vec![StatusEvent::TicketStateChanged {
+                ticket_id: 9,
+                from: None,
+                to: TicketState::Unknown(42)
+            }]
+        );
+        assert!(
+            t.wanted().contains(&Subscription::Ticket(9)),
+            "an unknown state does not stall tracking"
+        );
     }
 
     #[test]
     fn rest_fallback_merges_without_spurious_events() {
         let mut t = tracker();
-        t.apply_text(&frame("subscribeToConnector", json!({"connector_id": 7, "voltage": 12.6, "is_online": true})));
-        let c = Connector { id: 7, is_online: true, ..Connector::default() };
-        assert!(t.apply_connector_rest(&c).is_empty(), "REST lacks voltage: not a change");
-        let ticket = Ticket { id: 4, state: 2, ..Ticket::default() };
+        t.apply_text(&frame(
+            "subscribeToConnector",
+            json!({"connector_id": 7, "voltage": 12.6, "is_online": true}),
+        ));
+        let c = Connector {
+            id: 7,
+            is_online: true,
+            ..Connector::default()
+        };
+        assert!(
+            t.apply_connector_rest(&c).is_empty(),
+            "REST lacks voltage: not a change"
+        );
+        let ticket = Ticket {
+            id: 4,
+            state: 2,
+            ..Ticket::default()
+        };
         let ev = t.apply_ticket_rest(&ticket);
         assert_eq!(ev.len(), 1);
-        t.apply_text(&frame("subscribeToTicket", json!({"ticket_id": 4, "state": 2, "connection_uuid": "c"})));
-        assert!(t.apply_ticket_rest(&ticket).is_empty(), "REST keeps the connection");
+        t.apply_text(&frame(
+            "subscribeToTicket",
+            json!({"ticket_id": 4, "state": 2, "connection_uuid": "c"}),
+        ));
+        assert!(
+            t.apply_ticket_rest(&ticket).is_empty(),
+            "REST keeps the connection"
+        );
         let ev = t.apply_no_ticket(Some(7));
-        assert_eq!(ev, vec![
-            StatusEvent::ConnectionEnded { ticket_id: 4, connection_uuid: "c".into() },
-            StatusEvent::TicketStateChanged { ticket_id: 4, from: Some(TicketState::InProgress), to: TicketState::Closed },
-        ]);
-        t.apply_ticket_rest(&Ticket { id: 5, state: 1, ..Ticket::default() });
-        assert_eq!(t.apply_no_ticket(None), vec![StatusEvent::TicketGone { ticket_id: 5 }]);
+        assert_eq!(
+            ev,
+            vec![
+                StatusEvent::ConnectionEnded {
+                    ticket_id: 4,
+                    connection_uuid: "c".into()
+                },
+                StatusEvent::TicketStateChanged {
+                    ticket_id: 4,
+                    from: Some(TicketState::InProgress),
+                    to: TicketState::Closed
+                },
+            ]
+        );
+        t.apply_ticket_rest(&Ticket {
+            id: 5,
+            state: 1,
+            ..Ticket::default()
+        });
+        assert_eq!(
+            t.apply_no_ticket(None),
+            vec![StatusEvent::TicketGone { ticket_id: 5 }]
+        );
     }
 
     #[test]

@@ -18,7 +18,9 @@ fn build() -> Result<Arc<rustls::ClientConfig>, String> {
     }
     let (added, _ignored) = roots.add_parsable_certificates(found.certs);
     if added == 0 {
-        tracing::warn!("no CA certificates found in the system trust store; https connections will fail (install ca-certificates)");
+        tracing::warn!(
+            "no CA certificates found in the system trust store; https connections will fail (install ca-certificates)"
+        );
     }
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

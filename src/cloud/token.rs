@@ -125,8 +125,7 @@ impl Session {
             refresh_token: t.refresh_token,
             expires_at: 0,
         };
-        s.expires_at =
-            jwt_exp(s.bearer(bearer)).unwrap_or_else(|| now_unix() + default_lifetime_s);
+        s.expires_at = jwt_exp(s.bearer(bearer)).unwrap_or_else(|| now_unix() + default_lifetime_s);
         s
     }
 
@@ -147,7 +146,9 @@ impl Session {
 /// Errors of the token store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("token store {path}: {what}: {source}; check that the state directory (daemon.state_dir) exists and is writable by this user")]
+    #[error(
+        "token store {path}: {what}: {source}; check that the state directory (daemon.state_dir) exists and is writable by this user"
+    )]
     Io {
         path: PathBuf,
         what: &'static str,
@@ -270,7 +271,10 @@ mod tests {
 
     #[test]
     fn exp_from_jwt() {
-        let t = make_jwt(&serde_json::json!({"sub": "x", "exp": 1_900_000_000u64}), "sig");
+        let t = make_jwt(
+            &serde_json::json!({"sub": "x", "exp": 1_900_000_000u64}),
+            "sig",
+        );
         assert_eq!(jwt_exp(&t), Some(1_900_000_000));
         assert_eq!(jwt_exp("eyJraW2In0.eyJhdF9...."), None);
         assert_eq!(jwt_exp("no-dots"), None);
@@ -291,7 +295,10 @@ mod tests {
             expires_at: 42,
         };
         store.save(&s).unwrap();
-        let mode = std::fs::metadata(store.path()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(store.path())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(store.load().unwrap(), Some(s.clone()));
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("state"))

@@ -247,9 +247,7 @@ fn check_text(p: &Param, s: &str) -> Result<(), Violation> {
         Ty::Bool => parse_bool(s).is_some(),
         Ty::Uuid => is_uuid(s),
         Ty::Email => is_email(s),
-        Ty::IntList => {
-            !s.is_empty() && s.split(',').all(|x| x.trim().parse::<i64>().is_ok())
-        }
+        Ty::IntList => !s.is_empty() && s.split(',').all(|x| x.trim().parse::<i64>().is_ok()),
         Ty::Object | Ty::ObjectList => false,
     };
     if ok {
@@ -307,10 +305,7 @@ pub fn check_types(spec: &OpSpec, req: &ApiRequest) -> Result<(), Violation> {
         if let Some(v) = req.q("offset")
             && v.parse::<u64>().is_err()
         {
-            return Err(violation(
-                "offset",
-                format!("`{v}` is not an integer >= 0"),
-            ));
+            return Err(violation("offset", format!("`{v}` is not an integer >= 0")));
         }
         if let Some(v) = req.q("limit")
             && !v.parse::<u32>().is_ok_and(|l| l <= MAX_LIMIT)
@@ -328,7 +323,10 @@ pub fn check_types(spec: &OpSpec, req: &ApiRequest) -> Result<(), Violation> {
             Some(other) => {
                 return Err(violation(
                     "",
-                    format!("the request body is {}, expected a JSON object", short(other)),
+                    format!(
+                        "the request body is {}, expected a JSON object",
+                        short(other)
+                    ),
                 ));
             }
             None if spec.params.iter().any(|p| p.loc == Loc::Body && p.required) => {
@@ -359,7 +357,10 @@ pub fn check_types(spec: &OpSpec, req: &ApiRequest) -> Result<(), Violation> {
                     && !o.is_object()
                     && !o.is_null()
                 {
-                    return Err(violation(outer, format!("{} is not a JSON object", short(o))));
+                    return Err(violation(
+                        outer,
+                        format!("{} is not a JSON object", short(o)),
+                    ));
                 }
                 match req.b(p.name) {
                     Some(v) => check_json(p, v)?,
@@ -388,7 +389,10 @@ fn check_len(req: &ApiRequest, field: &str, max: usize) -> Result<(), Violation>
     match req.b_str(field) {
         Some(s) if s.chars().count() > max => Err(violation(
             field,
-            format!("{} characters is too long; at most {max} are allowed", s.chars().count()),
+            format!(
+                "{} characters is too long; at most {max} are allowed",
+                s.chars().count()
+            ),
         )),
         _ => Ok(()),
     }
@@ -532,15 +536,30 @@ mod tests {
             validate(Op::TicketsCreate, &missing).unwrap_err().field,
             "metadata"
         );
-        let req = ApiRequest::new().body(json!({"given_name": "A", "family_name": "B", "username": "not-an-email"}));
-        assert_eq!(validate(Op::EmployeesAdd, &req).unwrap_err().field, "username");
-        let req = ApiRequest::new().body(json!({"message": {"original": "Hi"}, "target_language": "de"}));
+        let req = ApiRequest::new()
+            .body(json!({"given_name": "A", "family_name": "B", "username": "not-an-email"}));
+        assert_eq!(
+            validate(Op::EmployeesAdd, &req).unwrap_err().field,
+            "username"
+        );
+        let req =
+            ApiRequest::new().body(json!({"message": {"original": "Hi"}, "target_language": "de"}));
         assert!(validate(Op::MiscTranslate, &req).is_ok());
         let req = ApiRequest::new().body(json!({"message": "Hi", "target_language": "de"}));
-        assert_eq!(validate(Op::MiscTranslate, &req).unwrap_err().field, "message");
-        assert!(validate(Op::ProductsPrerequisites, &ApiRequest::new()
-            .query("vehicle_model_id", 1).query("vehicle_model_variant_id", 1)
-            .query("product_id", "1,2,x")).is_err());
+        assert_eq!(
+            validate(Op::MiscTranslate, &req).unwrap_err().field,
+            "message"
+        );
+        assert!(
+            validate(
+                Op::ProductsPrerequisites,
+                &ApiRequest::new()
+                    .query("vehicle_model_id", 1)
+                    .query("vehicle_model_variant_id", 1)
+                    .query("product_id", "1,2,x")
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -303,27 +303,46 @@ impl SimData {
     fn check(&self) -> Result<(), String> {
         for g in &self.model_groups {
             if !self.makes.iter().any(|m| m.id == g.vehicle_make_id) {
-                return Err(format!("model group {} refers to unknown make {}", g.id, g.vehicle_make_id));
+                return Err(format!(
+                    "model group {} refers to unknown make {}",
+                    g.id, g.vehicle_make_id
+                ));
             }
         }
         for m in &self.models {
             if self.group(m.vehicle_model_group_id).is_none() {
-                return Err(format!("model {} refers to unknown model group {}", m.id, m.vehicle_model_group_id));
+                return Err(format!(
+                    "model {} refers to unknown model group {}",
+                    m.id, m.vehicle_model_group_id
+                ));
             }
         }
         for v in &self.variants {
             if self.model(v.vehicle_model_id).is_none() {
-                return Err(format!("variant {} refers to unknown model {}", v.id, v.vehicle_model_id));
+                return Err(format!(
+                    "variant {} refers to unknown model {}",
+                    v.id, v.vehicle_model_id
+                ));
             }
         }
         for v in &self.vins {
             if self.variant(v.vehicle_model_variant_id).is_none() {
-                return Err(format!("VIN {} refers to unknown variant {}", v.vin, v.vehicle_model_variant_id));
+                return Err(format!(
+                    "VIN {} refers to unknown variant {}",
+                    v.vin, v.vehicle_model_variant_id
+                ));
             }
         }
         for p in &self.products {
-            if !self.product_groups.iter().any(|g| g.id == p.product_group_id) {
-                return Err(format!("product {} refers to unknown product group {}", p.id, p.product_group_id));
+            if !self
+                .product_groups
+                .iter()
+                .any(|g| g.id == p.product_group_id)
+            {
+                return Err(format!(
+                    "product {} refers to unknown product group {}",
+                    p.id, p.product_group_id
+                ));
             }
         }
         Ok(())
@@ -433,9 +452,13 @@ impl SimData {
     }
 
     pub fn voucher_percentage(&self, code: Option<&str>) -> f64 {
-        code.and_then(|c| self.vouchers.iter().find(|v| v.code.eq_ignore_ascii_case(c)))
-            .map(|v| v.percentage)
-            .unwrap_or(0.0)
+        code.and_then(|c| {
+            self.vouchers
+                .iter()
+                .find(|v| v.code.eq_ignore_ascii_case(c))
+        })
+        .map(|v| v.percentage)
+        .unwrap_or(0.0)
     }
 
     pub fn show_product(&self, p: &ProductRec) -> Value {
@@ -477,7 +500,9 @@ impl SimData {
     fn net_sum(&self, ids: &[i64]) -> (f64, f64) {
         ids.iter()
             .filter_map(|id| self.product(*id))
-            .fold((0.0, 0.0), |(n, f), p| (n + p.net_price, f + p.oe_fee.unwrap_or(0.0)))
+            .fold((0.0, 0.0), |(n, f), p| {
+                (n + p.net_price, f + p.oe_fee.unwrap_or(0.0))
+            })
     }
 
     pub fn show_historical(&self, h: &HistoricalRec) -> Value {
@@ -620,7 +645,14 @@ pub fn uuid_v4() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// RFC 3339 UTC timestamp of a Unix time.

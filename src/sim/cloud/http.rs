@@ -103,8 +103,9 @@ fn path_params(template: &str, path: &str) -> Result<BTreeMap<String, String>, S
     }
     for (ts, ps) in t.iter().zip(p) {
         if let Some(name) = ts.strip_prefix('{').and_then(|x| x.strip_suffix('}')) {
-            let v = percent_decode(ps, false)
-                .ok_or_else(|| format!("path parameter `{name}` is not valid percent-encoded UTF-8"))?;
+            let v = percent_decode(ps, false).ok_or_else(|| {
+                format!("path parameter `{name}` is not valid percent-encoded UTF-8")
+            })?;
             out.insert(name.to_string(), v);
         }
     }
@@ -164,7 +165,9 @@ pub(super) fn take_fault(sh: &Shared, method: &str, path: &str) -> Option<Fault>
     let pos = faults.iter().position(|f| {
         f.count > 0
             && path.starts_with(&f.path_prefix)
-            && f.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(method))
+            && f.method
+                .as_deref()
+                .is_none_or(|m| m.eq_ignore_ascii_case(method))
     })?;
     let f = faults[pos].clone();
     faults[pos].count -= 1;
@@ -289,9 +292,10 @@ pub fn router(sh: Arc<Shared>) -> Router {
     let mut by_path: BTreeMap<String, MethodRouter<Arc<Shared>>> = BTreeMap::new();
     for spec in OPS {
         let op = spec.op;
-        let handler = move |State(sh): State<Arc<Shared>>, uri: Uri, headers: HeaderMap, body: Bytes| {
-            api(sh, op, uri, headers, body)
-        };
+        let handler = move |State(sh): State<Arc<Shared>>,
+                            uri: Uri,
+                            headers: HeaderMap,
+                            body: Bytes| { api(sh, op, uri, headers, body) };
         let path = axum_path(spec.path);
         let mr = by_path.remove(&path).unwrap_or_default();
         by_path.insert(path, mr.on(method_filter(spec.method), handler));
@@ -465,8 +469,15 @@ mod tests {
         let q = parse_query(Some("vin=AB&product_id=1,2&product_id=3&flag")).unwrap();
         assert_eq!(q.len(), 4);
         assert_eq!(q[3], ("flag".to_string(), String::new()));
-        let p = path_params("/v1/connectors/{connectorId}/active-ticket", "/v1/connectors/12/active-ticket").unwrap();
+        let p = path_params(
+            "/v1/connectors/{connectorId}/active-ticket",
+            "/v1/connectors/12/active-ticket",
+        )
+        .unwrap();
         assert_eq!(p["connectorId"], "12");
-        assert_eq!(axum_path("/v1/channels/{channel_id}/attachments"), "/v1/channels/{p0}/attachments");
+        assert_eq!(
+            axum_path("/v1/channels/{channel_id}/attachments"),
+            "/v1/channels/{p0}/attachments"
+        );
     }
 }

@@ -134,7 +134,8 @@ pub fn load_data(fixture: Option<&Path>, state: Option<&Path>) -> Result<SimData
     }
     match fixture {
         Some(f) => {
-            let text = std::fs::read_to_string(f).map_err(|e| format!("fixture {}: {e}", f.display()))?;
+            let text =
+                std::fs::read_to_string(f).map_err(|e| format!("fixture {}: {e}", f.display()))?;
             SimData::from_json(&text).map_err(|e| format!("fixture {}: {e}", f.display()))
         }
         None => SimData::builtin().map_err(|e| format!("built-in fixture: {e}")),
@@ -142,7 +143,11 @@ pub fn load_data(fixture: Option<&Path>, state: Option<&Path>) -> Result<SimData
 }
 
 /// Serve on an already bound listener until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, sh: Arc<Shared>, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    sh: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let app = http::router(sh.clone());
     let stop = shutdown.clone();
     let r = axum::serve(listener, app)
@@ -174,8 +179,13 @@ impl Running {
 }
 
 /// Start on `127.0.0.1:0` (or `addr`) in this process.
-pub async fn start(data: SimData, opts: SimOptions, addr: Option<SocketAddr>) -> std::io::Result<Running> {
-    let listener = TcpListener::bind(addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))).await?;
+pub async fn start(
+    data: SimData,
+    opts: SimOptions,
+    addr: Option<SocketAddr>,
+) -> std::io::Result<Running> {
+    let listener =
+        TcpListener::bind(addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))).await?;
     let addr = listener.local_addr()?;
     let shared = Shared::new(data, opts);
     let shutdown = CancellationToken::new();
@@ -218,7 +228,9 @@ pub fn run_cli(args: CloudSimArgs) -> ExitCode {
     let data = match load_data(args.fixture.as_deref(), args.state.as_deref()) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("obdgw sim cloud: {e}; fix the file or omit --fixture to use the built-in fixture");
+            eprintln!(
+                "obdgw sim cloud: {e}; fix the file or omit --fixture to use the built-in fixture"
+            );
             return ExitCode::from(2);
         }
     };

@@ -46,9 +46,15 @@ fn obj(props: &[(&str, Value)], required: &[&str]) -> Value {
 /// Extra JSON Schema keywords for the documented rules of one parameter.
 fn rules(op: Op, p: &Param) -> Vec<(&'static str, Value)> {
     match (op, p.name) {
-        (_, "vin") => vec![("pattern", json!("^[a-zA-Z0-9]{17}$")), ("minLength", json!(17)), ("maxLength", json!(17))],
+        (_, "vin") => vec![
+            ("pattern", json!("^[a-zA-Z0-9]{17}$")),
+            ("minLength", json!(17)),
+            ("maxLength", json!(17)),
+        ],
         (Op::TicketsCsat, "score") => vec![("minimum", json!(-1)), ("maximum", json!(1))],
-        (_, "given_name" | "family_name") => vec![("maxLength", json!(255)), ("pattern", json!("\\S"))],
+        (_, "given_name" | "family_name") => {
+            vec![("maxLength", json!(255)), ("pattern", json!("\\S"))]
+        }
         (_, "username") => vec![("maxLength", json!(255))],
         (_, "correspondence_locale" | "target_language") => vec![("pattern", json!(BCP47))],
         (Op::AccountCustomerEdit, "country") => vec![("pattern", json!("^[A-Za-z]{2}$"))],
@@ -86,7 +92,9 @@ fn example(op: Op, name: &str) -> Option<Value> {
 
 fn param_schema(op: Op, p: &Param, in_body: bool) -> Value {
     let mut s = match p.ty {
-        Ty::Int if in_body => json!({ "oneOf": [int(), { "type": "string", "pattern": "^-?[0-9]{1,18}$" }] }),
+        Ty::Int if in_body => {
+            json!({ "oneOf": [int(), { "type": "string", "pattern": "^-?[0-9]{1,18}$" }] })
+        }
         Ty::Int => int(),
         Ty::Num => number(),
         Ty::Str if p.required => json!({ "type": "string", "minLength": 1 }),
@@ -152,9 +160,9 @@ fn request_body(spec: &OpSpec) -> Option<Value> {
     for p in &body {
         match p.name.split_once('.') {
             Some((outer, inner)) => {
-                let entry = props
-                    .entry(outer.to_string())
-                    .or_insert_with(|| json!({ "type": "object", "properties": {}, "required": [] }));
+                let entry = props.entry(outer.to_string()).or_insert_with(
+                    || json!({ "type": "object", "properties": {}, "required": [] }),
+                );
                 entry["properties"][inner] = param_schema(spec.op, p, true);
                 if p.required {
                     if let Some(a) = entry["required"].as_array_mut() {
@@ -205,12 +213,25 @@ fn operation(spec: &OpSpec) -> Value {
         json!({ "description": "success", "content": { "application/json": { "schema": response_schema(spec.response) } } })
     };
     responses.insert(spec.ok_status.to_string(), ok);
-    responses.insert("400".into(), json!({ "description": "the request breaks a documented rule", "content": problem }));
-    if spec.auth || spec.op == Op::AuthLoginUuid || spec.op == Op::AuthLoginPincode || spec.op == Op::AuthLoginOtp {
+    responses.insert(
+        "400".into(),
+        json!({ "description": "the request breaks a documented rule", "content": problem }),
+    );
+    if spec.auth
+        || spec.op == Op::AuthLoginUuid
+        || spec.op == Op::AuthLoginPincode
+        || spec.op == Op::AuthLoginOtp
+    {
         responses.insert("401".into(), json!({ "description": "missing, invalid or expired token, or bad credentials", "content": problem }));
     }
-    responses.insert("404".into(), json!({ "description": "not found", "content": problem }));
-    responses.insert("default".into(), json!({ "description": "error", "content": problem }));
+    responses.insert(
+        "404".into(),
+        json!({ "description": "not found", "content": problem }),
+    );
+    responses.insert(
+        "default".into(),
+        json!({ "description": "error", "content": problem }),
+    );
     let mut o = json!({
         "operationId": spec.key(),
         "tags": [spec.group],
@@ -230,50 +251,104 @@ fn operation(spec: &OpSpec) -> Value {
 
 fn schemas() -> Value {
     let money = obj(
-        &[("currency", string()), ("value", number()), ("localized_value", number()), ("localized_currency", string())],
+        &[
+            ("currency", string()),
+            ("value", number()),
+            ("localized_value", number()),
+            ("localized_currency", string()),
+        ],
         &["currency", "value"],
     );
-    let discount = obj(&[("type", string()), ("percentage", number()), ("price", r("Money"))], &["type"]);
+    let discount = obj(
+        &[
+            ("type", string()),
+            ("percentage", number()),
+            ("price", r("Money")),
+        ],
+        &["type"],
+    );
     let summary = obj(
-        &[("gross_price", r("Money")), ("net_price", r("Money")), ("total_discount", r("Discount"))],
+        &[
+            ("gross_price", r("Money")),
+            ("net_price", r("Money")),
+            ("total_discount", r("Discount")),
+        ],
         &["gross_price", "net_price"],
     );
     let product_line = obj(
         &[
-            ("product_id", int()), ("description", string()), ("quantity", int()),
-            ("gross_price", r("Money")), ("net_price", r("Money")), ("total_discount", r("Discount")),
+            ("product_id", int()),
+            ("description", string()),
+            ("quantity", int()),
+            ("gross_price", r("Money")),
+            ("net_price", r("Money")),
+            ("total_discount", r("Discount")),
             ("original_equipment_service_fee", nref("Money")),
-            ("discounts", array(obj(&[("product_id", int()), ("description", string()), ("discount", r("Discount"))], &["product_id"]))),
+            (
+                "discounts",
+                array(obj(
+                    &[
+                        ("product_id", int()),
+                        ("description", string()),
+                        ("discount", r("Discount")),
+                    ],
+                    &["product_id"],
+                )),
+            ),
         ],
         &["product_id"],
     );
-    let dates = [("manufactured_from", nstring()), ("manufactured_to", nstring())];
+    let dates = [
+        ("manufactured_from", nstring()),
+        ("manufactured_to", nstring()),
+    ];
     let model = obj(
         &[
-            ("id", int()), ("name", string()), dates[0].clone(), dates[1].clone(),
-            ("vehicle_model_group_id", int()), ("vehicle_model_group_name", string()),
-            ("vehicle_make_id", int()), ("vehicle_make_name", string()), ("requires_doip", boolean()),
+            ("id", int()),
+            ("name", string()),
+            dates[0].clone(),
+            dates[1].clone(),
+            ("vehicle_model_group_id", int()),
+            ("vehicle_model_group_name", string()),
+            ("vehicle_make_id", int()),
+            ("vehicle_make_name", string()),
+            ("requires_doip", boolean()),
         ],
         &["id", "name", "requires_doip"],
     );
     let variant = obj(
         &[
-            ("id", int()), ("name", string()), dates[0].clone(), dates[1].clone(),
-            ("vehicle_model_id", int()), ("vehicle_model_name", string()),
-            ("vehicle_model_group_id", int()), ("vehicle_model_group_name", string()),
-            ("vehicle_make_id", int()), ("vehicle_make_name", string()), ("requires_doip", boolean()),
+            ("id", int()),
+            ("name", string()),
+            dates[0].clone(),
+            dates[1].clone(),
+            ("vehicle_model_id", int()),
+            ("vehicle_model_name", string()),
+            ("vehicle_model_group_id", int()),
+            ("vehicle_model_group_name", string()),
+            ("vehicle_make_id", int()),
+            ("vehicle_make_name", string()),
+            ("requires_doip", boolean()),
         ],
         &["id", "name", "vehicle_model_id", "requires_doip"],
     );
     let employee = obj(
         &[
-            ("id", string()), ("given_name", string()), ("family_name", string()),
-            ("username", nstring()), ("enabled", boolean()), ("correspondence_locale", string()),
+            ("id", string()),
+            ("given_name", string()),
+            ("family_name", string()),
+            ("username", nstring()),
+            ("enabled", boolean()),
+            ("correspondence_locale", string()),
         ],
         &["id", "given_name", "family_name", "username", "enabled"],
     );
     let attachment = obj(
-        &[("file_name", string()), ("file_reference", string()), ("upload_url", string())],
+        &[
+            ("file_name", string()),
+            ("file_reference", string()),
+            ("upload_url", string()),
+        ],
         &["file_name", "file_reference"],
     );
     let loose = json!({ "description": "a string or a number" });

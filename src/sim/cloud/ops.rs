@@ -77,7 +77,12 @@ pub struct Clock {
     pub token_ttl_s: u64,
 }
 
-fn issue_tokens(d: &mut SimData, clock: &Clock, subject: String, connector_id: Option<i64>) -> Value {
+fn issue_tokens(
+    d: &mut SimData,
+    clock: &Clock,
+    subject: String,
+    connector_id: Option<i64>,
+) -> Value {
     let exp = clock.now + clock.token_ttl_s;
     let mk = |kind: &str| {
         let claims = json!({
@@ -115,7 +120,10 @@ pub fn public(op: Op, req: &ApiRequest, d: &mut SimData, clock: &Clock) -> Resul
     let bad_login = || fail(401, "invalid credentials");
     match op {
         Op::AuthLoginUuid => {
-            let uuid = req.b_str("connector_uuid").unwrap_or_default().to_ascii_lowercase();
+            let uuid = req
+                .b_str("connector_uuid")
+                .unwrap_or_default()
+                .to_ascii_lowercase();
             let pin = code_str(req.b("pincode")).unwrap_or_default();
             let c = d
                 .connectors
@@ -166,7 +174,10 @@ fn employee_fields(req: &ApiRequest, d: &SimData, e: &mut EmployeeRec) -> Result
     {
         return Err(fail(
             400,
-            format!("correspondence_locale `{l}` is not supported; supported: {}", d.locales.join(", ")),
+            format!(
+                "correspondence_locale `{l}` is not supported; supported: {}",
+                d.locales.join(", ")
+            ),
         ));
     }
     e.given_name = req.b_str("given_name").unwrap_or_default().to_string();
@@ -197,7 +208,10 @@ pub fn private(
             ok(op, SimData::show_connector(c))
         }
         Op::ConnectorsGetByUuid => {
-            let uuid = req.p("connectorUUID").unwrap_or_default().to_ascii_lowercase();
+            let uuid = req
+                .p("connectorUUID")
+                .unwrap_or_default()
+                .to_ascii_lowercase();
             let c = d
                 .connectors
                 .iter()
@@ -206,7 +220,10 @@ pub fn private(
             ok(op, SimData::show_connector(c))
         }
         Op::ConnectorsDismissAttention => {
-            let uuid = req.p("connectorUUID").unwrap_or_default().to_ascii_lowercase();
+            let uuid = req
+                .p("connectorUUID")
+                .unwrap_or_default()
+                .to_ascii_lowercase();
             let c = d
                 .connectors
                 .iter_mut()
@@ -397,9 +414,15 @@ pub fn private(
                 .iter()
                 .find(|v| v.vin.eq_ignore_ascii_case(vin))
                 .ok_or_else(|| not_found("vehicle for this VIN"))?;
-            let v = d.variant(rec.vehicle_model_variant_id).ok_or_else(|| not_found("variant"))?;
-            let m = d.model(v.vehicle_model_id).ok_or_else(|| not_found("model"))?;
-            let g = d.group(m.vehicle_model_group_id).ok_or_else(|| not_found("model group"))?;
+            let v = d
+                .variant(rec.vehicle_model_variant_id)
+                .ok_or_else(|| not_found("variant"))?;
+            let m = d
+                .model(v.vehicle_model_id)
+                .ok_or_else(|| not_found("model"))?;
+            let g = d
+                .group(m.vehicle_model_group_id)
+                .ok_or_else(|| not_found("model group"))?;
             let make = d.make(g.vehicle_make_id).ok_or_else(|| not_found("make"))?;
             ok(
                 op,
@@ -409,7 +432,10 @@ pub fn private(
                 }),
             )
         }
-        Op::VehiclesMakes => ok(op, page(d.makes.iter().map(SimData::show_make).collect(), req)),
+        Op::VehiclesMakes => ok(
+            op,
+            page(d.makes.iter().map(SimData::show_make).collect(), req),
+        ),
         Op::VehiclesModelGroups => {
             let make = req.q_int("vehicle_make_id").unwrap_or(-1);
             d.make(make).ok_or_else(|| not_found("vehicle make"))?;
@@ -429,7 +455,8 @@ pub fn private(
         }
         Op::VehiclesModels => {
             let gid = req.q_int("vehicle_model_group_id").unwrap_or(-1);
-            d.group(gid).ok_or_else(|| not_found("vehicle model group"))?;
+            d.group(gid)
+                .ok_or_else(|| not_found("vehicle model group"))?;
             let items = d
                 .models
                 .iter()
@@ -469,8 +496,15 @@ pub fn private(
                 d.customer = json!({});
             }
             for f in [
-                "name", "street", "number", "postal_code", "city", "country",
-                "email_address", "financial_email_address", "phone",
+                "name",
+                "street",
+                "number",
+                "postal_code",
+                "city",
+                "country",
+                "email_address",
+                "financial_email_address",
+                "phone",
             ] {
                 if let Some(v) = req.b(f) {
                     let v = match v {
@@ -486,14 +520,23 @@ pub fn private(
         Op::AccountBranding => ok(op, d.branding.clone()),
         Op::EmployeesList => ok(
             op,
-            page(d.employees.iter().map(SimData::show_employee).collect(), req),
+            page(
+                d.employees.iter().map(SimData::show_employee).collect(),
+                req,
+            ),
         ),
         Op::EmployeesAdd => {
             if d.employees.len() >= data::MAX_EMPLOYEES {
-                return Err(fail(409, format!("at most {} employees", data::MAX_EMPLOYEES)));
+                return Err(fail(
+                    409,
+                    format!("at most {} employees", data::MAX_EMPLOYEES),
+                ));
             }
             let username = req.b_str("username").unwrap_or_default();
-            if d.employees.iter().any(|e| e.username.eq_ignore_ascii_case(username)) {
+            if d.employees
+                .iter()
+                .any(|e| e.username.eq_ignore_ascii_case(username))
+            {
                 return Err(fail(409, format!("username {username} is taken")));
             }
             let mut e = EmployeeRec {
@@ -509,7 +552,11 @@ pub fn private(
         }
         Op::EmployeesGet | Op::EmployeesEdit => {
             let raw = req.p("employeeId").unwrap_or_default();
-            let id = if raw == "me" { d.me_employee_id.clone() } else { raw.to_string() };
+            let id = if raw == "me" {
+                d.me_employee_id.clone()
+            } else {
+                raw.to_string()
+            };
             let pos = d
                 .employees
                 .iter()
@@ -519,8 +566,7 @@ pub fn private(
                 return ok(op, SimData::show_employee(&d.employees[pos]));
             }
             let username = req.b_str("username").unwrap_or_default();
-            if d
-                .employees
+            if d.employees
                 .iter()
                 .enumerate()
                 .any(|(i, e)| i != pos && e.username.eq_ignore_ascii_case(username))
@@ -567,7 +613,10 @@ pub fn private(
             let t = find_channel(d, id)?;
             let chat = t.chat_id.clone();
             if d.attachments.len() >= data::MAX_ATTACHMENTS {
-                return Err(fail(409, format!("at most {} attachments", data::MAX_ATTACHMENTS)));
+                return Err(fail(
+                    409,
+                    format!("at most {} attachments", data::MAX_ATTACHMENTS),
+                ));
             }
             let name = req
                 .b_str("file_name")
@@ -575,7 +624,13 @@ pub fn private(
                 .unwrap_or("attachment.bin");
             let name: String = name
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .take(128)
                 .collect();
             let reference = format!("/channel/{chat}/{}/{name}", data::uuid_v4());
@@ -600,7 +655,10 @@ pub fn private(
                 .iter()
                 .find(|a| a.channel_id == t.chat_id && a.file_reference == reference)
                 .ok_or_else(|| not_found("attachment"))?;
-            ok(op, json!({ "file_name": a.file_name, "file_reference": a.file_reference }))
+            ok(
+                op,
+                json!({ "file_name": a.file_name, "file_reference": a.file_reference }),
+            )
         }
         Op::AuthLoginOtp | Op::AuthLoginPincode | Op::AuthLoginUuid | Op::AccountForgotPassword => {
             Err(fail(500, "public operation routed as private by mistake"))
@@ -637,7 +695,12 @@ fn check_voucher<'a>(d: &SimData, v: Option<&'a str>) -> Result<Option<&'a str>,
     }
 }
 
-fn create_ticket(req: &ApiRequest, d: &mut SimData, caller: &Caller<'_>, now: u64) -> Result<Answer, Fail> {
+fn create_ticket(
+    req: &ApiRequest,
+    d: &mut SimData,
+    caller: &Caller<'_>,
+    now: u64,
+) -> Result<Answer, Fail> {
     let op = Op::TicketsCreate;
     let connector_id = req.b_int("connector_id").unwrap_or(-1);
     if d.connector(connector_id).is_none() {
@@ -655,7 +718,10 @@ fn create_ticket(req: &ApiRequest, d: &mut SimData, caller: &Caller<'_>, now: u6
     {
         return Err(fail(
             409,
-            format!("connector {connector_id} already has pending ticket {}", t.id),
+            format!(
+                "connector {connector_id} already has pending ticket {}",
+                t.id
+            ),
         ));
     }
     let model = req.b_int("vehicle_model_id").unwrap_or(-1);
@@ -673,7 +739,10 @@ fn create_ticket(req: &ApiRequest, d: &mut SimData, caller: &Caller<'_>, now: u6
     let answered: Vec<i64> = match req.b("product_prerequisites") {
         Some(Value::Array(a)) => a
             .iter()
-            .filter_map(|x| x.get("definition_id").and_then(crate::cloud::validate::lenient_int))
+            .filter_map(|x| {
+                x.get("definition_id")
+                    .and_then(crate::cloud::validate::lenient_int)
+            })
             .collect(),
         _ => Vec::new(),
     };
@@ -682,7 +751,10 @@ fn create_ticket(req: &ApiRequest, d: &mut SimData, caller: &Caller<'_>, now: u6
     }) {
         return Err(fail(
             400,
-            format!("prerequisite {} ({}) must be answered: {}", p.id, p.name, p.question),
+            format!(
+                "prerequisite {} ({}) must be answered: {}",
+                p.id, p.name, p.question
+            ),
         ));
     }
     if d.tickets.len() >= data::MAX_TICKETS {
@@ -724,7 +796,10 @@ pub fn ticket_action(d: &mut SimData, id: i64, action: &str, now: u64) -> Result
     let next_conn = d.next_id + 1;
     let t = &mut d.tickets[pos];
     if !state::is_active(t.state) {
-        return Err(fail(409, format!("ticket {id} is finished (state {})", t.state)));
+        return Err(fail(
+            409,
+            format!("ticket {id} is finished (state {})", t.state),
+        ));
     }
     match action {
         "join" => {
@@ -737,7 +812,11 @@ pub fn ticket_action(d: &mut SimData, id: i64, action: &str, now: u64) -> Result
         }
         "outsource" => t.state = state::OUTSOURCED,
         "close" | "cancel" => {
-            t.state = if action == "close" { state::CLOSED } else { state::CANCELLED };
+            t.state = if action == "close" {
+                state::CLOSED
+            } else {
+                state::CANCELLED
+            };
             if action == "cancel" {
                 t.cancelled_reason = Some(1);
             }
