@@ -234,6 +234,8 @@ fn operation(spec: &OpSpec) -> Value {
     );
     let mut o = json!({
         "operationId": spec.key(),
+        "x-obdgw-route-key": spec.key(),
+        "x-obdgw-path-confirmed": spec.confirmed,
         "tags": [spec.group],
         "summary": spec.summary,
         "parameters": parameters(spec),
