@@ -73,6 +73,20 @@ async fn login_then_api_calls() {
         out.contains(&format!("logged in as connector:{DEMO_CONNECTOR_UUID}")),
         "{out}"
     );
+    // A state directory that cannot be written is reported, not silently ignored.
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, "").unwrap();
+    let mut bad = a(&["login"]);
+    bad.extend([
+        "--state-dir".to_string(),
+        blocker.join("state").display().to_string(),
+    ]);
+    let (code, _, err) = run(bad).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("could not be stored") && err.contains("--state-dir"),
+        "{err}"
+    );
     let tokens_after_login = r.shared.data.lock().unwrap().tokens.len();
 
     let (code, out, err) = run(a(&[

@@ -375,6 +375,19 @@ pub fn run_login(args: LoginArgs) -> ExitCode {
                 (None, None) => env.client.login().await,
             }
             .map_err(|e| (exit_for(&e), e.to_string()))?;
+            if let Some(path) = &env.store {
+                let dir = path.parent().unwrap_or(path.as_path());
+                let stored = super::token::TokenStore::in_dir(dir).load().ok().flatten();
+                if stored.is_none_or(|s| s.expires_at != info.expires_at) {
+                    return Err((
+                        ExitCode::FAILURE,
+                        format!(
+                            "logged in, but the tokens could not be stored in {}; give --state-dir DIR or run as the user that owns daemon.state_dir",
+                            path.display()
+                        ),
+                    ));
+                }
+            }
             let now = super::token::now_unix();
             let until = crate::sim::cloud::data::rfc3339(info.expires_at);
             if args.common.json {
