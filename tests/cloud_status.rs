@@ -332,3 +332,46 @@ async fn token_expiry_mid_run_is_survived() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn sync_runs_from_configuration_and_refuses_missing_credentials() {
+    let r = sim::start(
+        sim::data::SimData::builtin().unwrap(),
+        SimOptions {
+            snapshot_interval: Duration::from_millis(100),
+            ..SimOptions::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let mut cfg = config(&r, TokenPlacement::Header);
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, mut rx) = mpsc::channel(16);
+    let stop = CancellationToken::new();
+    let task = {
+        let cfg = cfg.clone();
+        let stop = stop.clone();
+        let state = dir.path().to_path_buf();
+        tokio::spawn(async move { obdgw::cloud::sync::run(&cfg, Some(&state), tx, stop).await })
+    };
+    let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, StatusEvent::LinkUp);
+    assert!(
+        dir.path().join(obdgw::cloud::token::STORE_FILE).exists(),
+        "tokens stored in the state dir"
+    );
+    stop.cancel();
+    task.await.unwrap().unwrap();
+
+    cfg.pincode = None;
+    let (tx, _rx) = mpsc::channel(1);
+    let e = obdgw::cloud::sync::run(&cfg, None, tx, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("pincode"), "{e}");
+    r.stop().await;
+}

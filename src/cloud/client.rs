@@ -309,9 +309,8 @@ impl Client {
     /// Failures are logged and retried every `retry_max`.
     pub async fn keep_fresh(&self, shutdown: tokio_util::sync::CancellationToken) {
         loop {
-            let margin = self.inner.settings.refresh_margin_s;
             let wait = match self.expires_at().await {
-                Some(exp) => exp.saturating_sub(margin).saturating_sub(now_unix()),
+                Some(exp) => refresh_wait(exp, now_unix(), self.inner.settings.refresh_margin_s),
                 None => 0,
             };
             tokio::select! {
@@ -944,6 +943,19 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Seconds until a token expiring at `exp` should be renewed: `margin` before `exp`; when
+/// the token lives shorter than the margin, halfway through its remaining life; at least 1 s
+/// so a short-lived token cannot make the refresher spin.
+pub fn refresh_wait(exp: u64, now: u64, margin: u64) -> u64 {
+    let remaining = exp.saturating_sub(now);
+    let wait = if remaining > margin {
+        remaining - margin
+    } else {
+        remaining / 2
+    };
+    wait.max(1)
+}
+
 /// The delay before retry `attempt` (0-based): `base * 2^attempt` capped at `max`, jittered
 /// uniformly in its upper half so clients that failed together do not retry together.
 pub fn retry_delay(base: Duration, max: Duration, attempt: u32) -> Duration {
@@ -994,6 +1006,18 @@ mod tests {
                 "{attempt}: {d:?}"
             );
         }
+    }
+
+    #[test]
+    fn refresh_waits() {
+        assert_eq!(refresh_wait(1000, 0, 120), 880);
+        assert_eq!(
+            refresh_wait(1000, 900, 120),
+            50,
+            "shorter than the margin: halfway"
+        );
+        assert_eq!(refresh_wait(1000, 1000, 120), 1, "never spins");
+        assert_eq!(refresh_wait(0, 5, 120), 1);
     }
 
     proptest! {

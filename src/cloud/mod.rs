@@ -16,6 +16,7 @@ pub mod model;
 pub mod routes;
 pub mod spec;
 pub mod status;
+pub mod sync;
 pub mod tls;
 pub mod token;
 pub mod validate;

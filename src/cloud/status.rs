@@ -1005,6 +1005,27 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Arbitrary text and arbitrary frames never panic and never track a ticket without
+        /// a subscription for it.
+        #[test]
+        fn arbitrary_frames_never_panic(text in ".{0,200}", action in proptest::sample::select(vec![
+            "subscribeToConnector", "subscribeToTicket", "subscribeToConnection", "error", "x"]),
+            id in proptest::option::of(-3i64..12), state in proptest::option::of(-2i64..10),
+            conn in proptest::option::of("[a-c]{0,2}")) {
+            let mut t = tracker();
+            t.apply_text(&text);
+            let msg = json!({"connector_id": id, "ticket_id": id, "state": state, "connection_uuid": conn,
+                "active_ticket_id": id, "voltage": text});
+            for _ in 0..3 {
+                t.apply_text(&frame(action, msg.clone()));
+            }
+            if let Some(tid) = t.ticket_id() {
+                proptest::prop_assert!(t.wanted().contains(&Subscription::Ticket(tid)));
+            }
+        }
+    }
+
     #[test]
     fn reconnect_follows_the_vendor_advice() {
         let min = Duration::from_secs(5);

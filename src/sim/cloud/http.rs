@@ -459,6 +459,22 @@ async fn admin_connector(
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Request parsing never panics, whatever the client sends.
+        #[test]
+        fn parsing_never_panics(q in "\\PC{0,80}", path in "[a-z0-9/%{}]{0,40}") {
+            let _ = parse_query(Some(&q));
+            let _ = percent_decode(&q, true);
+            let _ = path_params("/v1/connectors/{connectorId}/active-ticket", &path);
+            for spec in OPS {
+                if let Ok(query) = parse_query(Some(&q)) {
+                    let req = ApiRequest { path: BTreeMap::new(), query, body: None };
+                    let _ = validate(spec.op, &req);
+                }
+            }
+        }
+    }
+
     #[test]
     fn parsing_helpers() {
         assert_eq!(percent_decode("a%20b+c", true).as_deref(), Some("a b c"));
