@@ -10,6 +10,10 @@ pub fn client_config() -> Result<Arc<rustls::ClientConfig>, String> {
 }
 
 fn build() -> Result<Arc<rustls::ClientConfig>, String> {
+    // Also the process default, for any other rustls user in this process (ring only: a
+    // second provider would make rustls panic at the first handshake). Fails harmlessly
+    // when one is already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     let found = rustls_native_certs::load_native_certs();
