@@ -33,6 +33,9 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the tunnel relay: pair gateways and operators by session and forward their
+    /// traffic.
+    Relay(crate::relay::RelayArgs),
     /// Log in to the Customer API and store the tokens in the state directory.
     Login(crate::cloud::cli::LoginArgs),
     /// Call any Customer API operation: `obdgw api <group> <operation> --help`.
@@ -77,6 +80,7 @@ fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(args) => crate::daemon::run_cli(args),
         Command::Config(ConfigCommand::Check(args)) => crate::config::check_cli(&args.config),
+        Command::Relay(args) => crate::relay::run_relay(args),
         Command::Login(args) => crate::cloud::cli::run_login(args),
         Command::Api(args) => crate::cloud::cli::run_api(args),
         Command::Sim(SimCommand::Cloud(args)) => crate::sim::cloud::run_cli(args),

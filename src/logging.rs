@@ -23,16 +23,18 @@ pub fn stderr_is_journal() -> bool {
     let Ok(val) = std::env::var("JOURNAL_STREAM") else {
         return false;
     };
-    let Some((dev, ino)) = val.split_once(':') else {
-        return false;
-    };
-    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
-        return false;
-    };
     match std::fs::metadata("/proc/self/fd/2") {
-        Ok(m) => m.dev() == dev && m.ino() == ino,
+        Ok(m) => journal_stream_matches(&val, m.dev(), m.ino()),
         Err(_) => false,
     }
+}
+
+/// Whether a `JOURNAL_STREAM` value (`DEV:INODE`, decimal) names this device and inode.
+pub fn journal_stream_matches(value: &str, dev: u64, ino: u64) -> bool {
+    let Some((d, i)) = value.split_once(':') else {
+        return false;
+    };
+    matches!((d.parse::<u64>(), i.parse::<u64>()), (Ok(d), Ok(i)) if d == dev && i == ino)
 }
 
 /// The filter: `RUST_LOG` when set and valid, otherwise `log.level`.
@@ -86,4 +88,19 @@ pub fn init(cfg: &LogConfig) -> (Sink, Option<String>) {
         )
         .try_init();
     (Sink::Stderr, warning)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_stream_parsing() {
+        assert!(journal_stream_matches("8:12345", 8, 12345));
+        assert!(!journal_stream_matches("8:12345", 8, 12346));
+        assert!(!journal_stream_matches("9:12345", 8, 12345));
+        assert!(!journal_stream_matches("garbage", 8, 12345));
+        assert!(!journal_stream_matches("8:", 8, 0));
+        assert!(!journal_stream_matches("", 0, 0));
+    }
 }

@@ -536,8 +536,11 @@ impl StatusSettings {
     }
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// A plain or TLS byte stream.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type Ws = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
 
 /// The driver: one per connector.
 pub struct StatusClient {
@@ -680,22 +683,52 @@ impl StatusClient {
                 .map_err(|_| fail("the token is not a valid header value".into()))?;
             req.headers_mut().insert("authorization", v);
         }
-        let tls = super::tls::client_config().map_err(fail)?;
         let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
         cfg.max_message_size = Some(1 << 20);
         cfg.max_frame_size = Some(1 << 20);
         cfg.max_write_buffer_size = 256 << 10;
         cfg.read_buffer_size = 16 << 10;
         cfg.write_buffer_size = 16 << 10;
-        let connect = tokio_tungstenite::connect_async_tls_with_config(
-            req,
-            Some(cfg),
-            true,
-            Some(tokio_tungstenite::Connector::Rustls(tls)),
-        );
+        let uri = req.uri().clone();
+        let secure = match uri.scheme_str() {
+            Some("wss") => true,
+            Some("ws") => false,
+            other => {
+                return Err(fail(format!(
+                    "unsupported scheme {other:?}; use ws:// or wss://"
+                )));
+            }
+        };
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_matches(['[', ']'])
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let _ = tcp.set_nodelay(true);
+            let stream: Box<dyn Io> = if secure {
+                let tls = super::tls::client_config().map_err(fail)?;
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| fail(format!("`{host}` is not a valid TLS server name: {e}")))?;
+                let s = tokio_rustls::TlsConnector::from(tls)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| fail(format!("TLS: {e}")))?;
+                Box::new(s)
+            } else {
+                Box::new(tcp)
+            };
+            tokio_tungstenite::client_async_with_config(req, stream, Some(cfg))
+                .await
+                .map(|(ws, _)| ws)
+                .map_err(|e| fail(e.to_string()))
+        };
         match tokio::time::timeout(s.connect_timeout, connect).await {
-            Ok(Ok((ws, _))) => Ok(ws),
-            Ok(Err(e)) => Err(fail(e.to_string())),
+            Ok(r) => r,
             Err(_) => Err(ApiError::Transport {
                 op: "status_websocket".into(),
                 url: strip_query(&s.url),

@@ -27,7 +27,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/obdgw/obdgw.toml";
 /// Prefix of environment variables that override configuration keys (`__` separates levels).
 pub const ENV_PREFIX: &str = "OBDGW_";
 /// Environment variables with this prefix that are command-line options, not keys.
-const ENV_NOT_KEYS: &[&str] = &["CONFIG"];
+/// `SIM_DIR` is where `sim:` CAN buses live; `REQUIRE_CAN` makes the SocketCAN tests fail
+/// rather than skip on a kernel without CAN.
+const ENV_NOT_KEYS: &[&str] = &["CONFIG", "SIM_DIR", "REQUIRE_CAN"];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -41,6 +43,12 @@ pub struct Config {
     pub router: RouterConfig,
     /// The vendor Customer API: endpoint, login, status websocket.
     pub cloud: crate::cloud::config::CloudConfig,
+    /// The DoIP client (tester) toward the vehicle.
+    pub doip: crate::vehicle::doip::DoipClientConfig,
+    /// CAN interfaces (`[[can]]` entries): SocketCAN or the `sim:` loopback bus.
+    /// (Not rendered when empty; the keys are documented in docs/can.md.)
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub can: Vec<crate::vehicle::can::CanInterfaceConfig>,
 }
 
 /// Where log records go.
@@ -333,6 +341,26 @@ fn valid_port_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
 }
 
+/// A log filter is a comma-separated list of `LEVEL` or `TARGET=LEVEL` directives. tracing's
+/// own parser takes a bare word as a target name, so `loud` would silently mean "everything
+/// from a module called loud"; reject that here.
+fn check_log_filter(s: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |l: &str| LEVELS.iter().any(|x| x.eq_ignore_ascii_case(l.trim()));
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.rsplit_once('=') {
+            Some((_, level)) if is_level(level) => {}
+            Some((_, level)) => return Err(format!("`{level}` is not a level")),
+            None if is_level(part) => {}
+            None => return Err(format!("`{part}` is neither a level nor TARGET=LEVEL")),
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(s)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// The cross-field validation pass. Returns every problem found, not just the first.
 pub fn validate(config: &Config) -> Vec<ConfigIssue> {
     let mut issues = Vec::new();
@@ -344,11 +372,11 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
         })
     };
 
-    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&config.log.level) {
+    if let Err(e) = check_log_filter(&config.log.level) {
         issue(
             "log.level".into(),
             format!(
-                "`{}` is not a log filter ({e}); expected a level such as `info` or directives such as `info,obdgw::router=debug`",
+                "`{}` is not a log filter ({e}); expected a level (off, error, warn, info, debug, trace) or directives such as `info,obdgw::router=debug`",
                 config.log.level
             ),
         );
@@ -361,6 +389,10 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
                 config.daemon.shutdown_timeout_ms
             ),
         );
+    }
+
+    for (key, message) in config.doip.validate() {
+        issue(format!("doip.{key}"), message);
     }
 
     let r = &config.router;
@@ -481,6 +513,13 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
         }
     }
     issues.extend(crate::cloud::config::validate(&config.cloud));
+    crate::vehicle::can::config::validate(&config.can, |key, message| {
+        issues.push(ConfigIssue {
+            key,
+            source: String::new(),
+            message,
+        })
+    });
     issues
 }
 

@@ -5,3 +5,5 @@
 //! tunnel.
 
 pub mod can;
+pub mod uds;
+pub mod doip;

@@ -77,6 +77,8 @@ PY
 seed_args=()
 [ -n "$seed" ] && seed_args=(--seed "$seed")
 set +e
+# Run from the scratch directory: schemathesis keeps a cache in the working directory.
+cd "$work"
 "$work/venv/bin/st" run "$base/openapi.json" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
     --header "Authorization: Bearer $token" \

@@ -1,12 +1,35 @@
 //! CAN ports: one trait, several backends.
 //!
 //! Owns: the [`CanPort`] trait every backend implements, the frame type it carries
-//! ([`CanAnyFrame`]) and the error type of the port layer.
+//! ([`CanAnyFrame`]), the error type of the port layer, the counters every port keeps
+//! ([`CanPortStats`]), and the backends:
+//! - [`socketcan`]: a Linux SocketCAN interface (`can0`, `vcan0`);
+//! - [`vbus`]: an in-process virtual bus (tests, demo);
+//! - [`simbus`]: a cross-process loopback bus over a unix socket (`sim:NAME`);
+//! - middleware over any port: [`fault`] (fault injector) and [`recorder`] (candump logs);
+//! - [`open_port`]: an interface spec (`can0`, `sim:car`) to an opened [`AnyCanPort`].
 //!
 //! Does not own: ISO-TP (see `crate::vehicle::isotp`) or routing.
 
+pub mod candump;
+pub mod config;
+pub mod errframe;
+pub mod fault;
+pub mod kfilter;
+mod open;
+pub mod recorder;
+pub mod simbus;
+pub mod socketcan;
+pub mod timing;
+pub mod vbus;
+
+pub use config::CanInterfaceConfig;
+pub use errframe::BusState;
+pub use open::{AnyCanPort, PortSpec, open_port, open_port_with};
+
 use crate::router::frame::{CanFdFrame, CanFrame};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A frame on a CAN bus: classic or FD.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +74,16 @@ pub enum CanError {
     /// The port was closed.
     #[error("CAN port {0} is closed")]
     Closed(String),
+    /// An interface spec or setting is unusable.
+    #[error("CAN interface `{spec}`: {reason}")]
+    Invalid { spec: String, reason: String },
+    /// Applying interface settings (bitrate, restart-ms) through netlink failed.
+    #[error("CAN interface {iface}: cannot {op} through netlink: {reason}")]
+    Netlink {
+        iface: String,
+        op: &'static str,
+        reason: String,
+    },
 }
 
 /// A CAN port: something that sends and receives CAN frames.
@@ -66,4 +99,97 @@ pub trait CanPort: Send + Sync + 'static {
     fn send(&self, frame: CanAnyFrame) -> impl Future<Output = Result<(), CanError>> + Send;
     /// Receive the next frame.
     fn recv(&self) -> impl Future<Output = Result<CanAnyFrame, CanError>> + Send;
+    /// Counters and bus state, for status and tests. Backends without counters return zeros.
+    fn stats(&self) -> CanPortStats {
+        CanPortStats::default()
+    }
+}
+
+/// A snapshot of a port's counters and bus state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CanPortStats {
+    /// Frames received and handed to the port's user.
+    pub rx_frames: u64,
+    /// Frames sent.
+    pub tx_frames: u64,
+    /// Frames dropped because the port's receive queue was full (virtual buses) or that
+    /// a fault injector dropped.
+    pub rx_dropped: u64,
+    /// Frames the kernel dropped because the socket's receive buffer was full
+    /// (`SO_RXQ_OVFL`; SocketCAN only).
+    pub overruns: u64,
+    /// Error frames seen (SocketCAN only).
+    pub error_frames: u64,
+    /// Times the controller went bus-off.
+    pub bus_off: u64,
+    /// The controller's state as last reported by an error frame.
+    pub state: BusState,
+    /// Bus-off recovery needs the operator: no `restart-ms` and no CAP_NET_ADMIN to restart.
+    pub recovery_blocked: bool,
+}
+
+/// Lock-free counters a backend updates on its data path.
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    pub rx_frames: AtomicU64,
+    pub tx_frames: AtomicU64,
+    pub rx_dropped: AtomicU64,
+    pub overruns: AtomicU64,
+    pub error_frames: AtomicU64,
+    pub bus_off: AtomicU64,
+}
+
+impl PortCounters {
+    #[inline]
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The counters, with `state` and `recovery_blocked` at their defaults.
+    pub fn snapshot(&self) -> CanPortStats {
+        CanPortStats {
+            rx_frames: self.rx_frames.load(Ordering::Relaxed),
+            tx_frames: self.tx_frames.load(Ordering::Relaxed),
+            rx_dropped: self.rx_dropped.load(Ordering::Relaxed),
+            overruns: self.overruns.load(Ordering::Relaxed),
+            error_frames: self.error_frames.load(Ordering::Relaxed),
+            bus_off: self.bus_off.load(Ordering::Relaxed),
+            ..CanPortStats::default()
+        }
+    }
+}
+
+impl From<CanFrame> for CanAnyFrame {
+    fn from(f: CanFrame) -> Self {
+        CanAnyFrame::Classic(f)
+    }
+}
+
+impl From<CanFdFrame> for CanAnyFrame {
+    fn from(f: CanFdFrame) -> Self {
+        CanAnyFrame::Fd(f)
+    }
+}
+
+impl CanAnyFrame {
+    /// Whether this is a CAN FD frame.
+    pub fn is_fd(&self) -> bool {
+        matches!(self, CanAnyFrame::Fd(_))
+    }
+
+    /// The frame's timestamp.
+    pub fn timestamp(&self) -> crate::router::frame::Timestamp {
+        match self {
+            CanAnyFrame::Classic(f) => f.timestamp,
+            CanAnyFrame::Fd(f) => f.timestamp,
+        }
+    }
+
+    /// The same frame with another timestamp.
+    pub fn with_timestamp(self, ts: crate::router::frame::Timestamp) -> Self {
+        match self {
+            CanAnyFrame::Classic(f) => CanAnyFrame::Classic(f.with_timestamp(ts)),
+            CanAnyFrame::Fd(f) => CanAnyFrame::Fd(f.with_timestamp(ts)),
+        }
+    }
 }

@@ -1,0 +1,363 @@
+//! The thin tokio driver of a tunnel [`Session`]: one websocket to the relay, reconnected with
+//! backoff, with bounded channels to and from the application (gateway side or operator
+//! endpoint).
+//!
+//! Owns: connecting (ws or wss with the `obdgw.tunnel.v1` subprotocol), feeding the session
+//! with websocket messages and `now`, sending what it emits, sleeping until `poll_at`,
+//! reconnecting after a dead or failed connection (exponential backoff with jitter, reset once
+//! a peer was reached), and holding a refused record until the session has room again.
+//!
+//! Does not own: any protocol decision (all in the session) or what records mean.
+
+use super::session::{Event, SendError, Session, SessionError, SessionStats, Transmit};
+use crate::wire::tunnel::{Control, RecordRepr, SUBPROTOCOL};
+use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// `ws://host:port/path` or `wss://host:port/path`.
+    pub url: String,
+    /// TLS client configuration for `wss://` (with a crypto provider chosen by the caller).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// First reconnect delay; doubles up to `backoff_max`.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// Connect (TCP + TLS + websocket handshake) must finish within this.
+    pub connect_timeout: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        ClientConfig {
+            url: url.into(),
+            tls: None,
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the application asks the driver to do.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A record; `sheddable` for raw-mirror frames (dropped and counted when the replay
+    /// buffer is full; everything else waits).
+    Record { rec: RecordRepr, sheddable: bool },
+    /// A control message (held until the peer is attached).
+    Control(Control),
+}
+
+/// Why the driver stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("tunnel URL {url}: {why}")]
+    Url { url: String, why: String },
+    #[error("tunnel session refused by the relay or peer: {0}")]
+    Fatal(SessionError),
+}
+
+/// One connection's outcome.
+enum Ended {
+    /// Reconnect (after backoff unless `reached_peer`).
+    Retry { reached_peer: bool },
+    /// Stop: shutdown, bye, or the application went away.
+    Stop,
+}
+
+/// Run the session until `shutdown`, a `bye` from the peer, or a fatal authentication error.
+/// Records and control messages come from `from_app`; events go to `to_app` (bounded: a slow
+/// application slows the tunnel down instead of growing memory).
+pub async fn run(
+    cfg: ClientConfig,
+    mut session: Session,
+    mut from_app: mpsc::Receiver<Outgoing>,
+    to_app: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
+) -> Result<SessionStats, ClientError> {
+    let mut backoff = cfg.backoff_min;
+    let mut held: Option<Outgoing> = None;
+    let mut app_open = true;
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let conn = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            c = tokio::time::timeout(cfg.connect_timeout, connect(&cfg)) => c,
+        };
+        let ended = match conn {
+            Ok(Ok(Conn::Plain(ws))) => {
+                drive(
+                    *ws,
+                    &mut session,
+                    &mut from_app,
+                    &to_app,
+                    &shutdown,
+                    &mut held,
+                    &mut app_open,
+                )
+                .await?
+            }
+            Ok(Ok(Conn::Tls(ws))) => {
+                drive(
+                    *ws,
+                    &mut session,
+                    &mut from_app,
+                    &to_app,
+                    &shutdown,
+                    &mut held,
+                    &mut app_open,
+                )
+                .await?
+            }
+            Ok(Err(ConnectError::Url(why))) => {
+                return Err(ClientError::Url {
+                    url: cfg.url.clone(),
+                    why,
+                });
+            }
+            Ok(Err(ConnectError::Io(e))) => {
+                tracing::info!(url = %cfg.url, error = %e, "tunnel connect failed");
+                Ended::Retry {
+                    reached_peer: false,
+                }
+            }
+            Err(_) => {
+                tracing::info!(url = %cfg.url, "tunnel connect timed out");
+                Ended::Retry {
+                    reached_peer: false,
+                }
+            }
+        };
+        match ended {
+            Ended::Stop => break,
+            Ended::Retry { reached_peer } => {
+                if reached_peer {
+                    backoff = cfg.backoff_min;
+                }
+                // ±20 % jitter from the clock's low bits (no RNG dependency needed).
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos())
+                    .unwrap_or(0);
+                let jitter = 0.8 + 0.4 * (nanos % 1000) as f64 / 1000.0;
+                let wait = backoff.mul_f64(jitter);
+                backoff = (backoff * 2).min(cfg.backoff_max);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+    Ok(session.stats())
+}
+
+enum Conn {
+    Plain(Box<WebSocketStream<TcpStream>>),
+    Tls(Box<WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>>),
+}
+
+enum ConnectError {
+    Url(String),
+    Io(String),
+}
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(64 * 1024)
+        .write_buffer_size(64 * 1024)
+        .max_write_buffer_size(4 * 1024 * 1024)
+        .max_message_size(Some(crate::wire::tunnel::Limits::HARD_MAX as usize + 64))
+}
+
+async fn connect(cfg: &ClientConfig) -> Result<Conn, ConnectError> {
+    let mut req = cfg
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ConnectError::Url(e.to_string()))?;
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
+    let uri = req.uri().clone();
+    let host = uri
+        .host()
+        .ok_or_else(|| ConnectError::Url("no host".into()))?
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_string();
+    let secure = match uri.scheme_str() {
+        Some("wss") => true,
+        Some("ws") => false,
+        other => {
+            return Err(ConnectError::Url(format!(
+                "scheme {other:?} is not ws or wss"
+            )));
+        }
+    };
+    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    let tcp = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| ConnectError::Io(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    if secure {
+        let tls = cfg
+            .tls
+            .clone()
+            .ok_or_else(|| ConnectError::Url("wss:// needs a TLS client configuration".into()))?;
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| ConnectError::Url(e.to_string()))?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| ConnectError::Io(e.to_string()))?;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config()))
+            .await
+            .map_err(|e| ConnectError::Io(e.to_string()))?;
+        Ok(Conn::Tls(Box::new(ws)))
+    } else {
+        let (ws, _) = tokio_tungstenite::client_async_with_config(req, tcp, Some(ws_config()))
+            .await
+            .map_err(|e| ConnectError::Io(e.to_string()))?;
+        Ok(Conn::Plain(Box::new(ws)))
+    }
+}
+
+/// Offer an application message to the session; hand it back if it must wait.
+fn offer(session: &mut Session, out: Outgoing) -> Option<Outgoing> {
+    let now = Instant::now().into_std();
+    match out {
+        Outgoing::Record { rec, sheddable } => match session.send(now, rec, sheddable) {
+            Ok(_) => None,
+            Err(SendError::Full { record, .. }) => Some(Outgoing::Record {
+                rec: *record,
+                sheddable,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "tunnel record refused");
+                None
+            }
+        },
+        Outgoing::Control(c) => match session.send_control(c.clone()) {
+            Ok(()) => None,
+            Err(_) => Some(Outgoing::Control(c)),
+        },
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive<S>(
+    mut ws: WebSocketStream<S>,
+    session: &mut Session,
+    from_app: &mut mpsc::Receiver<Outgoing>,
+    to_app: &mpsc::Sender<Event>,
+    shutdown: &CancellationToken,
+    held: &mut Option<Outgoing>,
+    app_open: &mut bool,
+) -> Result<Ended, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    session.connected(Instant::now().into_std());
+    let mut reached_peer = false;
+    loop {
+        // Retry a held message first (room may have been freed by acks, or the peer came).
+        if let Some(h) = held.take() {
+            *held = offer(session, h);
+        }
+        let now = Instant::now().into_std();
+        while let Some(t) = session.poll_transmit(now) {
+            let m = match t {
+                Transmit::Text(x) => Message::Text(Utf8Bytes::from(x)),
+                Transmit::Binary(b) => Message::Binary(b),
+            };
+            if ws.send(m).await.is_err() {
+                session.disconnected(Instant::now().into_std());
+                return Ok(Ended::Retry { reached_peer });
+            }
+        }
+        while let Some(ev) = session.poll_event() {
+            match ev {
+                Event::Dead => {
+                    tracing::info!("tunnel peer silent: reconnecting");
+                    return Ok(Ended::Retry { reached_peer });
+                }
+                Event::Up { .. } => {
+                    reached_peer = true;
+                    let _ = to_app.send(ev).await;
+                }
+                Event::Bye { .. } => {
+                    let _ = to_app.send(ev).await;
+                    let _ = ws.close(None).await;
+                    return Ok(Ended::Stop);
+                }
+                other => {
+                    if to_app.send(other).await.is_err() {
+                        *app_open = false;
+                    }
+                }
+            }
+        }
+        if !*app_open && held.is_none() && session.in_flight_bytes() == 0 {
+            let _ = ws.close(None).await;
+            return Ok(Ended::Stop);
+        }
+        let wake = session
+            .poll_at()
+            .map(Instant::from_std)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = ws.close(None).await;
+                session.disconnected(Instant::now().into_std());
+                return Ok(Ended::Stop);
+            }
+            out = from_app.recv(), if held.is_none() && *app_open => match out {
+                Some(o) => *held = offer(session, o),
+                None => *app_open = false,
+            },
+            _ = tokio::time::sleep_until(wake) => {}
+            m = ws.next() => {
+                let now = Instant::now().into_std();
+                let r = match m {
+                    Some(Ok(Message::Text(t))) => session.handle_text(now, &t),
+                    Some(Ok(Message::Binary(b))) => session.handle_binary(now, b),
+                    Some(Ok(_)) => Ok(()),
+                    _ => {
+                        session.disconnected(now);
+                        return Ok(Ended::Retry { reached_peer });
+                    }
+                };
+                if let Err(e) = r {
+                    let code = e.code();
+                    if !matches!(e, SessionError::Remote { .. }) {
+                        let _ = ws.send(Message::Text(Utf8Bytes::from(e.to_control().to_text()))).await;
+                    }
+                    let _ = ws.close(None).await;
+                    session.disconnected(now);
+                    // Authentication and version problems do not heal by retrying.
+                    if matches!(code.0, 101..=103) {
+                        return Err(ClientError::Fatal(e));
+                    }
+                    tracing::warn!(error = %e, "tunnel connection failed; reconnecting");
+                    return Ok(Ended::Retry { reached_peer });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The `obdgw` binary as a user runs it.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary, with an environment free of anything that would change its behaviour
+/// (configuration variables, systemd variables, RUST_LOG).
+fn obdgw() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_obdgw"));
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("OBDGW_")
+            || [
+                "RUST_LOG",
+                "JOURNAL_STREAM",
+                "NOTIFY_SOCKET",
+                "WATCHDOG_USEC",
+                "WATCHDOG_PID",
+            ]
+            .contains(&k.as_ref())
+        {
+            c.env_remove(k.as_ref());
+        }
+    }
+    c
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn run_starts_logs_and_stops_on_sigterm_within_a_second() {
+    let mut child = obdgw()
+        .args(["run", "--config"])
+        .arg(root().join("config/obdgw.toml"))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the start-up log line rather than sleeping a fixed time.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !lines.iter().any(|l: &String| l.contains("started")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => lines.push(l),
+            Err(_) => panic!("no start-up line; got {lines:?}"),
+        }
+    }
+    let pid = child.id() as i32;
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let t0 = Instant::now();
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "still running 5 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = t0.elapsed();
+    assert!(code.success(), "exit status {code:?}");
+    assert!(took < Duration::from_secs(1), "took {took:?} to stop");
+    while let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {
+        lines.push(l);
+    }
+    let all = lines.join("\n");
+    assert!(all.contains("SIGTERM received"), "{all}");
+    assert!(all.contains("obdgw stopped"), "{all}");
+    assert!(all.contains("route=bus-mirror"), "{all}");
+}
+
+#[test]
+fn config_check_unknown_key_exits_2_and_names_key_and_file() {
+    let file = root().join("tests/fixtures/config/invalid/unknown_key.toml");
+    let out = obdgw()
+        .args(["config", "check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("router.queue_capcity"), "{err}");
+    assert!(err.contains(&format!("{}:6", file.display())), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn config_check_prints_effective_config_with_env_override() {
+    let out = obdgw()
+        .args(["config", "check", "--config"])
+        .arg(root().join("config/obdgw.toml"))
+        .env("OBDGW_LOG__LEVEL", "debug")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("level = \"debug\""), "{text}");
+    assert!(text.contains("name = \"bus-mirror\""), "{text}");
+    // The printed configuration is itself a valid configuration file.
+    let body: String = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tmp.path(), body).unwrap();
+    let again = obdgw()
+        .args(["config", "check", "--config"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
+
+#[test]
+fn missing_explicit_config_is_an_error() {
+    let out = obdgw()
+        .args(["run", "--config", "/nonexistent/obdgw.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/obdgw.toml"), "{err}");
+}
+
+#[test]
+fn help_and_version() {
+    let out = obdgw().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["config", "check", "--help"],
+    ] {
+        let out = obdgw().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage:"), "{args:?}: {text}");
+    }
+}
+
+#[test]
+fn run_speaks_the_systemd_notify_protocol() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut child = obdgw()
+        .args(["run", "--config"])
+        .arg(root().join("config/obdgw.toml"))
+        .env("NOTIFY_SOCKET", &sock_path)
+        // A 200 ms watchdog: the daemon must ping every 100 ms.
+        .env("WATCHDOG_USEC", "200000")
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let mut recv = || {
+        let n = sock
+            .recv(&mut buf)
+            .expect("no notification from the daemon");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let mut msgs = Vec::new();
+    while !msgs.iter().any(|m: &String| m.contains("READY=1")) {
+        msgs.push(recv());
+    }
+    let mut pings = 0;
+    while pings < 3 {
+        if recv().contains("WATCHDOG=1") {
+            pings += 1;
+        }
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    loop {
+        let m = recv();
+        if m.contains("STOPPING=1") {
+            break;
+        }
+    }
+    assert!(child.wait().unwrap().success());
+}
