@@ -36,18 +36,24 @@ pub enum Command {
     /// Run the tunnel relay: pair gateways and operators by session and forward their
     /// traffic.
     Relay(crate::relay::RelayArgs),
-    /// Simulators (a vehicle with ECUs over DoIP and CAN).
+    /// Simulators: a vehicle with ECUs over DoIP and CAN, and the vendor cloud API.
     #[command(subcommand)]
     Sim(SimCommand),
     /// Read the vehicle's VIN and print it. Exit codes: 0 printed, 1 no answer, 2 usage,
     /// 3 refused (negative response, NACK), 4 malformed answer or VIN.
     Vin(crate::vehicle::vin::VinArgs),
+    /// Log in to the Customer API and store the tokens in the state directory.
+    Login(crate::cloud::cli::LoginArgs),
+    /// Call any Customer API operation: `obdgw api <group> <operation> --help`.
+    Api(crate::cloud::cli::ApiArgs),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum SimCommand {
     /// Simulate a vehicle: ECUs answering UDS and OBD-II over DoIP (and CAN).
     Vehicle(crate::sim::vehicle::SimVehicleArgs),
+    /// The vendor Customer API with its status websocket and an admin interface.
+    Cloud(crate::sim::cloud::CloudSimArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -82,5 +88,8 @@ fn dispatch(cli: Cli) -> ExitCode {
         Command::Relay(args) => crate::relay::run_relay(args),
         Command::Sim(SimCommand::Vehicle(args)) => crate::sim::vehicle::run_sim_vehicle(args),
         Command::Vin(args) => crate::vehicle::vin::run_vin(args),
+        Command::Login(args) => crate::cloud::cli::run_login(args),
+        Command::Api(args) => crate::cloud::cli::run_api(args),
+        Command::Sim(SimCommand::Cloud(args)) => crate::sim::cloud::run_cli(args),
     }
 }

@@ -3,6 +3,7 @@
 //! See `docs/ARCHITECTURE.md` for the planes, the modules and the data path of one frame.
 
 pub mod cli;
+pub mod cloud;
 pub mod config;
 pub mod daemon;
 pub mod logging;

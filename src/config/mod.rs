@@ -41,6 +41,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// The frame-routing core: ports and routes.
     pub router: RouterConfig,
+    /// The vendor Customer API: endpoint, login, status websocket.
+    pub cloud: crate::cloud::config::CloudConfig,
     /// The DoIP client (tester) toward the vehicle.
     pub doip: crate::vehicle::doip::DoipClientConfig,
     /// CAN interfaces (`[[can]]` entries): SocketCAN or the `sim:` loopback bus.
@@ -510,6 +512,7 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
             );
         }
     }
+    issues.extend(crate::cloud::config::validate(&config.cloud));
     crate::vehicle::can::config::validate(&config.can, |key, message| {
         issues.push(ConfigIssue {
             key,

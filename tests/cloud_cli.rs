@@ -1,0 +1,212 @@
+//! `obdgw login` and `obdgw api` as a user runs them, against the simulator in this process.
+
+use obdgw::cloud::spec::OPS;
+use obdgw::sim::cloud::{self as sim, DEMO_CONNECTOR_UUID, DEMO_PINCODE, SimOptions};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Output;
+
+fn obdgw(args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_obdgw"))
+        .args(args)
+        .env_remove("OBDGW_CONFIG")
+        .env_remove("OBDGW_BASE_URL")
+        .output()
+        .unwrap()
+}
+
+async fn run(args: Vec<String>) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = obdgw(&a);
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+fn write_config(dir: &Path) -> String {
+    let path = dir.join("obdgw.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[daemon]\nstate_dir = \"{}\"\n[cloud]\nconnector_uuid = \"{DEMO_CONNECTOR_UUID}\"\npincode_file = \"{}\"\n",
+            dir.join("state").display(),
+            dir.join("pin").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("pin"), format!("{DEMO_PINCODE}\n")).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_then_api_calls() {
+    let r = sim::start(
+        sim::data::SimData::builtin().unwrap(),
+        SimOptions::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let base = r.base_url.clone();
+    let a = |rest: &[&str]| {
+        let mut v: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+        v.extend([
+            "-c".to_string(),
+            cfg.clone(),
+            "--base-url".to_string(),
+            base.clone(),
+        ]);
+        v
+    };
+
+    let (code, out, err) = run(a(&["login"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("logged in as connector:{DEMO_CONNECTOR_UUID}")),
+        "{out}"
+    );
+    // A state directory that cannot be written is reported, not silently ignored.
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, "").unwrap();
+    let mut bad = a(&["login"]);
+    bad.extend([
+        "--state-dir".to_string(),
+        blocker.join("state").display().to_string(),
+    ]);
+    let (code, _, err) = run(bad).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("could not be stored") && err.contains("--state-dir"),
+        "{err}"
+    );
+    let tokens_after_login = r.shared.data.lock().unwrap().tokens.len();
+
+    let (code, out, err) = run(a(&[
+        "api",
+        "vehicles",
+        "lookup",
+        "--vin",
+        "WVWZZZCDZMW012345",
+        "--json",
+    ]))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["make"]["name"], "Volkswagen");
+    assert_eq!(
+        r.shared.data.lock().unwrap().tokens.len(),
+        tokens_after_login,
+        "the stored token was reused"
+    );
+
+    let (code, out, _) = run(a(&["api", "vehicles", "makes", "--limit", "2"])).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("ID  NAME\n10  Ford\n20  Volkswagen\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("(2 of 6; next page: --offset 2, or --all)"),
+        "{out}"
+    );
+    let (code, out, _) = run(a(&[
+        "api", "vehicles", "makes", "--all", "--limit", "4", "--json",
+    ]))
+    .await;
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["result"].as_array().unwrap().len(), 6);
+
+    let (code, out, err) = run(a(&[
+        "api",
+        "tickets",
+        "create",
+        "--vin",
+        "WVWZZZCDZMW012345",
+        "--vehicle-model-id",
+        "200102",
+        "--vehicle-model-variant-id",
+        "2001021",
+        "--connector-id",
+        "910000001",
+        "--product-ids",
+        "52352",
+        "--product-prerequisites",
+        r#"[{"definition_id":4,"value":"true"}]"#,
+    ]))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("state") && out.contains("WVWZZZCDZMW012345"),
+        "{out}"
+    );
+    let (code, out, _) = run(a(&[
+        "api",
+        "connectors",
+        "active-ticket",
+        "--connector-id",
+        "910000001",
+        "--json",
+    ]))
+    .await;
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["state"], 1);
+
+    // Errors say what was wrong and what to do; exit 2 for bad input, 1 for service errors.
+    let (code, _, err) = run(a(&["api", "vehicles", "lookup", "--vin", "WVW"])).await;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("17 letters and digits") && err.contains("nothing was sent"),
+        "{err}"
+    );
+    let (code, _, err) = run(a(&["api", "connectors", "get", "--connector-id", "5"])).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("404") && err.contains("check the id"), "{err}");
+    let (code, _, err) = run(a(&[
+        "api",
+        "tickets",
+        "create",
+        "--vin",
+        "WVWZZZCDZMW012345",
+    ]))
+    .await;
+    assert_eq!(code, 2);
+    assert!(err.contains("--vehicle-model-id"), "{err}");
+    let (code, out, _) = run(a(&["api", "auth", "login-uuid"])).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("(hidden; exp"),
+        "tokens are never printed whole: {out}"
+    );
+    let (code, _, err) = run(vec![
+        "api".into(),
+        "vehicles".into(),
+        "makes".into(),
+        "-c".into(),
+        cfg.clone(),
+        "--base-url".into(),
+        "http://127.0.0.1:1".into(),
+    ])
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("check cloud.base_url"), "{err}");
+    r.stop().await;
+}
+
+#[test]
+fn every_operation_has_help() {
+    for s in OPS {
+        let o = obdgw(&["api", s.group, s.name, "--help"]);
+        assert!(o.status.success(), "{} {}", s.group, s.name);
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains(s.summary), "{} {}: {text}", s.group, s.name);
+    }
+}
