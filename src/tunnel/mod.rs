@@ -9,6 +9,7 @@
 //! gateway's vehicle ports or the operator's local servers.
 
 pub mod client;
+pub mod gateway;
 pub mod session;
 
 pub use session::{
