@@ -36,6 +36,9 @@ pub enum Command {
     /// Run the tunnel relay: pair gateways and operators by session and forward their
     /// traffic.
     Relay(crate::relay::RelayArgs),
+    /// Present a remote car on this machine through the tunnel: a local DoIP entity and a
+    /// socketcand server (docs/operator.md).
+    Operator(crate::operator::tunnel::OperatorArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,5 +71,6 @@ fn dispatch(cli: Cli) -> ExitCode {
         Command::Run(args) => crate::daemon::run_cli(args),
         Command::Config(ConfigCommand::Check(args)) => crate::config::check_cli(&args.config),
         Command::Relay(args) => crate::relay::run_relay(args),
+        Command::Operator(args) => crate::operator::tunnel::run_operator(args),
     }
 }
