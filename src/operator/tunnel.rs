@@ -60,6 +60,7 @@ pub struct Remote {
     table: Mutex<Table>,
     next_channel: AtomicU16,
     shed: AtomicU64,
+    ups: AtomicU64,
     up: tokio::sync::watch::Sender<bool>,
 }
 
@@ -71,6 +72,7 @@ impl Remote {
             table: Mutex::new(Table::default()),
             next_channel: AtomicU16::new(1),
             shed: AtomicU64::new(0),
+            ups: AtomicU64::new(0),
             up: tokio::sync::watch::channel(false).0,
         })
     }
@@ -78,6 +80,16 @@ impl Remote {
     /// Mirror frames dropped because a local client did not keep up.
     pub fn shed(&self) -> u64 {
         self.shed.load(Ordering::Relaxed)
+    }
+
+    /// How many times the session came up (1 + resumes after lost connections).
+    pub fn ups(&self) -> u64 {
+        self.ups.load(Ordering::Relaxed)
+    }
+
+    /// Channels with a local user now (DoIP targets and raw mirrors).
+    pub fn channels(&self) -> usize {
+        self.table().sinks.len()
     }
 
     /// Wait until the session is attached to the gateway.
@@ -158,6 +170,7 @@ impl Remote {
                 }
                 Event::Up { resumed, replaying } => {
                     tracing::info!(resumed, replaying, "tunnel session up");
+                    self.ups.fetch_add(1, Ordering::Relaxed);
                     self.up.send_replace(true);
                 }
                 Event::PeerDown { reason } => {
