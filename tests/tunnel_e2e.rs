@@ -161,6 +161,9 @@ async fn world() -> World {
 
     // The operator endpoint.
     let doip_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let doip_u = tokio::net::UdpSocket::bind(doip_l.local_addr().unwrap())
+        .await
+        .unwrap();
     let cand_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let operator = start(
         client_cfg(relay_addr),
@@ -168,7 +171,7 @@ async fn world() -> World {
         Token("op".into()),
         Some((
             doip_l,
-            None,
+            Some(doip_u),
             EntityConfig {
                 vin: *b"1FTFW1E87MFA17359",
                 targets: vec![0x1000, 0x1001, 0x1002, 0x1003],
@@ -387,6 +390,51 @@ async fn socketcand_raw_mode_mirrors_the_remote_bus_both_ways() {
     .await
     .expect("timed out");
     drop(wr);
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_doipclient_udsoncan_flashes_through_the_tunnel() {
+    let Some(python) =
+        common::interop_python("python_doipclient_udsoncan_flashes_through_the_tunnel")
+    else {
+        return;
+    };
+    let w = world().await;
+    let port = w.operator.doip.unwrap().port().to_string();
+    let size = DOWNLOAD.to_string();
+    let child = tokio::process::Command::new(python)
+        .arg(common::interop_script("tunnel_doip_flash.py"))
+        .args(["127.0.0.1", &port, "0x1000", &size])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(LIMIT, child.wait_with_output())
+        .await
+        .expect("python tester timed out")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python tester failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |k: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+            .unwrap_or_else(|| panic!("no {k} in:\n{stdout}"))
+    };
+    assert_eq!(line("ANNOUNCED_VIN"), "1FTFW1E87MFA17359");
+    assert_eq!(line("UDS_VIN"), "1FTFW1E87MFA17359");
+    assert_eq!(line("ERASE"), "True");
+    let sent = line("SENT_CRC");
+    assert_eq!(line("ECU_CRC"), sent, "the ECU received other bytes than were sent");
+    let d = w.engine_download().expect("no download completed");
+    assert_eq!(d.size as usize, DOWNLOAD);
+    assert_eq!(format!("{:08x}", d.crc32), sent);
     w.shutdown().await;
 }
 
