@@ -296,7 +296,9 @@ async fn tester(w: &World) -> Connection {
         response_timeout_ms: 5_000,
         ..DoipClientConfig::default()
     };
-    Connection::open(w.operator.doip.unwrap(), cfg).await.unwrap()
+    Connection::open(w.operator.doip.unwrap(), cfg)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,7 +334,11 @@ async fn download_survives_relay_restarts_mid_transfer() {
         assert_eq!(crc, crc32(&img));
         let d = w.engine_download().expect("no download completed");
         assert_eq!(d.size as usize, DOWNLOAD);
-        assert_eq!(d.crc32, crc32(&img), "bytes lost or duplicated across resume");
+        assert_eq!(
+            d.crc32,
+            crc32(&img),
+            "bytes lost or duplicated across resume"
+        );
         // The car's blocks were each written once (a repeat would be counted as a block
         // only if it were new data).
         assert_eq!(d.blocks as usize, DOWNLOAD.div_ceil(4093));
@@ -431,7 +437,11 @@ async fn python_doipclient_udsoncan_flashes_through_the_tunnel() {
     assert_eq!(line("UDS_VIN"), "1FTFW1E87MFA17359");
     assert_eq!(line("ERASE"), "True");
     let sent = line("SENT_CRC");
-    assert_eq!(line("ECU_CRC"), sent, "the ECU received other bytes than were sent");
+    assert_eq!(
+        line("ECU_CRC"),
+        sent,
+        "the ECU received other bytes than were sent"
+    );
     let d = w.engine_download().expect("no download completed");
     assert_eq!(d.size as usize, DOWNLOAD);
     assert_eq!(format!("{:08x}", d.crc32), sent);

@@ -105,7 +105,11 @@ impl Remote {
     }
 
     /// Dispatch session events until the driver goes away or `shutdown`.
-    pub async fn dispatch(self: Arc<Self>, mut events: mpsc::Receiver<Event>, shutdown: CancellationToken) {
+    pub async fn dispatch(
+        self: Arc<Self>,
+        mut events: mpsc::Receiver<Event>,
+        shutdown: CancellationToken,
+    ) {
         loop {
             let ev = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -159,7 +163,9 @@ impl Remote {
                         Some(w) => {
                             let _ = w.send(Err(format!("{message} ({code})")));
                         }
-                        None => tracing::warn!(?channel, %code, "tunnel error from the gateway: {message}"),
+                        None => {
+                            tracing::warn!(?channel, %code, "tunnel error from the gateway: {message}")
+                        }
                     }
                 }
                 Event::Control(Control::Closed { channel, reason }) => {
@@ -236,7 +242,10 @@ impl Remote {
 
     async fn close(&self, channel: u16) {
         self.table().sinks.remove(&channel);
-        let _ = self.out.send(Outgoing::Control(Control::Close { channel })).await;
+        let _ = self
+            .out
+            .send(Outgoing::Control(Control::Close { channel }))
+            .await;
     }
 }
 
@@ -310,7 +319,11 @@ impl DiagHandler for TunnelDiag {
             match self.remote.open(params, Sink::Doip(tx)).await {
                 Ok(c) => st.channel = Some((c, rx)),
                 Err(e) => {
-                    tracing::warn!(target = req.target, "no DoIP channel to 0x{:04X}: {e}", req.target);
+                    tracing::warn!(
+                        target = req.target,
+                        "no DoIP channel to 0x{:04X}: {e}",
+                        req.target
+                    );
                     return;
                 }
             }
@@ -358,10 +371,18 @@ impl DiagHandler for TunnelDiag {
                 }
                 Err(_) => {
                     if started.elapsed() >= self.timing.give_up {
-                        tracing::warn!(target = req.target, "no answer through the tunnel within {:?}", self.timing.give_up);
+                        tracing::warn!(
+                            target = req.target,
+                            "no answer through the tunnel within {:?}",
+                            self.timing.give_up
+                        );
                         return;
                     }
-                    if replies.send(Bytes::from(vec![0x7F, sid, 0x78])).await.is_err() {
+                    if replies
+                        .send(Bytes::from(vec![0x7F, sid, 0x78]))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     wait = self.timing.pending_every;
@@ -391,7 +412,10 @@ impl BusProvider for TunnelBuses {
 
     async fn open_raw(&self, bus: &str) -> Result<RawAccess, String> {
         if !self.buses.iter().any(|b| b == bus) {
-            return Err(format!("bus {bus} is not offered (buses: {})", self.buses.join(", ")));
+            return Err(format!(
+                "bus {bus} is not offered (buses: {})",
+                self.buses.join(", ")
+            ));
         }
         let (rx_tx, rx) = mpsc::channel(MIRROR_QUEUE);
         let params = ChannelParams::CanMirror {
@@ -433,7 +457,10 @@ impl BusProvider for TunnelBuses {
     }
 
     async fn open_isotp(&self, _bus: &str, _conf: IsoTpConf) -> Result<PduAccess, String> {
-        Err("ISO-TP mode is not available through the tunnel yet; use raw mode or the DoIP entity".into())
+        Err(
+            "ISO-TP mode is not available through the tunnel yet; use raw mode or the DoIP entity"
+                .into(),
+        )
     }
 }
 
@@ -447,7 +474,12 @@ pub struct OperatorArgs {
     #[arg(long, value_name = "ID")]
     pub session: String,
     /// The operator's session token.
-    #[arg(long, value_name = "TOKEN", env = "OBDGW_OPERATOR_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "OBDGW_OPERATOR_TOKEN",
+        hide_env_values = true
+    )]
     pub token: String,
     /// Serve a DoIP entity for the remote car's ECUs on this address (TCP and UDP).
     #[arg(long, value_name = "ADDR")]
@@ -493,7 +525,11 @@ pub async fn start(
     client_cfg: ClientConfig,
     session_id: &str,
     token: Token,
-    doip: Option<(tokio::net::TcpListener, Option<tokio::net::UdpSocket>, EntityConfig)>,
+    doip: Option<(
+        tokio::net::TcpListener,
+        Option<tokio::net::UdpSocket>,
+        EntityConfig,
+    )>,
     socketcand: Option<(tokio::net::TcpListener, Vec<String>)>,
     timing: DiagTiming,
     shutdown: CancellationToken,
@@ -554,10 +590,9 @@ fn client_config(args: &OperatorArgs) -> anyhow::Result<ClientConfig> {
     if args.relay.starts_with("wss://") {
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;
-        let ca = args
-            .ca
-            .as_ref()
-            .context("a wss:// relay needs --ca FILE (the PEM certificate that signs the relay's)")?;
+        let ca = args.ca.as_ref().context(
+            "a wss:// relay needs --ca FILE (the PEM certificate that signs the relay's)",
+        )?;
         let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(&pem) {

@@ -23,8 +23,7 @@ use crate::router::frame::{CanFrame, DoipMessage, Timestamp};
 use crate::vehicle::can::{CanAnyFrame, CanPort};
 use crate::vehicle::doip::{DoipClient, DoipClientConfig};
 use crate::wire::tunnel::{
-    ChannelParams, Control, ErrorCode, ErrorRecord, IdFilter, RecordBody,
-    RecordRepr, Role, Token,
+    ChannelParams, Control, ErrorCode, ErrorRecord, IdFilter, RecordBody, RecordRepr, Role, Token,
 };
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -103,9 +102,9 @@ pub fn now_ns() -> Timestamp {
 pub fn passes(filters: &[IdFilter], frame: &CanAnyFrame) -> bool {
     let id = frame.id();
     filters.is_empty()
-        || filters.iter().any(|f| {
-            f.extended == id.is_extended() && (id.id() & f.mask) == (f.id & f.mask)
-        })
+        || filters
+            .iter()
+            .any(|f| f.extended == id.is_extended() && (id.id() & f.mask) == (f.id & f.mask))
 }
 
 /// Whether a UDS request has the suppress-positive-response bit set on a service that
@@ -196,7 +195,10 @@ impl<P: CanPort> Gateway<P> {
                     None => {
                         let e = Control::Error {
                             code: ErrorCode::UNKNOWN_CHANNEL,
-                            message: format!("record for channel {} which is not open", rec.channel),
+                            message: format!(
+                                "record for channel {} which is not open",
+                                rec.channel
+                            ),
                             channel: Some(rec.channel),
                         };
                         if out.send(Outgoing::Control(e)).await.is_err() {
@@ -453,7 +455,11 @@ async fn mirror_channel<P: CanPort>(
                     crate::vehicle::can::CanError::BusOff(_) => ErrorCode::CAN_BUS_OFF,
                     _ => ErrorCode::SEND_FAILED,
                 };
-                if tx_out.send(error_record(channel, code, e.to_string())).await.is_err() {
+                if tx_out
+                    .send(error_record(channel, code, e.to_string()))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -614,8 +620,10 @@ can_interfaces = ["can0"]"#,
         assert!(c.allow_can_tx);
         assert!(!format!("{c:?}").contains("gw-secret"));
         assert!(
-            toml::from_str::<TunnelConfig>("relay_url = \"x\"\nsession = \"s\"\ntoken = \"t\"\nbogus = 1")
-                .is_err()
+            toml::from_str::<TunnelConfig>(
+                "relay_url = \"x\"\nsession = \"s\"\ntoken = \"t\"\nbogus = 1"
+            )
+            .is_err()
         );
     }
 }
