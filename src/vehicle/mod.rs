@@ -5,5 +5,6 @@
 //! tunnel.
 
 pub mod can;
-pub mod uds;
 pub mod doip;
+pub mod isotp;
+pub mod uds;

@@ -6,5 +6,6 @@
 //! Does not own: state machines or I/O (those live in `crate::vehicle`, `crate::tunnel`, ...).
 
 pub mod doip;
+pub mod isotp;
 pub mod socketcand;
 pub mod tunnel;
