@@ -538,6 +538,57 @@ pub async fn run<P: CanPort>(
     r
 }
 
+/// Why the `[tunnel]` section could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "tunnel.can_interfaces names `{0}`, which is not the name of a [[can]] entry; add one or remove it"
+    )]
+    UnknownInterface(String),
+    #[error("tunnel.can_interfaces `{name}`: {source}")]
+    Can {
+        name: String,
+        #[source]
+        source: crate::vehicle::can::CanError,
+    },
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
+}
+
+/// Run the gateway side as the configuration says: `[tunnel]`, the `[doip]` tester settings
+/// and the `[[can]]` interfaces named by `tunnel.can_interfaces` (opened here; each one is
+/// owned by the tunnel while it runs). TLS for `wss://` comes from `tls`.
+pub async fn run_from_config(
+    tunnel: &TunnelConfig,
+    doip: &DoipClientConfig,
+    can: &[crate::vehicle::can::CanInterfaceConfig],
+    tls: Option<Arc<rustls::ClientConfig>>,
+    shutdown: CancellationToken,
+) -> Result<super::SessionStats, StartError> {
+    let mut ports = Vec::new();
+    for name in &tunnel.can_interfaces {
+        let cfg = can
+            .iter()
+            .find(|c| &c.name == name)
+            .ok_or_else(|| StartError::UnknownInterface(name.clone()))?;
+        let port = crate::vehicle::can::open_port_with(cfg)
+            .await
+            .map_err(|source| StartError::Can {
+                name: name.clone(),
+                source,
+            })?;
+        ports.push((name.clone(), Arc::new(port)));
+    }
+    let gw = Gateway {
+        doip: tunnel.doip_vehicle.map(|a| (a, doip.clone())),
+        can: ports,
+        allow_can_tx: tunnel.allow_can_tx,
+    };
+    let mut cc = ClientConfig::new(tunnel.relay_url.clone());
+    cc.tls = tls;
+    Ok(run(cc, &tunnel.session, &tunnel.token, gw, shutdown).await?)
+}
+
 /// A fresh 64-bit stream instance id (time and address entropy; not security relevant).
 pub fn random_instance() -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -625,5 +676,31 @@ can_interfaces = ["can0"]"#,
             )
             .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn config_naming_an_unknown_can_interface_is_refused() {
+        let t = TunnelConfig {
+            relay_url: "ws://127.0.0.1:1/".into(),
+            session: "s".into(),
+            token: Secret::new("t"),
+            doip_vehicle: None,
+            can_interfaces: vec!["can9".into()],
+            allow_can_tx: true,
+        };
+        let e = run_from_config(
+            &t,
+            &DoipClientConfig::default(),
+            &[],
+            None,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&e, StartError::UnknownInterface(n) if n == "can9"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("[[can]]"));
     }
 }
