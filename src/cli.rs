@@ -39,6 +39,8 @@ pub enum Command {
     /// Present a remote car on this machine through the tunnel: a local DoIP entity and a
     /// socketcand server (docs/operator.md).
     Operator(crate::operator::tunnel::OperatorArgs),
+    /// Measure components end to end on loopback (`bench tunnel`).
+    Bench(crate::tunnel::bench::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -72,5 +74,6 @@ fn dispatch(cli: Cli) -> ExitCode {
         Command::Config(ConfigCommand::Check(args)) => crate::config::check_cli(&args.config),
         Command::Relay(args) => crate::relay::run_relay(args),
         Command::Operator(args) => crate::operator::tunnel::run_operator(args),
+        Command::Bench(args) => crate::tunnel::bench::run_bench(args),
     }
 }

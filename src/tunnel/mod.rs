@@ -8,6 +8,7 @@
 //! Does not own: the byte format (`crate::wire::tunnel`), the relay (`crate::relay`), the
 //! gateway's vehicle ports or the operator's local servers.
 
+pub mod bench;
 pub mod client;
 pub mod gateway;
 pub mod session;
