@@ -385,7 +385,11 @@ async fn doip_channel(
                 sheddable: false,
             },
             Err(e) => {
-                if e.to_string().contains("closed") {
+                if matches!(
+                    e,
+                    crate::vehicle::doip::ClientError::Closed(_)
+                        | crate::vehicle::doip::ClientError::Inactive(_)
+                ) {
                     client.lock().await.disconnect();
                 }
                 let code = match e {
@@ -702,5 +706,91 @@ can_interfaces = ["can0"]"#,
             "{e}"
         );
         assert!(e.to_string().contains("[[can]]"));
+    }
+
+    async fn answer(
+        tx: &mpsc::Sender<Event>,
+        rx: &mut mpsc::Receiver<Outgoing>,
+        ev: Event,
+    ) -> Outgoing {
+        tx.send(ev).await.unwrap();
+        rx.recv().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn refusals_name_the_channel_and_the_reason() {
+        let bus = crate::vehicle::can::vbus::VirtualBus::new("can0");
+        let gw = Gateway {
+            doip: None,
+            can: vec![("can0".to_string(), Arc::new(bus.port()))],
+            allow_can_tx: false,
+        };
+        let (ev_tx, ev_rx) = mpsc::channel(8);
+        let (out_tx, mut out_rx) = mpsc::channel(8);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(gw.serve(ev_rx, out_tx, stop.clone()));
+        let open = |channel, params| Event::Control(Control::Open { channel, params });
+        let mirror = |interface: &str, allow_tx| ChannelParams::CanMirror {
+            interface: interface.into(),
+            filters: vec![],
+            fd: false,
+            allow_tx,
+        };
+        let expect_error = |o: Outgoing, code: ErrorCode, ch: u16, text: &str| match o {
+            Outgoing::Control(Control::Error {
+                code: c,
+                message,
+                channel,
+            }) => {
+                assert_eq!((c, channel), (code, Some(ch)), "{message}");
+                assert!(message.contains(text), "{message}");
+            }
+            other => panic!("{other:?}"),
+        };
+        let doip = ChannelParams::Doip {
+            target: 0x1000,
+            source: None,
+        };
+        let o = answer(&ev_tx, &mut out_rx, open(1, doip)).await;
+        expect_error(o, ErrorCode::PORT_UNAVAILABLE, 1, "doip_vehicle");
+        let o = answer(&ev_tx, &mut out_rx, open(2, mirror("can1", false))).await;
+        expect_error(o, ErrorCode::PORT_UNAVAILABLE, 2, "can0");
+        let o = answer(&ev_tx, &mut out_rx, open(3, mirror("can0", true))).await;
+        expect_error(o, ErrorCode::BAD_CHANNEL_PARAMS, 3, "allow_can_tx");
+        let o = answer(&ev_tx, &mut out_rx, open(0, mirror("can0", false))).await;
+        expect_error(o, ErrorCode::BAD_CHANNEL_PARAMS, 0, "reserved");
+        // A good open, idempotent; other parameters on the same channel are refused.
+        let o = answer(&ev_tx, &mut out_rx, open(4, mirror("can0", false))).await;
+        assert!(matches!(o, Outgoing::Control(Control::Opened { channel: 4 })), "{o:?}");
+        let o = answer(&ev_tx, &mut out_rx, open(4, mirror("can0", false))).await;
+        assert!(matches!(o, Outgoing::Control(Control::Opened { channel: 4 })), "{o:?}");
+        let o = answer(&ev_tx, &mut out_rx, open(4, mirror("can0", true))).await;
+        expect_error(o, ErrorCode::CHANNEL_EXISTS, 4, "other parameters");
+        // A second mirror on the same interface is refused.
+        let o = answer(&ev_tx, &mut out_rx, open(5, mirror("can0", false))).await;
+        expect_error(o, ErrorCode::PORT_UNAVAILABLE, 5, "already mirrored");
+        // A record for a channel that is not open.
+        let rec = can_record(9, CanFrame::new(CanId::standard(0x1).unwrap(), &[]).unwrap());
+        let o = answer(&ev_tx, &mut out_rx, Event::Record(rec)).await;
+        expect_error(o, ErrorCode::UNKNOWN_CHANNEL, 9, "not open");
+        // A frame on a channel without allow_tx is answered with an error record.
+        let rec = can_record(4, CanFrame::new(CanId::standard(0x1).unwrap(), &[]).unwrap());
+        let o = answer(&ev_tx, &mut out_rx, Event::Record(rec)).await;
+        match o {
+            Outgoing::Record {
+                rec:
+                    RecordRepr {
+                        channel: 4,
+                        body: RecordBody::Error(e),
+                        ..
+                    },
+                ..
+            } => assert_eq!(e.code, ErrorCode::BAD_CHANNEL_PARAMS),
+            other => panic!("{other:?}"),
+        }
+        let o = answer(&ev_tx, &mut out_rx, Event::Control(Control::Close { channel: 4 })).await;
+        assert!(matches!(o, Outgoing::Control(Control::Closed { channel: 4, .. })), "{o:?}");
+        stop.cancel();
+        task.await.unwrap();
     }
 }
