@@ -181,16 +181,11 @@ async fn bench_tunnel(frames: u32, seconds: Duration) -> anyhow::Result<()> {
     };
     let mut got = 0u32;
     let mut last = t0;
-    loop {
-        match tokio::time::timeout(Duration::from_millis(500), raw.rx.recv()).await {
-            Ok(Some(_)) => {
-                got += 1;
-                last = Instant::now();
-                if got == frames {
-                    break;
-                }
-            }
-            _ => break,
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), raw.rx.recv()).await {
+        got += 1;
+        last = Instant::now();
+        if got == frames {
+            break;
         }
     }
     let _ = sender.await;

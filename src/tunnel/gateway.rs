@@ -761,20 +761,32 @@ can_interfaces = ["can0"]"#,
         expect_error(o, ErrorCode::BAD_CHANNEL_PARAMS, 0, "reserved");
         // A good open, idempotent; other parameters on the same channel are refused.
         let o = answer(&ev_tx, &mut out_rx, open(4, mirror("can0", false))).await;
-        assert!(matches!(o, Outgoing::Control(Control::Opened { channel: 4 })), "{o:?}");
+        assert!(
+            matches!(o, Outgoing::Control(Control::Opened { channel: 4 })),
+            "{o:?}"
+        );
         let o = answer(&ev_tx, &mut out_rx, open(4, mirror("can0", false))).await;
-        assert!(matches!(o, Outgoing::Control(Control::Opened { channel: 4 })), "{o:?}");
+        assert!(
+            matches!(o, Outgoing::Control(Control::Opened { channel: 4 })),
+            "{o:?}"
+        );
         let o = answer(&ev_tx, &mut out_rx, open(4, mirror("can0", true))).await;
         expect_error(o, ErrorCode::CHANNEL_EXISTS, 4, "other parameters");
         // A second mirror on the same interface is refused.
         let o = answer(&ev_tx, &mut out_rx, open(5, mirror("can0", false))).await;
         expect_error(o, ErrorCode::PORT_UNAVAILABLE, 5, "already mirrored");
         // A record for a channel that is not open.
-        let rec = can_record(9, CanFrame::new(CanId::standard(0x1).unwrap(), &[]).unwrap());
+        let rec = can_record(
+            9,
+            CanFrame::new(CanId::standard(0x1).unwrap(), &[]).unwrap(),
+        );
         let o = answer(&ev_tx, &mut out_rx, Event::Record(rec)).await;
         expect_error(o, ErrorCode::UNKNOWN_CHANNEL, 9, "not open");
         // A frame on a channel without allow_tx is answered with an error record.
-        let rec = can_record(4, CanFrame::new(CanId::standard(0x1).unwrap(), &[]).unwrap());
+        let rec = can_record(
+            4,
+            CanFrame::new(CanId::standard(0x1).unwrap(), &[]).unwrap(),
+        );
         let o = answer(&ev_tx, &mut out_rx, Event::Record(rec)).await;
         match o {
             Outgoing::Record {
@@ -788,8 +800,16 @@ can_interfaces = ["can0"]"#,
             } => assert_eq!(e.code, ErrorCode::BAD_CHANNEL_PARAMS),
             other => panic!("{other:?}"),
         }
-        let o = answer(&ev_tx, &mut out_rx, Event::Control(Control::Close { channel: 4 })).await;
-        assert!(matches!(o, Outgoing::Control(Control::Closed { channel: 4, .. })), "{o:?}");
+        let o = answer(
+            &ev_tx,
+            &mut out_rx,
+            Event::Control(Control::Close { channel: 4 }),
+        )
+        .await;
+        assert!(
+            matches!(o, Outgoing::Control(Control::Closed { channel: 4, .. })),
+            "{o:?}"
+        );
         stop.cancel();
         task.await.unwrap();
     }
