@@ -6,7 +6,7 @@
 mod common;
 
 use bytes::Bytes;
-use obdgw::operator::tunnel::{DiagTiming, Served, start};
+use obdgw::operator::tunnel::{DiagTiming, DoipServe, Served, start};
 use obdgw::relay::{RelayConfig, SessionTokens, StaticTokens};
 use obdgw::router::frame::{CanFrame, CanId};
 use obdgw::sim::ecu::{DEFAULT_VIN, EcuAction, Vehicle, default_key};
@@ -169,16 +169,17 @@ async fn world() -> World {
         client_cfg(relay_addr),
         SID,
         Token("op".into()),
-        Some((
-            doip_l,
-            Some(doip_u),
-            EntityConfig {
-                vin: *b"1FTFW1E87MFA17359",
+        Some(DoipServe {
+            listener: doip_l,
+            udp: Some(doip_u),
+            // The operator announces the remote car's VIN, read through the tunnel.
+            config: EntityConfig {
                 targets: vec![0x1000, 0x1001, 0x1002, 0x1003],
                 announce_to: None,
                 ..EntityConfig::default()
             },
-        )),
+            fetch_vin: true,
+        }),
         Some((cand_l, vec!["can0".to_string()])),
         DiagTiming::default(),
         stop.clone(),

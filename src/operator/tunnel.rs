@@ -240,6 +240,56 @@ impl Remote {
         answer.map(|()| channel)
     }
 
+    /// Read the VIN (UDS 22 F190) of the remote ECU `target` through a short-lived DoIP
+    /// channel.
+    pub async fn read_vin(&self, target: u16, within: Duration) -> Result<[u8; 17], String> {
+        let (tx, mut rx) = mpsc::channel(DOIP_QUEUE);
+        let params = ChannelParams::Doip {
+            target,
+            source: None,
+        };
+        let channel = self.open(params, Sink::Doip(tx)).await?;
+        let rec = doip_record(
+            channel,
+            0x0E00,
+            target,
+            Bytes::from_static(&[0x22, 0xF1, 0x90]),
+        );
+        let sent = self
+            .out
+            .send(Outgoing::Record {
+                rec,
+                sheddable: false,
+            })
+            .await;
+        let answer = async {
+            sent.map_err(|_| "the tunnel session has ended".to_string())?;
+            loop {
+                match rx.recv().await {
+                    Some(RecordBody::Doip(m)) if is_response_pending(&m.data, 0x22) => {}
+                    Some(RecordBody::Doip(m)) => {
+                        return match &m.data[..] {
+                            [0x62, 0xF1, 0x90, vin @ ..] => <[u8; 17]>::try_from(vin)
+                                .map_err(|_| format!("VIN of {} bytes, not 17", vin.len())),
+                            other => Err(format!("22 F190 answered {other:02X?}")),
+                        };
+                    }
+                    Some(RecordBody::Error(e)) => {
+                        return Err(format!("{} ({})", e.message, e.code));
+                    }
+                    Some(_) => {}
+                    None => return Err("the tunnel session has ended".to_string()),
+                }
+            }
+        };
+        let r = match tokio::time::timeout(within, answer).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer to 22 F190 within {within:?}")),
+        };
+        self.close(channel).await;
+        r
+    }
+
     async fn close(&self, channel: u16) {
         self.table().sinks.remove(&channel);
         let _ = self
@@ -494,9 +544,10 @@ pub struct OperatorArgs {
     #[arg(long = "target", value_name = "ADDR", value_parser = parse_u16,
           default_values_t = vec![0x1000u16, 0x1001, 0x1002, 0x1003])]
     pub targets: Vec<u16>,
-    /// VIN the local entity announces (the remote car's).
-    #[arg(long, value_name = "VIN", default_value = "OBDGW000000000000")]
-    pub vin: String,
+    /// VIN the local entity announces; default: the remote car's, read through the tunnel
+    /// (22 F190 to the first --target) before serving.
+    #[arg(long, value_name = "VIN")]
+    pub vin: Option<String>,
     /// CA certificate (PEM) that signs the relay's certificate, for wss://.
     #[arg(long, value_name = "FILE")]
     pub ca: Option<std::path::PathBuf>,
@@ -508,6 +559,15 @@ fn parse_u16(s: &str) -> Result<u16, String> {
         None => s.parse(),
     };
     r.map_err(|e| format!("{s:?} is not a 16-bit address (e.g. 0x1000): {e}"))
+}
+
+/// The local DoIP entity of [`start`]: sockets, its configuration, and whether to announce
+/// the remote car's VIN (read through the tunnel from the first target before serving).
+pub struct DoipServe {
+    pub listener: tokio::net::TcpListener,
+    pub udp: Option<tokio::net::UdpSocket>,
+    pub config: EntityConfig,
+    pub fetch_vin: bool,
 }
 
 /// What a running operator endpoint serves.
@@ -525,11 +585,7 @@ pub async fn start(
     client_cfg: ClientConfig,
     session_id: &str,
     token: Token,
-    doip: Option<(
-        tokio::net::TcpListener,
-        Option<tokio::net::UdpSocket>,
-        EntityConfig,
-    )>,
+    doip: Option<DoipServe>,
     socketcand: Option<(tokio::net::TcpListener, Vec<String>)>,
     timing: DiagTiming,
     shutdown: CancellationToken,
@@ -550,10 +606,29 @@ pub async fn start(
         s.cancel();
     });
     let mut served_doip = None;
-    if let Some((listener, udp, cfg)) = doip {
-        served_doip = Some(listener.local_addr()?);
+    if let Some(d) = doip {
+        served_doip = Some(d.listener.local_addr()?);
+        let mut cfg = d.config;
+        if d.fetch_vin
+            && let Some(&target) = cfg.targets.first()
+        {
+            // Testers that connect meanwhile wait in the listen backlog.
+            let up = tokio::time::timeout(OPEN_TIMEOUT, remote.wait_up()).await;
+            match up {
+                Ok(()) => match remote.read_vin(target, OPEN_TIMEOUT).await {
+                    Ok(vin) => cfg.vin = vin,
+                    Err(e) => tracing::warn!(
+                        "reading the remote VIN from 0x{target:04X}: {e}; announcing the configured one"
+                    ),
+                },
+                Err(_) => tracing::warn!(
+                    "the gateway did not come up within {OPEN_TIMEOUT:?}; announcing the configured VIN"
+                ),
+            }
+        }
         let entity = Entity::new(cfg, TunnelDiag::new(remote.clone(), timing));
         let s = shutdown.clone();
+        let (listener, udp) = (d.listener, d.udp);
         tasks.spawn(async move { entity.run(listener, udp, s).await });
     }
     let mut served_cand = None;
@@ -618,11 +693,14 @@ fn run_operator_inner(args: OperatorArgs) -> anyhow::Result<()> {
     if args.doip_listen.is_none() && args.socketcand_listen.is_none() {
         anyhow::bail!("nothing to serve: give --doip-listen ADDR and/or --socketcand-listen ADDR");
     }
-    let vin: [u8; 17] = args
-        .vin
-        .as_bytes()
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("--vin must be 17 characters, got {:?}", args.vin))?;
+    let vin: Option<[u8; 17]> = match &args.vin {
+        Some(v) => Some(
+            v.as_bytes()
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("--vin must be 17 characters, got {v:?}"))?,
+        ),
+        None => None,
+    };
     let cc = client_config(&args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -637,13 +715,18 @@ fn run_operator_inner(args: OperatorArgs) -> anyhow::Result<()> {
                 let u = tokio::net::UdpSocket::bind(l.local_addr()?)
                     .await
                     .with_context(|| format!("binding DoIP UDP on {a}"))?;
-                let cfg = EntityConfig {
-                    vin,
+                let config = EntityConfig {
+                    vin: vin.unwrap_or(*b"OBDGW000000000000"),
                     targets: args.targets.clone(),
                     announce_to: None,
                     ..EntityConfig::default()
                 };
-                Some((l, Some(u), cfg))
+                Some(DoipServe {
+                    listener: l,
+                    udp: Some(u),
+                    config,
+                    fetch_vin: vin.is_none(),
+                })
             }
             None => None,
         };

@@ -11,7 +11,7 @@
 use super::client::ClientConfig;
 use super::gateway::{self, Gateway};
 use crate::operator::socketcand::BusProvider;
-use crate::operator::tunnel::{DiagTiming, TunnelBuses, start};
+use crate::operator::tunnel::{DiagTiming, DoipServe, TunnelBuses, start};
 use crate::relay::{RelayConfig, SessionTokens, StaticTokens};
 use crate::router::frame::{CanFrame, CanId};
 use crate::vehicle::can::vbus::{PortOptions, VirtualBus};
@@ -148,7 +148,12 @@ async fn bench_tunnel(frames: u32, seconds: Duration) -> anyhow::Result<()> {
         ClientConfig::new(url.clone()),
         SID,
         Token("op".into()),
-        Some((dl, None, ent_cfg)),
+        Some(DoipServe {
+            listener: dl,
+            udp: None,
+            config: ent_cfg,
+            fetch_vin: false,
+        }),
         None,
         DiagTiming::default(),
         stop.clone(),
