@@ -46,6 +46,11 @@ pub enum Command {
     Login(crate::cloud::cli::LoginArgs),
     /// Call any Customer API operation: `obdgw api <group> <operation> --help`.
     Api(crate::cloud::cli::ApiArgs),
+    /// Present a remote car on this machine through the tunnel: a local DoIP entity and a
+    /// socketcand server (docs/operator.md).
+    Operator(crate::operator::tunnel::OperatorArgs),
+    /// Measure components end to end on loopback (`bench tunnel`).
+    Bench(crate::tunnel::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,5 +96,7 @@ fn dispatch(cli: Cli) -> ExitCode {
         Command::Login(args) => crate::cloud::cli::run_login(args),
         Command::Api(args) => crate::cloud::cli::run_api(args),
         Command::Sim(SimCommand::Cloud(args)) => crate::sim::cloud::run_cli(args),
+        Command::Operator(args) => crate::operator::tunnel::run_operator(args),
+        Command::Bench(args) => crate::tunnel::bench::run_bench(args),
     }
 }

@@ -49,6 +49,9 @@ pub struct Config {
     /// (Not rendered when empty; the keys are documented in docs/can.md.)
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub can: Vec<crate::vehicle::can::CanInterfaceConfig>,
+    /// The gateway's side of a remote diagnostic session (`[tunnel]`; docs/operator.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<crate::tunnel::gateway::TunnelConfig>,
 }
 
 /// Where log records go.

@@ -8,7 +8,9 @@
 //! Does not own: the byte format (`crate::wire::tunnel`), the relay (`crate::relay`), the
 //! gateway's vehicle ports or the operator's local servers.
 
+pub mod bench;
 pub mod client;
+pub mod gateway;
 pub mod session;
 
 pub use session::{
