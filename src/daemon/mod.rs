@@ -101,6 +101,16 @@ pub async fn run(
         let stop = shutdown.clone();
         tasks.spawn(async move { feed_watchdog(h, interval, stop).await });
     }
+    if let Some(tunnel) = config.tunnel.clone() {
+        // The car's end of the diagnostic tunnel (see docs/operator.md).
+        let (doip, can, stop) = (config.doip.clone(), config.can.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            match crate::tunnel::gateway::run_from_config(&tunnel, &doip, &can, None, stop).await {
+                Ok(_) => tracing::info!("tunnel gateway stopped"),
+                Err(e) => tracing::error!("tunnel gateway: {e}"),
+            }
+        });
+    }
     notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("running"),
