@@ -468,25 +468,47 @@ async fn python_can_socketcand_through_the_tunnel() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Play probe frames until the client reports that frames reach it through the
+    // tunnel (the mirror channel is open end to end), then the counted frames.
+    let mut child = child;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stdout = String::new();
     tokio::time::timeout(LIMIT, async {
-        while w.operator.remote.channels() == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        let probe = CanFrame::new(CanId::standard(0x0AA).unwrap(), &[0]).unwrap();
+        loop {
+            w.car_bus_port
+                .send(CanAnyFrame::Classic(probe))
+                .await
+                .unwrap();
+            match tokio::time::timeout(Duration::from_millis(50), lines.next_line()).await {
+                Ok(Ok(Some(l))) if l.trim() == "READY" => break,
+                Ok(Ok(Some(l))) => stdout.push_str(&l),
+                Ok(Ok(None)) | Ok(Err(_)) => panic!("python-can exited before READY"),
+                Err(_) => {}
+            }
         }
         for i in 0..200u32 {
             let id = 0x100 + (i % 0x100) as u16;
             let f = CanFrame::new(CanId::standard(id).unwrap(), &[i as u8, 0xAA]).unwrap();
             w.car_bus_port.send(CanAnyFrame::Classic(f)).await.unwrap();
         }
-        for i in 0..100u32 {
+        let mut i = 0u32;
+        while i < 100 {
             let got = w.car_bus_port.recv().await.unwrap();
+            if got.id() == CanId::standard(0x0AA).unwrap() {
+                continue;
+            }
             assert_eq!(got.id(), CanId::standard(0x7DF).unwrap());
             assert_eq!(got.data(), &[0x02, 0x01, i as u8]);
+            i += 1;
         }
     })
     .await
     .expect("timed out");
+    while let Ok(Some(l)) = lines.next_line().await {
+        stdout.push_str(&l);
+    }
     let out = child.wait_with_output().await.unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "python-can: {stdout}\n{}",

@@ -3,6 +3,8 @@
 usage: socketcand_client.py HOST PORT CHANNEL N_RECV N_SEND
 Receives N_RECV frames (expects ids 0x100 + i % 0x100 and data [i & 0xFF, 0xAA]), then sends
 N_SEND frames (id 0x7DF, data [0x02, 0x01, i & 0xFF]) and prints a JSON summary.
+Probe frames with id 0x0AA are not counted: the first one makes it print READY, so a test
+knows frames reach it before it plays the counted ones.
 """
 import json
 import sys
@@ -17,10 +19,16 @@ def main() -> int:
     bus = can.Bus(interface="socketcand", host=host, port=port, channel=channel)
     errors = []
     got = 0
+    ready = False
     deadline = time.time() + 30
     while got < n_recv and time.time() < deadline:
         msg = bus.recv(timeout=1.0)
         if msg is None:
+            continue
+        if msg.arbitration_id == 0x0AA:
+            if not ready:
+                ready = True
+                print("READY", flush=True)
             continue
         want_id = 0x100 + (got % 0x100)
         want_data = bytes([got & 0xFF, 0xAA])
