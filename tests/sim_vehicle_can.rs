@@ -3,6 +3,9 @@
 //! against `obdgw sim vehicle --can sim:NAME` in another process: `obdgw vin --can sim:car`,
 //! and the same VIN/fan-out/1 MiB flash from this test process.
 
+// The TURN guard is held across awaits on purpose: it serialises whole tests.
+#![allow(clippy::await_holding_lock)]
+
 use bytes::Bytes;
 use obdgw::router::frame::CanId;
 use obdgw::sim::ecu::{DEFAULT_VIN, Vehicle, crc32, default_key};
@@ -16,6 +19,15 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// The tests of this file take turns: each runs a 1 MiB ISO-TP transfer or spawns the
+/// simulator, and on a loaded 2-core CI machine running them side by side starved the
+/// in-process simulator past the ISO-TP N_Cr timeout.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn id(raw: u16) -> CanId {
     CanId::from_raw(u32::from(raw))
@@ -107,6 +119,7 @@ async fn exercise<P: CanPort>(tester: &IsoTpMux<P>, vin: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vin_functional_fanout_and_1_mib_flash_over_isotp_on_a_virtual_bus() {
+    let _turn = turn();
     let bus = VirtualBus::new("car");
     // A virtual bus has no bit rate: with BS 0 / STmin 0 the tester can queue a whole
     // 4 KiB block's frames before the simulator runs (CI is loaded), so give the queues
@@ -139,6 +152,7 @@ async fn vin_functional_fanout_and_1_mib_flash_over_isotp_on_a_virtual_bus() {
 
 #[test]
 fn obdgw_vin_reads_obdgw_sim_vehicle_over_the_sim_bus_in_two_processes() {
+    let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     let mut sim = Command::new(env!("CARGO_BIN_EXE_obdgw"))
         .args([
@@ -187,6 +201,7 @@ fn obdgw_vin_reads_obdgw_sim_vehicle_over_the_sim_bus_in_two_processes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_mib_flash_to_obdgw_sim_vehicle_over_the_sim_bus_from_another_process() {
+    let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     let mut sim = Command::new(env!("CARGO_BIN_EXE_obdgw"))
         .args(["sim", "vehicle", "--can", "sim:flash"])
@@ -218,6 +233,7 @@ async fn one_mib_flash_to_obdgw_sim_vehicle_over_the_sim_bus_from_another_proces
 
 #[test]
 fn obdgw_vin_over_an_empty_sim_bus_says_nobody_answered() {
+    let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_obdgw"))
         .args(["vin", "--can", "sim:empty", "--timeout", "0.3"])
