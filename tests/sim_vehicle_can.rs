@@ -8,17 +8,14 @@
 
 use bytes::Bytes;
 use obdgw::router::frame::CanId;
-use obdgw::sim::ecu::{DEFAULT_VIN, Vehicle, crc32, default_key};
-use obdgw::sim::vehicle::{SimVehicle, serve_can};
+use obdgw::sim::ecu::{DEFAULT_VIN, crc32, default_key};
 use obdgw::vehicle::can::CanPort;
 use obdgw::vehicle::can::simbus::{SimBusOptions, SimPort};
-use obdgw::vehicle::can::vbus::VirtualBus;
 use obdgw::vehicle::isotp::{IsoTpConfig, IsoTpHandle, IsoTpMux};
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// The tests of this file take turns: each runs a 1 MiB ISO-TP transfer or spawns the
 /// simulator, and on a loaded 2-core CI machine running them side by side starved the
