@@ -1,7 +1,11 @@
-//! The whole remote-diagnostics path in one process: a relay on loopback, a simulated DoIP
-//! car (an `Entity` over `sim::ecu::Vehicle`) with a virtual CAN bus, the gateway side, and
-//! the operator endpoint with its local DoIP entity and socketcand server. Testers connect
-//! to the operator's servers as they would to a car on the desk.
+//! The whole remote-diagnostics path in one process: a relay on loopback, a simulated car,
+//! the gateway side, and the operator endpoint with its local DoIP entity and socketcand
+//! server. Testers connect to the operator's servers as they would to a car on the desk.
+//!
+//! Two cars: a DoIP car (an `Entity` over `sim::ecu::Vehicle`, plus a virtual CAN bus for
+//! raw mirroring) and a CAN-only car (`sim::vehicle::serve_can` on a virtual bus), reached
+//! through the gateway's DoIP-to-ISO-TP address map. Each side reaches the relay through its
+//! own TCP proxy ([`Wan`]) that the tests cut (a killed websocket) or block (a WAN outage).
 
 mod common;
 
@@ -9,16 +13,18 @@ use bytes::Bytes;
 use obdgw::operator::tunnel::{DiagTiming, DoipServe, Served, start};
 use obdgw::relay::{RelayConfig, SessionTokens, StaticTokens};
 use obdgw::router::frame::{CanFrame, CanId};
-use obdgw::sim::ecu::{DEFAULT_VIN, EcuAction, Vehicle, default_key};
+use obdgw::sim::ecu::{DEFAULT_VIN, EcuAction, EcuIndex, Vehicle, default_key};
+use obdgw::sim::vehicle::{SimVehicle, serve_can};
 use obdgw::tunnel::client::ClientConfig;
-use obdgw::tunnel::gateway::{self, Gateway};
-use obdgw::vehicle::can::vbus::{VirtualBus, VirtualPort};
+use obdgw::tunnel::gateway::{self, DoipMapEntry, Gateway, GatewayCounters, Keepalive};
+use obdgw::vehicle::can::vbus::{PortOptions, VirtualBus, VirtualPort};
 use obdgw::vehicle::can::{CanAnyFrame, CanPort};
 use obdgw::vehicle::doip::client_core::is_response_pending;
 use obdgw::vehicle::doip::entity::{DiagHandler, DiagRequest, Entity, EntityConfig, Replies};
 use obdgw::vehicle::doip::{Connection, DoipClientConfig};
 use obdgw::wire::tunnel::Token;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -78,12 +84,96 @@ impl DiagHandler for SimCar {
     }
 }
 
+/// Which car the gateway serves.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// ECUs behind a DoIP entity (and a bare virtual CAN bus for mirroring).
+    Doip,
+    /// ECUs on a CAN bus only, reached through `tunnel.doip_map`.
+    Can,
+}
+
+enum Car {
+    Doip(Arc<SimCar>),
+    Can(Arc<SimVehicle>),
+}
+
+/// One side's way to the relay: a TCP proxy that can kill its connections (`cut`) or refuse
+/// new ones (`block`, a WAN outage).
+struct Wan {
+    addr: SocketAddr,
+    generation: Arc<Mutex<CancellationToken>>,
+    blocked: Arc<AtomicBool>,
+}
+
+impl Wan {
+    async fn to(relay: SocketAddr) -> Wan {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let generation = Arc::new(Mutex::new(CancellationToken::new()));
+        let blocked = Arc::new(AtomicBool::new(false));
+        let (g, b) = (generation.clone(), blocked.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = l.accept().await {
+                if b.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is reset
+                }
+                let cut = g.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(relay).await else {
+                        return;
+                    };
+                    let _ = outbound.set_nodelay(true);
+                    let _ = inbound.set_nodelay(true);
+                    tokio::select! {
+                        _ = cut.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        Wan {
+            addr,
+            generation,
+            blocked,
+        }
+    }
+
+    /// Kill every connection through this proxy (the websocket dies mid-stream).
+    fn cut(&self) {
+        let mut g = self.generation.lock().unwrap();
+        g.cancel();
+        *g = CancellationToken::new();
+    }
+
+    /// Refuse (`true`) or accept again (`false`) new connections.
+    fn block(&self, on: bool) {
+        self.blocked.store(on, Ordering::SeqCst);
+    }
+}
+
+/// What happens after a download block.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// The relay restarts: both sides' websockets die.
+    RestartRelay,
+    /// The gateway's websocket dies.
+    CutGateway,
+    /// The operator's websocket dies.
+    CutOperator,
+    /// The gateway's WAN is down this long (longer than the ECU's S3 of 5 s).
+    StallGateway(Duration),
+}
+
 struct World {
     relay_addr: SocketAddr,
     relay: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
-    car: Arc<SimCar>,
+    car: Car,
     car_bus_port: VirtualPort,
     operator: Served,
+    gw_wan: Wan,
+    op_wan: Wan,
+    gw_counters: Arc<GatewayCounters>,
     stop: CancellationToken,
 }
 
@@ -115,42 +205,94 @@ fn client_cfg(addr: SocketAddr) -> ClientConfig {
 }
 
 async fn world() -> World {
+    world_of(Kind::Doip).await
+}
+
+/// The standard vehicle's ECUs as CAN-only ECUs at the DoIP addresses the DoIP car uses.
+fn doip_map() -> Vec<DoipMapEntry> {
+    [
+        (0x1000, 0x7E0, 0x7E8),
+        (0x1001, 0x7E1, 0x7E9),
+        (0x1002, 0x7E2, 0x7EA),
+        (0x1003, 0x740, 0x748),
+    ]
+    .into_iter()
+    .map(|(address, tx_id, rx_id)| DoipMapEntry {
+        address,
+        interface: "can0".into(),
+        tx_id,
+        rx_id,
+        extended_ids: false,
+        fd: false,
+        padding: Some(0xCC),
+        bs: 0,
+        stmin_us: 0,
+    })
+    .collect()
+}
+
+async fn world_of(kind: Kind) -> World {
     let stop = CancellationToken::new();
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let relay_addr = l.local_addr().unwrap();
     let relay = Some(relay_on(l).await);
+    let gw_wan = Wan::to(relay_addr).await;
+    let op_wan = Wan::to(relay_addr).await;
 
-    // The car: DoIP entity over the simulated vehicle, and a virtual CAN bus.
-    let car = Arc::new(SimCar(Mutex::new(Vehicle::standard(
-        DEFAULT_VIN,
-        std::time::Instant::now(),
-    ))));
-    let car_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let car_addr = car_l.local_addr().unwrap();
-    let entity = Entity::new(
-        EntityConfig {
-            targets: vec![0x1000, 0x1001, 0x1002, 0x1003],
-            announce_to: None,
-            ..EntityConfig::default()
-        },
-        car.clone(),
-    );
-    let s = stop.clone();
-    tokio::spawn(async move { entity.run(car_l, None, s).await });
+    // The car's CAN bus. A virtual bus has no bit rate: give the queues room for a whole
+    // ISO-TP block, as a real bus's pacing would.
     let bus = VirtualBus::new("can0");
-    let gw_port = Arc::new(bus.port());
-    let car_bus_port = bus.port();
+    let roomy = || PortOptions {
+        rx_capacity: 8192,
+        loopback: false,
+    };
+    let gw_port = Arc::new(bus.port_with(roomy()));
+    let car_bus_port = bus.port_with(roomy());
+    let vehicle = Vehicle::standard(DEFAULT_VIN, std::time::Instant::now());
+    let (car, doip_vehicle, map) = match kind {
+        Kind::Doip => {
+            let car = Arc::new(SimCar(Mutex::new(vehicle)));
+            let car_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let car_addr = car_l.local_addr().unwrap();
+            let entity = Entity::new(
+                EntityConfig {
+                    targets: vec![0x1000, 0x1001, 0x1002, 0x1003],
+                    announce_to: None,
+                    ..EntityConfig::default()
+                },
+                car.clone(),
+            );
+            let s = stop.clone();
+            tokio::spawn(async move { entity.run(car_l, None, s).await });
+            (
+                Car::Doip(car),
+                Some((car_addr, DoipClientConfig::default())),
+                vec![],
+            )
+        }
+        Kind::Can => {
+            let sim = SimVehicle::new(vehicle);
+            tokio::spawn(sim.clone().run_timers(stop.clone()));
+            let sim_port = Arc::new(bus.port_with(roomy()));
+            tokio::spawn(serve_can(sim.clone(), sim_port, stop.clone()));
+            let map = doip_map().iter().map(|m| m.resolve().unwrap()).collect();
+            (Car::Can(sim), None, map)
+        }
+    };
 
     // The gateway side.
-    let gw = Gateway {
-        doip: Some((car_addr, DoipClientConfig::default())),
-        can: vec![("can0".to_string(), gw_port)],
-        allow_can_tx: true,
+    let mut gw = Gateway::new(doip_vehicle, vec![("can0".to_string(), gw_port)], true);
+    gw.doip_map = map;
+    gw.keepalive = Keepalive {
+        every: Duration::from_millis(1000),
+        bound: Duration::from_secs(30),
     };
+    let gw_counters = gw.counters.clone();
     let s = stop.clone();
+    let gw_url = gw_wan.addr;
     tokio::spawn(async move {
         gateway::run(
-            client_cfg(relay_addr),
+            client_cfg(gw_url),
             SID,
             &obdgw::config::Secret::new("gw"),
             gw,
@@ -166,7 +308,7 @@ async fn world() -> World {
         .unwrap();
     let cand_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let operator = start(
-        client_cfg(relay_addr),
+        client_cfg(op_wan.addr),
         SID,
         Token("op".into()),
         Some(DoipServe {
@@ -195,6 +337,9 @@ async fn world() -> World {
         car,
         car_bus_port,
         operator,
+        gw_wan,
+        op_wan,
+        gw_counters,
         stop,
     }
 }
@@ -209,9 +354,31 @@ impl World {
     }
 
     fn engine_download(&self) -> Option<obdgw::sim::ecu::DownloadSummary> {
-        let v = self.car.lock();
-        let idx = v.find_by_doip(ENGINE).unwrap();
-        v.ecu(idx).unwrap().last_download()
+        match &self.car {
+            Car::Doip(car) => {
+                let v = car.lock();
+                let idx = v.find_by_doip(ENGINE).unwrap();
+                v.ecu(idx).unwrap().last_download()
+            }
+            Car::Can(sim) => sim.with_vehicle(|v| v.ecu(EcuIndex(0)).unwrap().last_download()),
+        }
+    }
+
+    async fn fault(&mut self, f: Fault) {
+        match f {
+            Fault::RestartRelay => self.restart_relay().await,
+            Fault::CutGateway => self.gw_wan.cut(),
+            Fault::CutOperator => self.op_wan.cut(),
+            Fault::StallGateway(d) => {
+                self.gw_wan.block(true);
+                self.gw_wan.cut();
+                let blocked = self.gw_wan.blocked.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(d).await;
+                    blocked.store(false, Ordering::SeqCst);
+                });
+            }
+        }
     }
 
     async fn shutdown(mut self) {
@@ -245,9 +412,9 @@ async fn req(c: &Connection, data: &[u8]) -> Bytes {
         .unwrap_or_else(|e| panic!("request {data:02X?}: {e}"))
 }
 
-/// Programming session, unlock, erase, download `image`, exit; restart the relay after
-/// each block index in `cut_after`. Returns the CRC the ECU reported at exit.
-async fn flash(w: &mut World, c: &Connection, image: &[u8], cut_after: &[usize]) -> u32 {
+/// Programming session, unlock, erase, download `image`, exit; inject each fault after its
+/// block index. Returns the CRC the ECU reported at exit.
+async fn flash(w: &mut World, c: &Connection, image: &[u8], faults: &[(usize, Fault)]) -> u32 {
     assert_eq!(&req(c, &[0x10, 0x03]).await[..2], &[0x50, 0x03]);
     assert_eq!(&req(c, &[0x10, 0x02]).await[..2], &[0x50, 0x02]);
     let seed = req(c, &[0x27, 0x01]).await;
@@ -276,8 +443,8 @@ async fn flash(w: &mut World, c: &Connection, image: &[u8], cut_after: &[usize])
         td.extend_from_slice(block);
         let r = req(c, &td).await;
         assert_eq!(&r[..], &[0x76, counter], "block {i}");
-        if cut_after.contains(&i) {
-            w.restart_relay().await;
+        for (_, f) in faults.iter().filter(|(at, _)| *at == i) {
+            w.fault(*f).await;
         }
     }
     let r = req(c, &[0x37]).await;
@@ -331,7 +498,8 @@ async fn download_survives_relay_restarts_mid_transfer() {
     tokio::time::timeout(LIMIT, async {
         let img = image();
         // Three websocket losses (both sides' connections drop with the relay).
-        let crc = flash(&mut w, &c, &img, &[20, 100, 200]).await;
+        let faults = [20, 100, 200].map(|i| (i, Fault::RestartRelay));
+        let crc = flash(&mut w, &c, &img, &faults).await;
         assert_eq!(crc, crc32(&img));
         let d = w.engine_download().expect("no download completed");
         assert_eq!(d.size as usize, DOWNLOAD);
@@ -534,5 +702,154 @@ async fn unconfigured_interface_is_refused_with_a_clear_error() {
     })
     .await
     .expect("timed out");
+    w.shutdown().await;
+}
+
+async fn vin_dtcs_and_download(kind: Kind) {
+    let mut w = world_of(kind).await;
+    let c = tester(&w).await;
+    tokio::time::timeout(LIMIT, async {
+        let vin = req(&c, &[0x22, 0xF1, 0x90]).await;
+        assert_eq!(
+            &vin[..],
+            &[&[0x62, 0xF1, 0x90][..], b"1FTFW1E87MFA17359"].concat()[..]
+        );
+        let dtcs = req(&c, &[0x19, 0x02, 0xFF]).await;
+        assert_eq!(&dtcs[..2], &[0x59, 0x02]);
+        let img = image();
+        let crc = flash(&mut w, &c, &img, &[]).await;
+        assert_eq!(crc, crc32(&img), "the ECU's CRC differs from the image's");
+        let d = w.engine_download().expect("no download completed");
+        assert_eq!((d.size as usize, d.crc32), (DOWNLOAD, crc32(&img)));
+    })
+    .await
+    .expect("timed out");
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn can_only_car_through_the_address_map_reads_vin_dtcs_and_downloads_1mib() {
+    vin_dtcs_and_download(Kind::Can).await;
+}
+
+/// Kill the gateway's and the operator's websockets (each several times, and both at once)
+/// during a 1 MiB download: every block arrives once, in order, byte-identical.
+async fn websocket_kills(kind: Kind) {
+    let mut w = world_of(kind).await;
+    let c = tester(&w).await;
+    tokio::time::timeout(LIMIT, async {
+        let img = image();
+        let faults = [
+            (10, Fault::CutGateway),
+            (40, Fault::CutOperator),
+            (80, Fault::CutGateway),
+            (81, Fault::CutOperator),
+            (150, Fault::CutOperator),
+            (200, Fault::RestartRelay),
+            (230, Fault::CutGateway),
+        ];
+        let crc = flash(&mut w, &c, &img, &faults).await;
+        assert_eq!(crc, crc32(&img));
+        let d = w.engine_download().expect("no download completed");
+        assert_eq!(
+            (d.size as usize, d.crc32),
+            (DOWNLOAD, crc32(&img)),
+            "bytes lost or duplicated across resume"
+        );
+        assert_eq!(
+            d.blocks as usize,
+            DOWNLOAD.div_ceil(4093),
+            "a block was written twice or skipped"
+        );
+        assert!(
+            w.operator.remote.ups() >= 3,
+            "the session did not come up again after the cuts ({} ups)",
+            w.operator.remote.ups()
+        );
+    })
+    .await
+    .expect("timed out");
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_either_websocket_mid_download_resumes_on_a_doip_car() {
+    websocket_kills(Kind::Doip).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_either_websocket_mid_download_resumes_on_a_can_only_car() {
+    websocket_kills(Kind::Can).await;
+}
+
+/// The gateway's WAN is down for 7 s mid-download, longer than the ECU's S3 (5 s): the
+/// gateway's local tester-present keeps the programming session (and the unlocked
+/// download) alive, so the download completes after the outage.
+async fn wan_stall(kind: Kind) {
+    let mut w = world_of(kind).await;
+    let c = tester(&w).await;
+    tokio::time::timeout(LIMIT, async {
+        let img = image();
+        let faults = [(60, Fault::StallGateway(Duration::from_secs(7)))];
+        let crc = flash(&mut w, &c, &img, &faults).await;
+        assert_eq!(crc, crc32(&img));
+        let d = w.engine_download().expect("no download completed");
+        assert_eq!((d.size as usize, d.crc32), (DOWNLOAD, crc32(&img)));
+        let kept = w
+            .gw_counters
+            .keepalives
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            kept >= 4,
+            "the gateway sent {kept} local tester-presents during a 7 s stall (every 1 s)"
+        );
+    })
+    .await
+    .expect("timed out");
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecu_session_survives_a_wan_stall_longer_than_s3_on_a_doip_car() {
+    wan_stall(Kind::Doip).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecu_session_survives_a_wan_stall_longer_than_s3_on_a_can_only_car() {
+    wan_stall(Kind::Can).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socketcand_isotp_mode_reaches_a_can_ecu_through_the_tunnel() {
+    let w = world_of(Kind::Can).await;
+    let s = TcpStream::connect(w.operator.socketcand.unwrap())
+        .await
+        .unwrap();
+    let (r, mut wr) = s.into_split();
+    let mut r = BufReader::new(r);
+    tokio::time::timeout(LIMIT, async {
+        assert_eq!(read_msg(&mut r).await, "< hi >");
+        wr.write_all(b"< open can0 >").await.unwrap();
+        assert_eq!(read_msg(&mut r).await, "< ok >");
+        wr.write_all(b"< isotpmode >").await.unwrap();
+        assert_eq!(read_msg(&mut r).await, "< ok >");
+        // The engine's ids (free again: the operator's VIN read at start closed its
+        // mapped channel).
+        wr.write_all(b"< isotpconf 7E0 7E8 0 0 0 >").await.unwrap();
+        assert_eq!(read_msg(&mut r).await, "< ok >");
+        // UDS VIN: a multi-frame answer reassembled at the gateway.
+        wr.write_all(b"< sendpdu 22F190 >").await.unwrap();
+        let m = read_msg(&mut r).await;
+        let hex: String = [&[0x62u8, 0xF1, 0x90][..], DEFAULT_VIN.as_bytes()]
+            .concat()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect();
+        assert!(m.starts_with("< pdu "), "{m}");
+        assert!(m.ends_with(&format!(" {hex} >")), "{m}");
+    })
+    .await
+    .expect("timed out");
+    drop(wr);
     w.shutdown().await;
 }

@@ -397,6 +397,12 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
     for (key, message) in config.doip.validate() {
         issue(format!("doip.{key}"), message);
     }
+    if let Some(t) = &config.tunnel {
+        let names: Vec<&str> = config.can.iter().map(|c| c.name.as_str()).collect();
+        for (key, message) in t.validate(&names) {
+            issue(format!("tunnel.{key}"), message);
+        }
+    }
 
     let r = &config.router;
     if r.queue_capacity == 0 || r.queue_capacity > MAX_QUEUE_CAPACITY {

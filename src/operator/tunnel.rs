@@ -24,7 +24,7 @@ use crate::vehicle::can::CanAnyFrame;
 use crate::vehicle::doip::client_core::is_response_pending;
 use crate::vehicle::doip::entity::{DiagHandler, DiagRequest, Entity, EntityConfig, Replies};
 use crate::wire::socketcand::IsoTpConf;
-use crate::wire::tunnel::{ChannelParams, Control, RecordBody, RecordRepr, Role, Token};
+use crate::wire::tunnel::{ChannelParams, Control, PduRecord, RecordBody, RecordRepr, Role, Token};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,10 +43,15 @@ const DOIP_QUEUE: usize = 16;
 /// How long an `open` may wait for the gateway's answer (the session may be resuming).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
+#[derive(Clone)]
 enum Sink {
     Doip(mpsc::Sender<RecordBody>),
     Mirror(mpsc::Sender<(CanAnyFrame, Timestamp)>),
+    Pdu(mpsc::Sender<Result<(Bytes, Timestamp), String>>),
 }
+
+/// Depth of an ISO-TP channel's PDU queue toward its socketcand client.
+const PDU_QUEUE: usize = 64;
 
 #[derive(Default)]
 struct Table {
@@ -117,32 +122,36 @@ impl Remote {
             };
             match ev {
                 Event::Record(RecordRepr { channel, body, .. }) => {
-                    let sink = match self.table().sinks.get(&channel) {
-                        Some(Sink::Doip(tx)) => Some(tx.clone()),
-                        Some(Sink::Mirror(tx)) => {
-                            let frame = match body {
-                                RecordBody::Can(f) => Some(CanAnyFrame::Classic(f)),
-                                RecordBody::CanFd(f) => Some(CanAnyFrame::Fd(f)),
-                                RecordBody::Error(e) => {
-                                    tracing::warn!(channel, code = %e.code, "gateway: {}", e.message);
-                                    None
-                                }
-                                _ => None,
-                            };
-                            if let Some(f) = frame {
-                                let ts = f.timestamp();
-                                if tx.try_send((f, ts)).is_err() {
-                                    self.shed.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                            continue;
-                        }
-                        None => None,
-                    };
+                    let sink = self.table().sinks.get(&channel).cloned();
                     match sink {
-                        Some(tx) => {
+                        Some(Sink::Doip(tx)) => {
                             if tx.send(body).await.is_err() {
                                 self.table().sinks.remove(&channel);
+                            }
+                        }
+                        Some(Sink::Pdu(tx)) => {
+                            let item = match body {
+                                RecordBody::IsoTp(p) => Ok((p.data, p.timestamp)),
+                                RecordBody::Error(e) => Err(format!("{} ({})", e.message, e.code)),
+                                _ => continue,
+                            };
+                            if tx.send(item).await.is_err() {
+                                self.table().sinks.remove(&channel);
+                            }
+                        }
+                        Some(Sink::Mirror(tx)) => {
+                            let frame = match body {
+                                RecordBody::Can(f) => CanAnyFrame::Classic(f),
+                                RecordBody::CanFd(f) => CanAnyFrame::Fd(f),
+                                RecordBody::Error(e) => {
+                                    tracing::warn!(channel, code = %e.code, "gateway: {}", e.message);
+                                    continue;
+                                }
+                                _ => continue,
+                            };
+                            let ts = frame.timestamp();
+                            if tx.try_send((frame, ts)).is_err() {
+                                self.shed.fetch_add(1, Ordering::Relaxed);
                             }
                         }
                         None => tracing::debug!(channel, "record for a channel with no local user"),
@@ -506,12 +515,87 @@ impl BusProvider for TunnelBuses {
         Ok(RawAccess { rx, tx })
     }
 
-    async fn open_isotp(&self, _bus: &str, _conf: IsoTpConf) -> Result<PduAccess, String> {
-        Err(
-            "ISO-TP mode is not available through the tunnel yet; use raw mode or the DoIP entity"
-                .into(),
-        )
+    async fn open_isotp(&self, bus: &str, conf: IsoTpConf) -> Result<PduAccess, String> {
+        if !self.buses.iter().any(|b| b == bus) {
+            return Err(format!(
+                "bus {bus} is not offered (buses: {})",
+                self.buses.join(", ")
+            ));
+        }
+        let params = isotp_params(bus, &conf)?;
+        let (rx_tx, rx) = mpsc::channel(PDU_QUEUE);
+        let channel = self.remote.open(params, Sink::Pdu(rx_tx)).await?;
+        let (tx, mut tx_rx) = mpsc::channel::<Bytes>(16);
+        let remote = self.remote.clone();
+        tokio::spawn(async move {
+            while let Some(data) = tx_rx.recv().await {
+                let rec = RecordRepr {
+                    channel,
+                    flags: 0,
+                    body: RecordBody::IsoTp(PduRecord {
+                        timestamp: now_ns(),
+                        data,
+                    }),
+                };
+                if remote
+                    .out
+                    .send(Outgoing::Record {
+                        rec,
+                        sheddable: false,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            // The socketcand client left ISO-TP mode or disconnected.
+            remote.close(channel).await;
+        });
+        Ok(PduAccess { rx, tx })
     }
+}
+
+/// Tunnel ISO-TP channel parameters from a socketcand `isotpconf` (kernel `CAN_ISOTP_*`
+/// flags: extended addressing, an own receive address byte, transmit padding).
+pub fn isotp_params(bus: &str, conf: &IsoTpConf) -> Result<ChannelParams, String> {
+    use crate::wire::socketcand::{ISOTP_EXTEND_ADDR, ISOTP_RX_EXT_ADDR, ISOTP_TX_PADDING};
+    if conf.tx_id.is_extended() != conf.rx_id.is_extended() {
+        return Err("tx and rx ids must both be 11-bit or both 29-bit".into());
+    }
+    let (addressing, tx_ext, rx_ext) = if conf.flags & ISOTP_EXTEND_ADDR != 0 {
+        let tx = conf
+            .ext_address
+            .ok_or("CAN_ISOTP_EXTEND_ADDR needs an extended address")?;
+        let rx = if conf.flags & ISOTP_RX_EXT_ADDR != 0 {
+            conf.rx_ext_address
+                .ok_or("CAN_ISOTP_RX_EXT_ADDR needs a receive extended address")?
+        } else {
+            tx
+        };
+        (
+            crate::wire::tunnel::Addressing::Extended,
+            Some(tx),
+            Some(rx),
+        )
+    } else {
+        (crate::wire::tunnel::Addressing::Normal, None, None)
+    };
+    let padding = (conf.flags & ISOTP_TX_PADDING != 0).then(|| conf.tx_pad.unwrap_or(0xCC));
+    let st_min = crate::wire::isotp::StMin::from_byte(conf.st_min).duration();
+    Ok(ChannelParams::Isotp {
+        interface: bus.to_string(),
+        tx_id: conf.tx_id.id(),
+        rx_id: conf.rx_id.id(),
+        extended_ids: conf.tx_id.is_extended(),
+        addressing,
+        tx_ext,
+        rx_ext,
+        bs: Some(conf.block_size),
+        stmin_us: Some(st_min.as_micros() as u32),
+        padding,
+        fd: false,
+    })
 }
 
 /// `obdgw operator`: present a remote car on this machine.

@@ -126,11 +126,11 @@ async fn bench_tunnel(frames: u32, seconds: Duration) -> anyhow::Result<()> {
     }));
     let car_port = Arc::new(bus.port());
 
-    let gw = Gateway {
-        doip: Some((car_addr, DoipClientConfig::default())),
-        can: vec![("can0".to_string(), gw_port.clone())],
-        allow_can_tx: true,
-    };
+    let gw = Gateway::new(
+        Some((car_addr, DoipClientConfig::default())),
+        vec![("can0".to_string(), gw_port.clone())],
+        true,
+    );
     let s = stop.clone();
     let gurl = url.clone();
     tokio::spawn(async move {

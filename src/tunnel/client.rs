@@ -25,6 +25,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
+/// Application messages taken in one go before the session gets to send (bounds the time
+/// the websocket waits while a busy application keeps the queue full).
+const DRAIN_MAX: usize = 1024;
+
 /// Where and how to connect.
 #[derive(Clone)]
 pub struct ClientConfig {
@@ -281,15 +285,22 @@ where
             *held = offer(session, h);
         }
         let now = Instant::now().into_std();
+        // Write everything due, then flush the socket once.
+        let mut wrote = false;
         while let Some(t) = session.poll_transmit(now) {
             let m = match t {
                 Transmit::Text(x) => Message::Text(Utf8Bytes::from(x)),
                 Transmit::Binary(b) => Message::Binary(b),
             };
-            if ws.send(m).await.is_err() {
+            wrote = true;
+            if ws.feed(m).await.is_err() {
                 session.disconnected(Instant::now().into_std());
                 return Ok(Ended::Retry { reached_peer });
             }
+        }
+        if wrote && ws.flush().await.is_err() {
+            session.disconnected(Instant::now().into_std());
+            return Ok(Ended::Retry { reached_peer });
         }
         while let Some(ev) = session.poll_event() {
             match ev {
@@ -328,7 +339,31 @@ where
                 return Ok(Ended::Stop);
             }
             out = from_app.recv(), if held.is_none() && *app_open => match out {
-                Some(o) => *held = offer(session, o),
+                Some(o) => {
+                    *held = offer(session, o);
+                    // Take whatever else the application has queued, so it shares a
+                    // batch; once the queue is empty nothing more is coming soon, so send
+                    // now rather than wait for the flush timer (Nagle's lesson: batching
+                    // must never add latency to an idle stream).
+                    let mut taken = 1;
+                    while held.is_none() && taken < DRAIN_MAX {
+                        match from_app.try_recv() {
+                            Ok(o) => {
+                                *held = offer(session, o);
+                                taken += 1;
+                            }
+                            Err(mpsc::error::TryRecvError::Empty) => {
+                                session.flush(Instant::now().into_std());
+                                break;
+                            }
+                            Err(mpsc::error::TryRecvError::Disconnected) => {
+                                *app_open = false;
+                                session.flush(Instant::now().into_std());
+                                break;
+                            }
+                        }
+                    }
+                }
                 None => *app_open = false,
             },
             _ = tokio::time::sleep_until(wake) => {}

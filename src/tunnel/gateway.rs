@@ -3,38 +3,56 @@
 //!
 //! Owns: the channel table of one session, DoIP target channels (diagnostic-message records
 //! forwarded as requests to the car's DoIP entity through one shared [`DoipClient`], each
-//! final response sent back as a record, failures as channel-error records), raw CAN mirror
-//! channels (frames of a CAN port, id-filtered, sent as sheddable records; frames from the
-//! operator put on the bus when the channel allows it), and the gateway's `[tunnel]`
-//! configuration section.
+//! final response sent back as a record, failures as channel-error records), ISO-TP channels
+//! (PDU records on an ISO-TP channel of a CAN port), DoIP channels to CAN-only ECUs through
+//! the address map ([`MappedEcu`]: DoIP records in, ISO-TP on the bus, every answer back as a
+//! DoIP record), raw CAN mirror channels (frames of a CAN port, id-filtered, sent as
+//! sheddable records; frames from the operator put on the bus when the channel allows it),
+//! local tester-present while the operator is silent ([`SessionGuard`]), and the gateway's
+//! `[tunnel]` configuration section.
 //!
-//! Does not own: the session or the websocket (`super::session`, `super::client`), the DoIP
-//! and CAN drivers, or ISO-TP channels (answered with `bad_channel_params` until the ISO-TP
-//! layer is wired in).
+//! Does not own: the session or the websocket (`super::session`, `super::client`), the DoIP,
+//! ISO-TP and CAN drivers, or sharing a port between readers (`super::ports`).
 //!
 //! Known limit: the DoIP client consumes the car's `7F xx 78` response-pending replies while
 //! it waits for the final one, so they are not forwarded; the operator endpoint answers
 //! pending locally while it waits (see `crate::operator::tunnel`).
 
 use super::client::{self, ClientConfig, Outgoing};
+use super::ports::{PortHub, Tap};
 use super::session::{Event, Session, SessionConfig};
 use crate::config::Secret;
-use crate::router::frame::{CanFrame, DoipMessage, Timestamp};
+use crate::router::frame::{CanFrame, CanId, DoipMessage, Timestamp};
 use crate::vehicle::can::{CanAnyFrame, CanPort};
 use crate::vehicle::doip::{DoipClient, DoipClientConfig};
+use crate::vehicle::isotp::{
+    Addressing, FrameMode, IsoTpConfig, IsoTpError, IsoTpHandle, IsoTpMux,
+};
+use crate::wire::isotp::StMin;
 use crate::wire::tunnel::{
-    ChannelParams, Control, ErrorCode, ErrorRecord, IdFilter, RecordBody, RecordRepr, Role, Token,
+    ChannelParams, Control, ErrorCode, ErrorRecord, IdFilter, PduRecord, RecordBody, RecordRepr,
+    Role, Token,
 };
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::sync::{Mutex, mpsc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Depth of each channel's inbound record queue (records from the operator).
 const CHANNEL_QUEUE: usize = 64;
+/// A raw mirror's frame queue on its port (frames beyond it are dropped and counted).
+const MIRROR_TAP_QUEUE: usize = 16 * 1024;
+/// The ISO-TP layer's frame queue on a port (lossless: a full queue backs up into the
+/// port's own queue).
+const ISOTP_TAP_QUEUE: usize = 1024;
+/// Largest PDU an ISO-TP channel of the tunnel sends or accepts.
+const ISOTP_MAX_PDU: u32 = 64 * 1024;
 
 /// The `[tunnel]` configuration section: where the gateway's side of a session connects and
 /// which vehicle ports it offers.
@@ -57,20 +75,356 @@ pub struct TunnelConfig {
     /// Whether operators may transmit raw frames on the bus (`allow_tx` channels).
     #[serde(default = "default_true")]
     pub allow_can_tx: bool,
+    /// CAN-only ECUs reachable as DoIP logical addresses: a DoIP channel to `address` is
+    /// served by ISO-TP on the entry's interface (which must be in `can_interfaces`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub doip_map: Vec<DoipMapEntry>,
+    /// While the operator sends nothing to an ECU that is in a non-default diagnostic
+    /// session, the gateway sends `3E 80` to it this often (milliseconds)...
+    #[serde(default = "default_keepalive_every_ms")]
+    pub keepalive_every_ms: u64,
+    /// ...for at most this long after the operator's last request (milliseconds; 0: never).
+    /// Bounded so that an operator who walked away does not hold the ECU in a programming
+    /// session forever.
+    #[serde(default = "default_keepalive_for_ms")]
+    pub keepalive_for_ms: u64,
 }
 
 fn default_true() -> bool {
     true
 }
 
+fn default_keepalive_every_ms() -> u64 {
+    2_000
+}
+
+fn default_keepalive_for_ms() -> u64 {
+    60_000
+}
+
+impl TunnelConfig {
+    /// Problems of the section as `(key under tunnel., message)`, given the names of the
+    /// `[[can]]` entries; all are reported, not only the first.
+    pub fn validate(&self, can_names: &[&str]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (i, name) in self.can_interfaces.iter().enumerate() {
+            if !can_names.contains(&name.as_str()) {
+                out.push((
+                    format!("can_interfaces[{i}]"),
+                    format!("`{name}` is not the name of a [[can]] entry; add one or remove it"),
+                ));
+            }
+        }
+        let mut seen: Vec<u16> = Vec::new();
+        for (i, m) in self.doip_map.iter().enumerate() {
+            if seen.contains(&m.address) {
+                out.push((
+                    format!("doip_map[{i}].address"),
+                    format!(
+                        "0x{:04X} is mapped twice; addresses must be unique",
+                        m.address
+                    ),
+                ));
+            }
+            seen.push(m.address);
+            if !self.can_interfaces.contains(&m.interface) {
+                out.push((
+                    format!("doip_map[{i}].interface"),
+                    format!(
+                        "`{}` is not in tunnel.can_interfaces ({}); list it there too",
+                        m.interface,
+                        self.can_interfaces.join(", ")
+                    ),
+                ));
+            }
+            if let Err(e) = m.resolve() {
+                out.push((format!("doip_map[{i}]"), e));
+            }
+        }
+        if self.keepalive_every_ms > 0 && self.keepalive_every_ms < 100 {
+            out.push((
+                "keepalive_every_ms".into(),
+                format!(
+                    "{} is too short; expected 0 (off) or 100.. milliseconds (ECUs' S3 is usually 5000)",
+                    self.keepalive_every_ms
+                ),
+            ));
+        }
+        out
+    }
+}
+
+/// One `[[tunnel.doip_map]]` entry: a CAN-only ECU presented as a DoIP logical address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DoipMapEntry {
+    /// The DoIP logical address operators use for this ECU (e.g. `0x0010`).
+    pub address: u16,
+    /// The `[[can]]` name of the bus the ECU is on.
+    pub interface: String,
+    /// CAN id the gateway sends requests on (the ECU's physical request id, e.g. `0x7E0`).
+    pub tx_id: u32,
+    /// CAN id the ECU answers on (e.g. `0x7E8`).
+    pub rx_id: u32,
+    /// 29-bit ids.
+    #[serde(default)]
+    pub extended_ids: bool,
+    /// CAN FD frames (up to 64 bytes).
+    #[serde(default)]
+    pub fd: bool,
+    /// Pad short frames with this byte (many ECUs require `0xCC` or `0x55`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub padding: Option<u8>,
+    /// Block size the gateway announces in its flow control.
+    #[serde(default)]
+    pub bs: u8,
+    /// STmin the gateway announces, microseconds (100..=900 and whole milliseconds to 127).
+    #[serde(default)]
+    pub stmin_us: u32,
+}
+
+/// A CAN-only ECU of the address map, resolved.
+#[derive(Debug, Clone)]
+pub struct MappedEcu {
+    /// DoIP logical address.
+    pub address: u16,
+    /// Name of the CAN port (in [`Gateway::can`]).
+    pub interface: String,
+    pub isotp: IsoTpConfig,
+}
+
+impl DoipMapEntry {
+    /// Check the entry and build its ISO-TP channel configuration.
+    pub fn resolve(&self) -> Result<MappedEcu, String> {
+        let params = ChannelParams::Isotp {
+            interface: self.interface.clone(),
+            tx_id: self.tx_id,
+            rx_id: self.rx_id,
+            extended_ids: self.extended_ids,
+            addressing: crate::wire::tunnel::Addressing::Normal,
+            tx_ext: None,
+            rx_ext: None,
+            bs: Some(self.bs),
+            stmin_us: Some(self.stmin_us),
+            padding: self.padding,
+            fd: self.fd,
+        };
+        let isotp = isotp_config(&params)
+            .map_err(|e| format!("tunnel.doip_map address 0x{:04X}: {}", self.address, e))?;
+        Ok(MappedEcu {
+            address: self.address,
+            interface: self.interface.clone(),
+            isotp,
+        })
+    }
+}
+
+/// Local tester-present: how often, and for how long after the operator's last request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub every: Duration,
+    pub bound: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            every: Duration::from_millis(default_keepalive_every_ms()),
+            bound: Duration::from_millis(default_keepalive_for_ms()),
+        }
+    }
+}
+
+/// Sans-IO: whether an ECU is in a non-default diagnostic session (learnt from its answers)
+/// and when the gateway must send a local `3E 80` to keep it there while the operator is
+/// silent (a stalled WAN, a resuming session): `every` after the last request or local
+/// keep-alive, until `bound` after the operator's last request.
+#[derive(Debug, Clone)]
+pub struct SessionGuard {
+    cfg: Keepalive,
+    non_default: bool,
+    last_request: Instant,
+    last_local: Option<Instant>,
+    sent: u64,
+}
+
+/// UDS TesterPresent with suppress-positive-response.
+pub const TESTER_PRESENT: [u8; 2] = [0x3E, 0x80];
+
+impl SessionGuard {
+    pub fn new(cfg: Keepalive, now: Instant) -> Self {
+        SessionGuard {
+            cfg,
+            non_default: false,
+            last_request: now,
+            last_local: None,
+            sent: 0,
+        }
+    }
+
+    /// The operator sent a request.
+    pub fn on_request(&mut self, now: Instant) {
+        self.last_request = now;
+        self.last_local = None;
+    }
+
+    /// The ECU answered: a positive DiagnosticSessionControl tells the session; a positive
+    /// ECUReset means the default session.
+    pub fn on_response(&mut self, data: &[u8]) {
+        match data {
+            [0x50, session, ..] => self.non_default = session & 0x7F != 0x01,
+            [0x51, ..] => self.non_default = false,
+            _ => {}
+        }
+    }
+
+    /// Whether the ECU is believed to be in a non-default session.
+    pub fn non_default(&self) -> bool {
+        self.non_default
+    }
+
+    /// Local keep-alives sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// When the next local `3E 80` is due; `None`: none is needed (default session,
+    /// keep-alive disabled, or the bound after the operator's last request has passed).
+    pub fn due_at(&self) -> Option<Instant> {
+        if !self.non_default || self.cfg.every.is_zero() || self.cfg.bound.is_zero() {
+            return None;
+        }
+        let next = self.last_local.unwrap_or(self.last_request) + self.cfg.every;
+        (next <= self.last_request + self.cfg.bound).then_some(next)
+    }
+
+    /// A local `3E 80` was sent.
+    pub fn on_sent(&mut self, now: Instant) {
+        self.last_local = Some(now);
+        self.sent += 1;
+    }
+}
+
 /// What the gateway serves, resolved to live objects.
 pub struct Gateway<P> {
-    /// DoIP tester toward the car's entity; `None`: no DoIP channels.
+    /// DoIP tester toward the car's entity; `None`: no DoIP channels (except mapped ones).
     pub doip: Option<(SocketAddr, DoipClientConfig)>,
-    /// CAN ports by interface name.
+    /// CAN ports by interface name (raw mirror and ISO-TP channels, the address map).
     pub can: Vec<(String, Arc<P>)>,
     /// Whether `allow_tx` mirror channels are accepted.
     pub allow_can_tx: bool,
+    /// CAN-only ECUs served as DoIP logical addresses (they take precedence over the car's
+    /// DoIP entity for their address).
+    pub doip_map: Vec<MappedEcu>,
+    /// Local tester-present while the operator is silent.
+    pub keepalive: Keepalive,
+    /// Counters shared with the caller.
+    pub counters: Arc<GatewayCounters>,
+}
+
+/// Counters of a running gateway side.
+#[derive(Debug, Default)]
+pub struct GatewayCounters {
+    /// Raw-mirror frames dropped because the mirror's queue was full.
+    pub mirror_dropped: Arc<AtomicU64>,
+    /// Local tester-present requests sent while the operator was silent.
+    pub keepalives: AtomicU64,
+}
+
+impl<P> Gateway<P> {
+    /// A gateway with these ports and the defaults for the rest (no address map, default
+    /// keep-alive, fresh counters).
+    pub fn new(
+        doip: Option<(SocketAddr, DoipClientConfig)>,
+        can: Vec<(String, Arc<P>)>,
+        allow_can_tx: bool,
+    ) -> Self {
+        Gateway {
+            doip,
+            can,
+            allow_can_tx,
+            doip_map: Vec::new(),
+            keepalive: Keepalive::default(),
+            counters: Arc::new(GatewayCounters::default()),
+        }
+    }
+}
+
+/// Build an ISO-TP channel configuration from `isotp` channel parameters (other kinds are
+/// refused). The interface is not checked here.
+pub fn isotp_config(params: &ChannelParams) -> Result<IsoTpConfig, String> {
+    let ChannelParams::Isotp {
+        tx_id,
+        rx_id,
+        extended_ids,
+        addressing,
+        tx_ext,
+        rx_ext,
+        bs,
+        stmin_us,
+        padding,
+        fd,
+        ..
+    } = params
+    else {
+        return Err("not ISO-TP channel parameters".into());
+    };
+    let id = |v: u32, what: &str| {
+        let id = if *extended_ids {
+            CanId::extended(v)
+        } else {
+            u16::try_from(v).ok().and_then(CanId::standard)
+        };
+        id.ok_or_else(|| {
+            format!(
+                "{what} 0x{v:X} is not a valid {} CAN id{}",
+                if *extended_ids { "29-bit" } else { "11-bit" },
+                if *extended_ids {
+                    ""
+                } else {
+                    " (set extended_ids for 29-bit ids)"
+                }
+            )
+        })
+    };
+    let mut cfg = IsoTpConfig::new(id(*tx_id, "tx_id")?, id(*rx_id, "rx_id")?);
+    if cfg.tx_id == cfg.rx_id && *addressing == crate::wire::tunnel::Addressing::Normal {
+        return Err(format!(
+            "tx_id and rx_id are both 0x{tx_id:X}: with normal addressing the gateway would receive its own requests"
+        ));
+    }
+    cfg.addressing = match addressing {
+        crate::wire::tunnel::Addressing::Normal => Addressing::Normal,
+        crate::wire::tunnel::Addressing::Extended => match (tx_ext, rx_ext) {
+            (Some(tx_ta), Some(rx_ta)) => Addressing::Extended {
+                tx_ta: *tx_ta,
+                rx_ta: *rx_ta,
+            },
+            _ => return Err("extended addressing needs tx_ext and rx_ext".into()),
+        },
+        crate::wire::tunnel::Addressing::Mixed => match (tx_ext, rx_ext) {
+            (Some(ae), None) => Addressing::Mixed { ae: *ae },
+            (Some(ae), Some(r)) if r == ae => Addressing::Mixed { ae: *ae },
+            (Some(_), Some(_)) => {
+                return Err("mixed addressing uses one address extension: tx_ext = rx_ext".into());
+            }
+            _ => return Err("mixed addressing needs tx_ext (the address extension)".into()),
+        },
+    };
+    if *fd {
+        cfg.frame_mode = FrameMode::Fd { tx_dl: 64 };
+    }
+    cfg.padding = *padding;
+    cfg.block_size = bs.unwrap_or(0);
+    if let Some(us) = stmin_us {
+        if *us > 127_000 {
+            return Err(format!("stmin_us {us} exceeds ISO-TP's 127 ms"));
+        }
+        cfg.st_min = StMin::from_duration(Duration::from_micros(u64::from(*us)));
+    }
+    cfg.max_pdu_len = ISOTP_MAX_PDU;
+    cfg.validate().map_err(|e| e.to_string())?;
+    Ok(cfg)
 }
 
 /// Why an open was refused.
@@ -118,6 +472,51 @@ struct OpenChannel {
     params: ChannelParams,
     input: mpsc::Sender<RecordBody>,
     stop: CancellationToken,
+    /// ISO-TP channel tasks are aborted and awaited on close, so that their bus addresses
+    /// are free again before the next open is served.
+    isotp_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl OpenChannel {
+    async fn close(self) {
+        self.stop.cancel();
+        if let Some(t) = self.isotp_task {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+/// The gateway's CAN ports, each shared by a [`PortHub`], and their ISO-TP layers (created
+/// on first use).
+struct Ports<P: CanPort> {
+    hubs: HashMap<String, Arc<PortHub<P>>>,
+    muxes: HashMap<String, Arc<IsoTpMux<Tap<P>>>>,
+}
+
+impl<P: CanPort> Ports<P> {
+    fn mux(&mut self, name: &str) -> Option<Arc<IsoTpMux<Tap<P>>>> {
+        if let Some(m) = self.muxes.get(name) {
+            return Some(m.clone());
+        }
+        let hub = self.hubs.get(name)?;
+        let tap = Arc::new(hub.subscribe(ISOTP_TAP_QUEUE, true));
+        let mux = Arc::new(IsoTpMux::new(tap));
+        self.muxes.insert(name.to_string(), mux.clone());
+        Some(mux)
+    }
+}
+
+fn isotp_error_code(e: &IsoTpError) -> ErrorCode {
+    match e {
+        IsoTpError::TimeoutAs
+        | IsoTpError::TimeoutAr
+        | IsoTpError::TimeoutBs
+        | IsoTpError::TimeoutCr => ErrorCode::ISOTP_TIMEOUT,
+        IsoTpError::Port(_) | IsoTpError::Kernel { .. } => ErrorCode::SEND_FAILED,
+        IsoTpError::Closed => ErrorCode::PORT_UNAVAILABLE,
+        _ => ErrorCode::ISOTP_PROTOCOL,
+    }
 }
 
 impl<P: CanPort> Gateway<P> {
@@ -134,6 +533,14 @@ impl<P: CanPort> Gateway<P> {
             .as_ref()
             .map(|(addr, cfg)| Arc::new(Mutex::new(DoipClient::new(*addr, cfg.clone()))));
         let mut channels: HashMap<u16, OpenChannel> = HashMap::new();
+        let mut ports = Ports {
+            hubs: self
+                .can
+                .iter()
+                .map(|(n, p)| (n.clone(), PortHub::new(p.clone())))
+                .collect(),
+            muxes: HashMap::new(),
+        };
         loop {
             let ev = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -148,25 +555,21 @@ impl<P: CanPort> Gateway<P> {
                             message: format!("channel {channel} is open with other parameters"),
                             channel: Some(channel),
                         },
-                        None => match self.open(channel, &params, &doip, &channels, &out) {
-                            Ok((input, stop)) => {
-                                tracing::info!(channel, ?params, "tunnel channel opened");
-                                channels.insert(
-                                    channel,
-                                    OpenChannel {
-                                        params,
-                                        input,
-                                        stop,
-                                    },
-                                );
-                                Control::Opened { channel }
+                        None => {
+                            match self.open(channel, &params, &doip, &channels, &out, &mut ports) {
+                                Ok(mut c) => {
+                                    tracing::info!(channel, ?params, "tunnel channel opened");
+                                    c.params = params;
+                                    channels.insert(channel, c);
+                                    Control::Opened { channel }
+                                }
+                                Err(e) => Control::Error {
+                                    code: e.code,
+                                    message: e.message,
+                                    channel: Some(channel),
+                                },
                             }
-                            Err(e) => Control::Error {
-                                code: e.code,
-                                message: e.message,
-                                channel: Some(channel),
-                            },
-                        },
+                        }
                     };
                     if out.send(Outgoing::Control(answer)).await.is_err() {
                         break;
@@ -174,7 +577,7 @@ impl<P: CanPort> Gateway<P> {
                 }
                 Event::Control(Control::Close { channel }) => {
                     if let Some(c) = channels.remove(&channel) {
-                        c.stop.cancel();
+                        c.close().await;
                     }
                     let closed = Control::Closed {
                         channel,
@@ -209,7 +612,7 @@ impl<P: CanPort> Gateway<P> {
                 Event::PeerRestarted => {
                     tracing::info!("tunnel operator restarted: closing its channels");
                     for (_, c) in channels.drain() {
-                        c.stop.cancel();
+                        c.close().await;
                     }
                 }
                 Event::Bye { reason } => {
@@ -220,11 +623,45 @@ impl<P: CanPort> Gateway<P> {
             }
         }
         for (_, c) in channels.drain() {
-            c.stop.cancel();
+            c.close().await;
         }
     }
 
-    #[allow(clippy::type_complexity)]
+    /// Open an ISO-TP channel on `interface` for a channel task.
+    fn isotp_handle(
+        &self,
+        ports: &mut Ports<P>,
+        interface: &str,
+        cfg: IsoTpConfig,
+    ) -> Result<IsoTpHandle, OpenError> {
+        let Some(mux) = ports.mux(interface) else {
+            return Err(self.no_interface(interface));
+        };
+        let rx_id = cfg.rx_id;
+        mux.open(cfg).map_err(|e| match e {
+            IsoTpError::DuplicateChannel { .. } => open_err(
+                ErrorCode::PORT_UNAVAILABLE,
+                format!("an ISO-TP channel receiving on {rx_id} is already open on {interface}"),
+            ),
+            e => open_err(ErrorCode::BAD_CHANNEL_PARAMS, format!("{interface}: {e}")),
+        })
+    }
+
+    fn no_interface(&self, interface: &str) -> OpenError {
+        let names: Vec<&str> = self.can.iter().map(|(n, _)| n.as_str()).collect();
+        open_err(
+            ErrorCode::PORT_UNAVAILABLE,
+            format!(
+                "interface {interface} is not configured on this gateway (it offers: {})",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        )
+    }
+
     fn open(
         &self,
         channel: u16,
@@ -232,7 +669,8 @@ impl<P: CanPort> Gateway<P> {
         doip: &Option<Arc<Mutex<DoipClient>>>,
         open: &HashMap<u16, OpenChannel>,
         out: &mpsc::Sender<Outgoing>,
-    ) -> Result<(mpsc::Sender<RecordBody>, CancellationToken), OpenError> {
+        ports: &mut Ports<P>,
+    ) -> Result<OpenChannel, OpenError> {
         if channel == 0 {
             return Err(open_err(
                 ErrorCode::BAD_CHANNEL_PARAMS,
@@ -241,22 +679,50 @@ impl<P: CanPort> Gateway<P> {
         }
         let (tx, rx) = mpsc::channel(CHANNEL_QUEUE);
         let stop = CancellationToken::new();
+        let mut isotp_task = None;
         match params {
             ChannelParams::Doip { target, .. } => {
-                let Some(client) = doip.clone() else {
-                    return Err(open_err(
-                        ErrorCode::PORT_UNAVAILABLE,
-                        "this gateway has no DoIP vehicle configured (tunnel.doip_vehicle)",
+                if let Some(m) = self.doip_map.iter().find(|m| m.address == *target) {
+                    let handle = self.isotp_handle(ports, &m.interface, m.isotp.clone())?;
+                    isotp_task = Some(tokio::spawn(isotp_channel(
+                        channel,
+                        Some(m.address),
+                        handle,
+                        rx,
+                        out.clone(),
+                        self.keepalive,
+                        self.counters.clone(),
+                    )));
+                } else {
+                    let Some(client) = doip.clone() else {
+                        let mapped: Vec<String> = self
+                            .doip_map
+                            .iter()
+                            .map(|m| format!("0x{:04X}", m.address))
+                            .collect();
+                        return Err(open_err(
+                            ErrorCode::PORT_UNAVAILABLE,
+                            format!(
+                                "0x{target:04X} is not in tunnel.doip_map (mapped: {}) and this gateway has no DoIP vehicle configured (tunnel.doip_vehicle)",
+                                if mapped.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    mapped.join(", ")
+                                }
+                            ),
+                        ));
+                    };
+                    tokio::spawn(doip_channel(
+                        channel,
+                        *target,
+                        client,
+                        rx,
+                        out.clone(),
+                        stop.clone(),
+                        self.keepalive,
+                        self.counters.clone(),
                     ));
-                };
-                tokio::spawn(doip_channel(
-                    channel,
-                    *target,
-                    client,
-                    rx,
-                    out.clone(),
-                    stop.clone(),
-                ));
+                }
             }
             ChannelParams::CanMirror {
                 interface,
@@ -264,15 +730,8 @@ impl<P: CanPort> Gateway<P> {
                 fd,
                 allow_tx,
             } => {
-                let Some((_, port)) = self.can.iter().find(|(n, _)| n == interface) else {
-                    let names: Vec<&str> = self.can.iter().map(|(n, _)| n.as_str()).collect();
-                    return Err(open_err(
-                        ErrorCode::PORT_UNAVAILABLE,
-                        format!(
-                            "interface {interface} is not configured on this gateway (it offers: {})",
-                            names.join(", ")
-                        ),
-                    ));
+                let Some(hub) = ports.hubs.get(interface) else {
+                    return Err(self.no_interface(interface));
                 };
                 let busy = open.values().any(|c| {
                     matches!(&c.params, ChannelParams::CanMirror { interface: i, .. } if i == interface)
@@ -289,9 +748,14 @@ impl<P: CanPort> Gateway<P> {
                         "this gateway does not let operators transmit (tunnel.allow_can_tx = false)",
                     ));
                 }
+                let tap = Arc::new(hub.subscribe_counted(
+                    MIRROR_TAP_QUEUE,
+                    false,
+                    self.counters.mirror_dropped.clone(),
+                ));
                 tokio::spawn(mirror_channel(
                     channel,
-                    port.clone(),
+                    tap,
                     filters.clone(),
                     *fd,
                     *allow_tx,
@@ -300,14 +764,27 @@ impl<P: CanPort> Gateway<P> {
                     stop.clone(),
                 ));
             }
-            ChannelParams::Isotp { .. } => {
-                return Err(open_err(
-                    ErrorCode::BAD_CHANNEL_PARAMS,
-                    "ISO-TP channels are not supported by this gateway build; use a DoIP channel",
-                ));
+            ChannelParams::Isotp { interface, .. } => {
+                let cfg =
+                    isotp_config(params).map_err(|e| open_err(ErrorCode::BAD_CHANNEL_PARAMS, e))?;
+                let handle = self.isotp_handle(ports, interface, cfg)?;
+                isotp_task = Some(tokio::spawn(isotp_channel(
+                    channel,
+                    None,
+                    handle,
+                    rx,
+                    out.clone(),
+                    self.keepalive,
+                    self.counters.clone(),
+                )));
             }
         }
-        Ok((tx, stop))
+        Ok(OpenChannel {
+            params: params.clone(),
+            input: tx,
+            stop,
+            isotp_task,
+        })
     }
 }
 
@@ -324,6 +801,9 @@ fn error_record(channel: u16, code: ErrorCode, message: String) -> Outgoing {
 
 /// One DoIP target channel: each request record is sent to the car and its final response
 /// comes back as a record (in order: one request at a time, as UDS requires per target).
+/// Between requests, a [`SessionGuard`] keeps a non-default session alive while the operator
+/// is silent.
+#[allow(clippy::too_many_arguments)]
 async fn doip_channel(
     channel: u16,
     target: u16,
@@ -331,11 +811,27 @@ async fn doip_channel(
     mut input: mpsc::Receiver<RecordBody>,
     out: mpsc::Sender<Outgoing>,
     stop: CancellationToken,
+    keepalive: Keepalive,
+    counters: Arc<GatewayCounters>,
 ) {
+    let mut guard = SessionGuard::new(keepalive, Instant::now());
     loop {
+        let due = guard.due_at();
         let body = tokio::select! {
             _ = stop.cancelled() => return,
             b = input.recv() => match b { Some(b) => b, None => return },
+            _ = sleep_until_opt(due) => {
+                let conn = {
+                    let mut c = client.lock().await;
+                    c.connection().await.cloned()
+                };
+                let sent = match conn {
+                    Ok(conn) => conn.send(target, Bytes::from_static(&TESTER_PRESENT)).await,
+                    Err(e) => Err(e),
+                };
+                note_keepalive(&mut guard, &counters, channel, target, sent.err());
+                continue;
+            }
         };
         let RecordBody::Doip(msg) = body else {
             let e = error_record(
@@ -348,6 +844,7 @@ async fn doip_channel(
             }
             continue;
         };
+        guard.on_request(Instant::now());
         if msg.target != target {
             tracing::debug!(
                 channel,
@@ -371,19 +868,22 @@ async fn doip_channel(
         };
         let o = match result {
             Ok(None) => continue,
-            Ok(Some(data)) => Outgoing::Record {
-                rec: RecordRepr {
-                    channel,
-                    flags: 0,
-                    body: RecordBody::Doip(DoipMessage {
-                        source: target,
-                        target: msg.source,
-                        data,
-                        timestamp: now_ns(),
-                    }),
-                },
-                sheddable: false,
-            },
+            Ok(Some(data)) => {
+                guard.on_response(&data);
+                Outgoing::Record {
+                    rec: RecordRepr {
+                        channel,
+                        flags: 0,
+                        body: RecordBody::Doip(DoipMessage {
+                            source: target,
+                            target: msg.source,
+                            data,
+                            timestamp: now_ns(),
+                        }),
+                    },
+                    sheddable: false,
+                }
+            }
             Err(e) => {
                 if matches!(
                     e,
@@ -403,6 +903,132 @@ async fn doip_channel(
             return;
         }
     }
+}
+
+/// Sleep until `at`; never wakes for `None`.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Book-keeping after a local tester-present: the guard, the counter, and a log line when
+/// the operator's silence starts being bridged or when sending failed.
+fn note_keepalive<E: std::fmt::Display>(
+    guard: &mut SessionGuard,
+    counters: &GatewayCounters,
+    channel: u16,
+    target: u16,
+    err: Option<E>,
+) {
+    let first = guard.last_local.is_none();
+    guard.on_sent(Instant::now());
+    counters.keepalives.fetch_add(1, Ordering::Relaxed);
+    match err {
+        None if first => tracing::info!(
+            channel,
+            "operator silent: keeping ECU 0x{target:04X}'s diagnostic session alive locally (3E 80)"
+        ),
+        None => tracing::debug!(channel, "local tester-present to 0x{target:04X}"),
+        Some(e) => tracing::warn!(
+            channel,
+            "local tester-present to 0x{target:04X} failed: {e}"
+        ),
+    }
+    if guard.due_at().is_none() {
+        tracing::warn!(
+            channel,
+            "operator silent for {:?}: local tester-present to 0x{target:04X} stops (tunnel.keepalive_for_ms); the ECU will fall back to its default session",
+            guard.cfg.bound
+        );
+    }
+}
+
+/// One ISO-TP channel: PDU records (or, for an ECU of the address map, DoIP diagnostic
+/// messages to `doip_address`) go out on the bus; every PDU the ECU sends comes back as a
+/// record (response-pending answers included, so the operator's tester sees them).
+#[allow(clippy::too_many_arguments)]
+async fn isotp_channel(
+    channel: u16,
+    doip_address: Option<u16>,
+    handle: IsoTpHandle,
+    mut input: mpsc::Receiver<RecordBody>,
+    out: mpsc::Sender<Outgoing>,
+    keepalive: Keepalive,
+    counters: Arc<GatewayCounters>,
+) {
+    let mut guard = SessionGuard::new(keepalive, Instant::now());
+    // The tester address the last request came from (answers go back to it).
+    let mut requester = 0x0E00u16;
+    let ecu = doip_address.unwrap_or_else(|| handle.addr().tx_id.id() as u16);
+    loop {
+        let due = guard.due_at();
+        let o = tokio::select! {
+            b = input.recv() => {
+                let Some(body) = b else { return };
+                let data = match (doip_address, body) {
+                    (Some(_), RecordBody::Doip(m)) => {
+                        requester = m.source;
+                        m.data
+                    }
+                    (None, RecordBody::IsoTp(p)) => p.data,
+                    (Some(_), _) => {
+                        let e = error_record(channel, ErrorCode::BAD_CHANNEL_PARAMS,
+                            "a DoIP channel carries DoIP diagnostic-message records only".into());
+                        if out.send(e).await.is_err() { return; }
+                        continue;
+                    }
+                    (None, _) => {
+                        let e = error_record(channel, ErrorCode::BAD_CHANNEL_PARAMS,
+                            "an ISO-TP channel carries ISO-TP PDU records only".into());
+                        if out.send(e).await.is_err() { return; }
+                        continue;
+                    }
+                };
+                guard.on_request(Instant::now());
+                match handle.send(data).await {
+                    Ok(()) => continue,
+                    Err(IsoTpError::Closed) => closed(channel, "the CAN port closed"),
+                    Err(e) => error_record(channel, isotp_error_code(&e), e.to_string()),
+                }
+            }
+            r = handle.recv_pdu() => match r {
+                Ok(pdu) => {
+                    guard.on_response(&pdu.data);
+                    let timestamp = if pdu.timestamp.0 == 0 { now_ns() } else { pdu.timestamp };
+                    let body = match doip_address {
+                        Some(source) => RecordBody::Doip(DoipMessage {
+                            source,
+                            target: requester,
+                            data: pdu.data,
+                            timestamp,
+                        }),
+                        None => RecordBody::IsoTp(PduRecord { timestamp, data: pdu.data }),
+                    };
+                    Outgoing::Record { rec: RecordRepr { channel, flags: 0, body }, sheddable: false }
+                }
+                Err(IsoTpError::Closed) => closed(channel, "the CAN port closed"),
+                Err(e) => error_record(channel, isotp_error_code(&e), e.to_string()),
+            },
+            _ = sleep_until_opt(due) => {
+                let sent = handle.send(Bytes::from_static(&TESTER_PRESENT)).await;
+                note_keepalive(&mut guard, &counters, channel, ecu, sent.err());
+                continue;
+            }
+        };
+        let end = matches!(o, Outgoing::Control(Control::Closed { .. }));
+        if out.send(o).await.is_err() || end {
+            return;
+        }
+    }
+}
+
+fn closed(channel: u16, reason: &str) -> Outgoing {
+    Outgoing::Control(Control::Closed {
+        channel,
+        reason: Some(reason.to_string()),
+    })
 }
 
 /// One raw CAN mirror channel: the port's frames (filtered) go out as sheddable records;
@@ -549,6 +1175,8 @@ pub enum StartError {
         "tunnel.can_interfaces names `{0}`, which is not the name of a [[can]] entry; add one or remove it"
     )]
     UnknownInterface(String),
+    #[error("tunnel.{key}: {message}")]
+    Invalid { key: String, message: String },
     #[error("tunnel.can_interfaces `{name}`: {source}")]
     Can {
         name: String,
@@ -569,6 +1197,22 @@ pub async fn run_from_config(
     tls: Option<Arc<rustls::ClientConfig>>,
     shutdown: CancellationToken,
 ) -> Result<super::SessionStats, StartError> {
+    let names: Vec<&str> = can.iter().map(|c| c.name.as_str()).collect();
+    for (key, message) in tunnel.validate(&names) {
+        if key.starts_with("can_interfaces") {
+            continue; // reported below, with the interface's name
+        }
+        return Err(StartError::Invalid { key, message });
+    }
+    let doip_map = tunnel
+        .doip_map
+        .iter()
+        .map(|m| m.resolve())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|message| StartError::Invalid {
+            key: "doip_map".into(),
+            message,
+        })?;
     let mut ports = Vec::new();
     for name in &tunnel.can_interfaces {
         let cfg = can
@@ -583,10 +1227,15 @@ pub async fn run_from_config(
             })?;
         ports.push((name.clone(), Arc::new(port)));
     }
-    let gw = Gateway {
-        doip: tunnel.doip_vehicle.map(|a| (a, doip.clone())),
-        can: ports,
-        allow_can_tx: tunnel.allow_can_tx,
+    let mut gw = Gateway::new(
+        tunnel.doip_vehicle.map(|a| (a, doip.clone())),
+        ports,
+        tunnel.allow_can_tx,
+    );
+    gw.doip_map = doip_map;
+    gw.keepalive = Keepalive {
+        every: Duration::from_millis(tunnel.keepalive_every_ms),
+        bound: Duration::from_millis(tunnel.keepalive_for_ms),
     };
     let mut cc = ClientConfig::new(tunnel.relay_url.clone());
     cc.tls = tls;
@@ -691,6 +1340,9 @@ can_interfaces = ["can0"]"#,
             doip_vehicle: None,
             can_interfaces: vec!["can9".into()],
             allow_can_tx: true,
+            doip_map: vec![],
+            keepalive_every_ms: 2_000,
+            keepalive_for_ms: 60_000,
         };
         let e = run_from_config(
             &t,
@@ -708,6 +1360,135 @@ can_interfaces = ["can0"]"#,
         assert!(e.to_string().contains("[[can]]"));
     }
 
+    #[test]
+    fn session_guard_keeps_non_default_sessions_alive_for_a_bounded_time() {
+        let t0 = Instant::now();
+        let ka = Keepalive {
+            every: Duration::from_secs(2),
+            bound: Duration::from_secs(7),
+        };
+        let mut g = SessionGuard::new(ka, t0);
+        // Default session: nothing to keep alive.
+        g.on_request(t0);
+        g.on_response(&[0x50, 0x01, 0, 0x32, 0x01, 0xF4]);
+        assert_eq!(g.due_at(), None);
+        // Programming session: due 2 s after the last request, then every 2 s, until 7 s.
+        g.on_response(&[0x50, 0x02, 0, 0x32, 0x01, 0xF4]);
+        assert!(g.non_default());
+        assert_eq!(g.due_at(), Some(t0 + Duration::from_secs(2)));
+        g.on_sent(t0 + Duration::from_secs(2));
+        assert_eq!(g.due_at(), Some(t0 + Duration::from_secs(4)));
+        g.on_sent(t0 + Duration::from_secs(4));
+        g.on_sent(t0 + Duration::from_secs(6));
+        assert_eq!(g.due_at(), None, "bounded: 8 s is past the 7 s bound");
+        assert_eq!(g.sent(), 3);
+        // A new request from the operator restarts the clock.
+        let t1 = t0 + Duration::from_secs(10);
+        g.on_request(t1);
+        assert_eq!(g.due_at(), Some(t1 + Duration::from_secs(2)));
+        // A negative answer changes nothing; a positive ECUReset means default session.
+        g.on_response(&[0x7F, 0x10, 0x22]);
+        assert!(g.non_default());
+        g.on_response(&[0x51, 0x01]);
+        assert_eq!(g.due_at(), None);
+        // Suppressed-positive session bit does not confuse it; disabled keep-alive: never.
+        g.on_response(&[0x50, 0x83]);
+        assert!(g.non_default());
+        let mut off = SessionGuard::new(
+            Keepalive {
+                every: Duration::ZERO,
+                bound: Duration::from_secs(7),
+            },
+            t0,
+        );
+        off.on_response(&[0x50, 0x03]);
+        assert_eq!(off.due_at(), None);
+    }
+
+    #[test]
+    fn isotp_parameters_are_checked_with_clear_errors() {
+        let p = |tx_id, rx_id, extended_ids, stmin_us| ChannelParams::Isotp {
+            interface: "can0".into(),
+            tx_id,
+            rx_id,
+            extended_ids,
+            addressing: crate::wire::tunnel::Addressing::Normal,
+            tx_ext: None,
+            rx_ext: None,
+            bs: Some(8),
+            stmin_us: Some(stmin_us),
+            padding: Some(0xCC),
+            fd: false,
+        };
+        let c = isotp_config(&p(0x7E0, 0x7E8, false, 500)).unwrap();
+        assert_eq!(c.block_size, 8);
+        assert_eq!(c.st_min.duration(), Duration::from_micros(500));
+        assert_eq!(c.padding, Some(0xCC));
+        let e = isotp_config(&p(0x800, 0x7E8, false, 0)).unwrap_err();
+        assert!(
+            e.contains("tx_id 0x800") && e.contains("extended_ids"),
+            "{e}"
+        );
+        assert!(isotp_config(&p(0x18DA10F1, 0x18DAF110, true, 0)).is_ok());
+        let e = isotp_config(&p(0x7E0, 0x7E8, false, 200_000)).unwrap_err();
+        assert!(e.contains("127 ms"), "{e}");
+        let e = isotp_config(&p(0x7E0, 0x7E0, false, 0)).unwrap_err();
+        assert!(e.contains("both 0x7E0"), "{e}");
+        let mut ext = p(0x7E0, 0x7E8, false, 0);
+        if let ChannelParams::Isotp { addressing, .. } = &mut ext {
+            *addressing = crate::wire::tunnel::Addressing::Extended;
+        }
+        assert!(
+            isotp_config(&ext)
+                .unwrap_err()
+                .contains("tx_ext and rx_ext")
+        );
+    }
+
+    #[test]
+    fn tunnel_section_validation_names_every_problem() {
+        let entry = |address, interface: &str, tx_id| DoipMapEntry {
+            address,
+            interface: interface.into(),
+            tx_id,
+            rx_id: 0x7E8,
+            extended_ids: false,
+            fd: false,
+            padding: None,
+            bs: 0,
+            stmin_us: 0,
+        };
+        let t = TunnelConfig {
+            relay_url: "ws://127.0.0.1:1/".into(),
+            session: "s".into(),
+            token: Secret::new("t"),
+            doip_vehicle: None,
+            can_interfaces: vec!["obd".into(), "can9".into()],
+            allow_can_tx: true,
+            doip_map: vec![
+                entry(0x1000, "obd", 0x7E0),
+                entry(0x1000, "other", 0x7E1),
+                entry(0x1001, "obd", 0x900),
+            ],
+            keepalive_every_ms: 10,
+            keepalive_for_ms: 60_000,
+        };
+        let issues = t.validate(&["obd"]);
+        let keys: Vec<&str> = issues.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "can_interfaces[1]",
+                "doip_map[1].address",
+                "doip_map[1].interface",
+                "doip_map[2]",
+                "keepalive_every_ms"
+            ],
+            "{issues:?}"
+        );
+        assert!(issues[3].1.contains("0x1001") && issues[3].1.contains("tx_id 0x900"));
+    }
+
     async fn answer(
         tx: &mpsc::Sender<Event>,
         rx: &mut mpsc::Receiver<Outgoing>,
@@ -720,11 +1501,11 @@ can_interfaces = ["can0"]"#,
     #[tokio::test]
     async fn refusals_name_the_channel_and_the_reason() {
         let bus = crate::vehicle::can::vbus::VirtualBus::new("can0");
-        let gw = Gateway {
-            doip: None,
-            can: vec![("can0".to_string(), Arc::new(bus.port()))],
-            allow_can_tx: false,
-        };
+        let gw = Gateway::new(
+            None,
+            vec![("can0".to_string(), Arc::new(bus.port()))],
+            false,
+        );
         let (ev_tx, ev_rx) = mpsc::channel(8);
         let (out_tx, mut out_rx) = mpsc::channel(8);
         let stop = CancellationToken::new();
@@ -753,6 +1534,7 @@ can_interfaces = ["can0"]"#,
         };
         let o = answer(&ev_tx, &mut out_rx, open(1, doip)).await;
         expect_error(o, ErrorCode::PORT_UNAVAILABLE, 1, "doip_vehicle");
+        // (the message also says the address is not mapped)
         let o = answer(&ev_tx, &mut out_rx, open(2, mirror("can1", false))).await;
         expect_error(o, ErrorCode::PORT_UNAVAILABLE, 2, "can0");
         let o = answer(&ev_tx, &mut out_rx, open(3, mirror("can0", true))).await;
@@ -775,6 +1557,72 @@ can_interfaces = ["can0"]"#,
         // A second mirror on the same interface is refused.
         let o = answer(&ev_tx, &mut out_rx, open(5, mirror("can0", false))).await;
         expect_error(o, ErrorCode::PORT_UNAVAILABLE, 5, "already mirrored");
+        // ISO-TP: bad ids, an unknown interface, and a second channel on the same rx id.
+        let isotp = |interface: &str, tx_id| ChannelParams::Isotp {
+            interface: interface.into(),
+            tx_id,
+            rx_id: 0x7E8,
+            extended_ids: false,
+            addressing: crate::wire::tunnel::Addressing::Normal,
+            tx_ext: None,
+            rx_ext: None,
+            bs: None,
+            stmin_us: None,
+            padding: None,
+            fd: false,
+        };
+        let o = answer(&ev_tx, &mut out_rx, open(10, isotp("can0", 0xFFFF))).await;
+        expect_error(o, ErrorCode::BAD_CHANNEL_PARAMS, 10, "tx_id 0xFFFF");
+        let o = answer(&ev_tx, &mut out_rx, open(11, isotp("can3", 0x7E0))).await;
+        expect_error(o, ErrorCode::PORT_UNAVAILABLE, 11, "it offers: can0");
+        let o = answer(&ev_tx, &mut out_rx, open(12, isotp("can0", 0x7E0))).await;
+        assert!(
+            matches!(o, Outgoing::Control(Control::Opened { channel: 12 })),
+            "{o:?}"
+        );
+        let o = answer(&ev_tx, &mut out_rx, open(13, isotp("can0", 0x7E1))).await;
+        expect_error(o, ErrorCode::PORT_UNAVAILABLE, 13, "already open");
+        // Closing frees the ids at once.
+        let o = answer(
+            &ev_tx,
+            &mut out_rx,
+            Event::Control(Control::Close { channel: 12 }),
+        )
+        .await;
+        assert!(
+            matches!(o, Outgoing::Control(Control::Closed { channel: 12, .. })),
+            "{o:?}"
+        );
+        let o = answer(&ev_tx, &mut out_rx, open(13, isotp("can0", 0x7E1))).await;
+        assert!(
+            matches!(o, Outgoing::Control(Control::Opened { channel: 13 })),
+            "{o:?}"
+        );
+        // A record of the wrong kind on an ISO-TP channel.
+        let rec = can_record(
+            13,
+            CanFrame::new(CanId::standard(0x1).unwrap(), &[]).unwrap(),
+        );
+        let o = answer(&ev_tx, &mut out_rx, Event::Record(rec)).await;
+        match o {
+            Outgoing::Record {
+                rec:
+                    RecordRepr {
+                        channel: 13,
+                        body: RecordBody::Error(e),
+                        ..
+                    },
+                ..
+            } => {
+                assert_eq!(e.code, ErrorCode::BAD_CHANNEL_PARAMS);
+                assert!(
+                    e.message.contains("ISO-TP PDU records only"),
+                    "{}",
+                    e.message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
         // A record for a channel that is not open.
         let rec = can_record(
             9,

@@ -466,6 +466,14 @@ impl Session {
         Ok(Sent::Queued(seq))
     }
 
+    /// Send queued records at the next [`Session::poll_transmit`] instead of waiting for
+    /// the flush delay (the driver calls this when its input queue runs dry).
+    pub fn flush(&mut self, now: Instant) {
+        if self.unsent_bytes > 0 {
+            self.flush_at = Some(now);
+        }
+    }
+
     /// Whether a record of `wire_len` bytes (header included) fits in the replay buffer now.
     pub fn can_send(&self, wire_len: usize) -> bool {
         self.replay_bytes + wire_len <= self.cfg.limits.max_in_flight as usize

@@ -332,6 +332,25 @@ fn batching_flushes_on_deadline_and_on_size() {
 }
 
 #[test]
+fn explicit_flush_sends_queued_records_before_the_deadline() {
+    let (mut s, t0) = up_session();
+    // Nothing queued: flushing is a no-op.
+    s.flush(t0);
+    assert_eq!(s.poll_transmit(t0), None);
+    s.send(t0, can(0x100), true).unwrap();
+    s.send(t0, can(0x101), true).unwrap();
+    assert_eq!(s.poll_transmit(t0), None, "waits for companions");
+    s.flush(t0);
+    let Some(Transmit::Binary(b)) = s.poll_transmit(t0) else {
+        panic!("flush did not send the queued records at once")
+    };
+    let mut recs = vec![];
+    let h = wire::parse_batch(&b, &Limits::default(), &mut recs).unwrap();
+    assert_eq!(h.record_count, 2);
+    assert_eq!(s.poll_transmit(t0), None);
+}
+
+#[test]
 fn replay_bound_backpressure_and_shedding() {
     let mut c = cfg(Role::Gateway, 1);
     c.limits.max_in_flight = 10_000;

@@ -212,6 +212,7 @@ impl<P: CanPort> IsoTpMux<P> {
             addr: cfg.addr(),
             reqs: req_tx,
             pdus: tokio::sync::Mutex::new(pdu_rx),
+            route: (Arc::downgrade(&self.shared), key, route_id),
         })
     }
 }
@@ -245,12 +246,30 @@ async fn receive_loop<P: CanPort>(port: Arc<P>, shared: Arc<Shared>) {
 }
 
 /// One open channel on an [`IsoTpMux`]. `send` and `recv` take `&self`, so one task may
-/// send while another receives (share it in an `Arc`). Dropping it closes the channel.
-#[derive(Debug)]
+/// send while another receives (share it in an `Arc`). Dropping it closes the channel and
+/// frees its receive id at once (a new channel on the same id may be opened right after).
 pub struct IsoTpHandle {
     addr: IsoTpAddr,
     reqs: mpsc::Sender<SendReq>,
     pdus: tokio::sync::Mutex<mpsc::Receiver<PduItem>>,
+    route: (Weak<Shared>, RouteKey, u64),
+}
+
+impl std::fmt::Debug for IsoTpHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IsoTpHandle")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl Drop for IsoTpHandle {
+    fn drop(&mut self) {
+        let (shared, key, route_id) = &self.route;
+        if let Some(shared) = shared.upgrade() {
+            shared.remove(key, *route_id);
+        }
+    }
 }
 
 impl IsoTpHandle {

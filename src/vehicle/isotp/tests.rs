@@ -983,6 +983,10 @@ async fn driver_rejects_clashing_channels_and_fd_on_classic_port() {
     };
     let _h1 = a.open(e1).unwrap();
     let _h2 = a.open(e2).unwrap(); // same id, other address byte: fine
+    // Dropping a handle frees its receive id at once, before its task has run.
+    drop(_h);
+    let again = a.open(IsoTpConfig::new(sid(0x7E1), sid(0x7E8)));
+    assert!(again.is_ok(), "{again:?}");
     let mut fd = IsoTpConfig::new(sid(0x100), sid(0x101));
     fd.frame_mode = FrameMode::Fd { tx_dl: 64 };
     assert_eq!(a.open(fd).unwrap_err(), IsoTpError::FdNotSupported);
