@@ -107,6 +107,20 @@ async fn next_control(ws: &mut Ws) -> Control {
     }
 }
 
+/// Next control message, skipping batches.
+async fn next_text(ws: &mut Ws) -> Control {
+    loop {
+        let m = tokio::time::timeout(LIMIT, ws.next())
+            .await
+            .expect("timed out waiting for a control message")
+            .expect("connection ended")
+            .expect("websocket error");
+        if let Message::Text(t) = m {
+            return Control::parse(&t).unwrap();
+        }
+    }
+}
+
 /// Read until the connection closes; returns the close code.
 async fn close_code(ws: &mut Ws) -> Option<u16> {
     loop {
@@ -715,4 +729,126 @@ async fn session_limit_is_enforced() {
     );
     stop.cancel();
     task.await.unwrap();
+}
+
+/// A hostile or broken operator endpoint against a real gateway side: garbage, an unknown
+/// record kind and an oversize record each get an `error` naming the problem (with the
+/// protocol's code) and end that connection; the gateway reconnects and keeps serving, and
+/// a well-behaved operator then opens a channel and gets the car's frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_operator_gets_clear_errors_and_the_gateway_keeps_serving() {
+    use obdgw::router::frame::{CanFrame, CanId};
+    use obdgw::tunnel::client::ClientConfig;
+    use obdgw::tunnel::gateway::{self, Gateway};
+    use obdgw::vehicle::can::vbus::VirtualBus;
+    use obdgw::vehicle::can::{CanAnyFrame, CanPort};
+    use obdgw::wire::tunnel::{BATCH_FLAG_RESUME, BATCH_HEADER_LEN, emit_batch};
+
+    let relay = start(RelayConfig::default()).await;
+    let bus = VirtualBus::new("can0");
+    let car = bus.port();
+    let gw = Gateway::new(None, vec![("can0".to_string(), Arc::new(bus.port()))], true);
+    let stop = CancellationToken::new();
+    let mut cc = ClientConfig::new(format!("ws://{}/", relay.addr));
+    cc.backoff_min = Duration::from_millis(10);
+    cc.backoff_max = Duration::from_millis(50);
+    let s = stop.clone();
+    tokio::spawn(async move {
+        gateway::run(cc, SID, &obdgw::config::Secret::new(GW_TOKEN), gw, s).await
+    });
+
+    let one_pdu = || {
+        let mut b = bytes::BytesMut::new();
+        emit_batch(BATCH_FLAG_RESUME, 1, 0, [&pdu(1, 4)], &mut b);
+        b
+    };
+    let mut unknown_kind = one_pdu();
+    unknown_kind[BATCH_HEADER_LEN + 2] = 0x7E;
+    let mut oversize = one_pdu();
+    oversize[BATCH_HEADER_LEN + 4..BATCH_HEADER_LEN + 8]
+        .copy_from_slice(&(64u32 << 20).to_be_bytes());
+    let cases: [(&str, Bytes, ErrorCode, &str); 3] = [
+        (
+            "garbage",
+            Bytes::from_static(&[0xFF, 0, 1]),
+            ErrorCode::MALFORMED_BATCH,
+            "shorter than",
+        ),
+        (
+            "unknown kind",
+            unknown_kind.freeze(),
+            ErrorCode::UNKNOWN_RECORD_KIND,
+            "0x7E",
+        ),
+        (
+            "oversize record",
+            oversize.freeze(),
+            ErrorCode::RECORD_TOO_LARGE,
+            "exceeds",
+        ),
+    ];
+    for (instance, (what, bad, code, text)) in cases.into_iter().enumerate() {
+        let mut ws = attach(relay.addr, Role::Operator, OP_TOKEN, 100 + instance as u64).await;
+        // Wait until the gateway is attached to this connection (its batches are skipped).
+        while !matches!(next_text(&mut ws).await, Control::Peer(_)) {}
+        ws.send(Message::Binary(bad)).await.unwrap();
+        let err = loop {
+            if let Control::Error { code, message, .. } = next_text(&mut ws).await {
+                break (code, message);
+            }
+        };
+        assert_eq!(err.0, code, "{what}: {}", err.1);
+        assert!(
+            err.1.to_lowercase().contains(&text.to_lowercase()),
+            "{what}: {}",
+            err.1
+        );
+        drop(ws);
+    }
+
+    // A well-behaved operator: the gateway is still there and serves a mirror channel.
+    let out = obdgw::operator::tunnel::start(
+        {
+            let mut c = ClientConfig::new(format!("ws://{}/", relay.addr));
+            c.backoff_min = Duration::from_millis(10);
+            c
+        },
+        SID,
+        Token(OP_TOKEN.into()),
+        None,
+        None,
+        Default::default(),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(LIMIT, out.remote.wait_up())
+        .await
+        .expect("the gateway did not come back after the hostile operator");
+    let buses = obdgw::operator::tunnel::TunnelBuses::new(out.remote.clone(), vec!["can0".into()]);
+    let mut raw = tokio::time::timeout(
+        LIMIT,
+        obdgw::operator::socketcand::BusProvider::open_raw(&buses, "can0"),
+    )
+    .await
+    .expect("open timed out")
+    .expect("mirror refused");
+    let f = CanFrame::new(CanId::standard(0x321).unwrap(), &[1, 2, 3]).unwrap();
+    let got = tokio::time::timeout(LIMIT, async {
+        loop {
+            car.send(CanAnyFrame::Classic(f)).await.unwrap();
+            if let Ok(Some((g, _))) =
+                tokio::time::timeout(Duration::from_millis(50), raw.rx.recv()).await
+            {
+                break g;
+            }
+        }
+    })
+    .await
+    .expect("no frame through the gateway after the hostile operator");
+    assert_eq!(got.id(), CanId::standard(0x321).unwrap());
+    assert_eq!(got.data(), &[1, 2, 3]);
+    stop.cancel();
+    relay.stop.cancel();
+    let _ = relay.task.await;
 }
