@@ -52,7 +52,7 @@ pub struct TunnelBench {
     #[arg(long, default_value_t = 200_000)]
     pub frames: u32,
     /// Paced raw-mirror rates to try, frames/s (comma-separated); each must lose nothing.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![200_000u32, 300_000, 400_000])]
+    #[arg(long, value_delimiter = ',', default_values_t = vec![200_000u32, 300_000, 400_000, 500_000])]
     pub mirror_rates: Vec<u32>,
     /// Seconds per fixed-rate latency run.
     #[arg(long, default_value_t = 3)]

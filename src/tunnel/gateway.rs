@@ -51,6 +51,8 @@ const MIRROR_TAP_QUEUE: usize = 16 * 1024;
 /// The ISO-TP layer's frame queue on a port (lossless: a full queue backs up into the
 /// port's own queue).
 const ISOTP_TAP_QUEUE: usize = 1024;
+/// Most frames a raw mirror forwards per wake-up.
+const MIRROR_RUN: usize = 256;
 /// Largest PDU an ISO-TP channel of the tunnel sends or accepts.
 const ISOTP_MAX_PDU: u32 = 64 * 1024;
 
@@ -1036,7 +1038,7 @@ fn closed(channel: u16, reason: &str) -> Outgoing {
 #[allow(clippy::too_many_arguments)]
 async fn mirror_channel<P: CanPort>(
     channel: u16,
-    port: Arc<P>,
+    port: Arc<Tap<P>>,
     filters: Vec<IdFilter>,
     fd: bool,
     allow_tx: bool,
@@ -1095,46 +1097,48 @@ async fn mirror_channel<P: CanPort>(
             }
         }
     });
-    loop {
-        let frame = tokio::select! {
+    // Frames are taken and forwarded in runs (one wake-up and one queue reservation per
+    // run, not per frame).
+    let mut frames: Vec<CanAnyFrame> = Vec::with_capacity(MIRROR_RUN);
+    'run: loop {
+        let n = tokio::select! {
             _ = stop.cancelled() => break,
-            f = port.recv() => match f {
-                Ok(f) => f,
-                Err(e) => {
-                    let _ = out.send(Outgoing::Control(Control::Closed {
-                        channel,
-                        reason: Some(format!("CAN port failed: {e}")),
-                    })).await;
-                    break;
-                }
-            },
+            n = port.recv_many(&mut frames, MIRROR_RUN) => n,
         };
-        if (frame.is_fd() && !fd) || !passes(&filters, &frame) {
+        if n == 0 {
+            let _ = out
+                .send(Outgoing::Control(Control::Closed {
+                    channel,
+                    reason: Some(format!("CAN port {} closed", port.name())),
+                }))
+                .await;
+            break;
+        }
+        frames.retain(|f| !(f.is_fd() && !fd) && passes(&filters, f));
+        if frames.is_empty() {
             continue;
         }
-        let ts = if frame.timestamp().0 == 0 {
-            now_ns()
-        } else {
-            frame.timestamp()
+        let Ok(permits) = out.reserve_many(frames.len()).await else {
+            break 'run;
         };
-        let body = match frame.with_timestamp(ts) {
-            CanAnyFrame::Classic(f) => RecordBody::Can(f),
-            CanAnyFrame::Fd(f) => RecordBody::CanFd(f),
-        };
-        let rec = RecordRepr {
-            channel,
-            flags: 0,
-            body,
-        };
-        if out
-            .send(Outgoing::Record {
-                rec,
+        for (frame, permit) in frames.drain(..).zip(permits) {
+            let ts = if frame.timestamp().0 == 0 {
+                now_ns()
+            } else {
+                frame.timestamp()
+            };
+            let body = match frame.with_timestamp(ts) {
+                CanAnyFrame::Classic(f) => RecordBody::Can(f),
+                CanAnyFrame::Fd(f) => RecordBody::CanFd(f),
+            };
+            permit.send(Outgoing::Record {
+                rec: RecordRepr {
+                    channel,
+                    flags: 0,
+                    body,
+                },
                 sheddable: true,
-            })
-            .await
-            .is_err()
-        {
-            break;
+            });
         }
     }
     stop.cancel();

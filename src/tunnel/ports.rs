@@ -151,6 +151,14 @@ impl<P: CanPort> Drop for Tap<P> {
     }
 }
 
+impl<P: CanPort> Tap<P> {
+    /// Wait for frames and take up to `limit` of them into `buf` (appended); 0 means the
+    /// port is closed.
+    pub async fn recv_many(&self, buf: &mut Vec<CanAnyFrame>, limit: usize) -> usize {
+        self.rx.lock().await.recv_many(buf, limit.max(1)).await
+    }
+}
+
 impl<P: CanPort> CanPort for Tap<P> {
     fn name(&self) -> &str {
         self.hub.port.name()
