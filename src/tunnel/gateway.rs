@@ -1114,7 +1114,7 @@ async fn mirror_channel<P: CanPort>(
                 .await;
             break;
         }
-        frames.retain(|f| !(f.is_fd() && !fd) && passes(&filters, f));
+        frames.retain(|f| (fd || !f.is_fd()) && passes(&filters, f));
         if frames.is_empty() {
             continue;
         }
