@@ -104,8 +104,9 @@ impl StaticTokens {
     }
 }
 
-/// Comparison whose time does not depend on where the first difference is.
-fn same_token(a: &str, b: &str) -> bool {
+/// Comparison whose time does not depend on where the first difference is (for token
+/// checks).
+pub fn same_token(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     let mut diff = (a.len() != b.len()) as u8;
     for i in 0..a.len().max(b.len()) {
@@ -236,8 +237,22 @@ pub async fn run<A: TokenCheck>(
     cfg: RelayConfig,
     shutdown: CancellationToken,
 ) {
-    let cfg = Arc::new(cfg);
     let hub = Hub::new(cfg.max_sessions, cfg.keepalive_ms);
+    run_with_hub(listener, tls, auth, cfg, hub, shutdown).await
+}
+
+/// [`run`] with a hub the caller keeps, so it can end sessions from outside (the cloud
+/// simulator ends a session when its ticket is closed: [`Hub::release`]). Build the hub
+/// with `Hub::new(cfg.max_sessions, cfg.keepalive_ms)`.
+pub async fn run_with_hub<A: TokenCheck>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    auth: Arc<A>,
+    cfg: RelayConfig,
+    hub: Hub,
+    shutdown: CancellationToken,
+) {
+    let cfg = Arc::new(cfg);
     let tracker = TaskTracker::new();
     let conns = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
     {
