@@ -13,7 +13,8 @@
 //! then starts the car, the gateway daemon and the operator endpoint, and drives them with
 //! independent clients: python-doipclient + udsoncan (VIN, DTCs, 1 MiB download with its
 //! CRC-32) and python-can's socketcand interface (frames of the car's bus, an OBD-II VIN
-//! request answered by the simulated car, frames onto the bus).
+//! request answered by the simulated car, frames onto the bus). Finally the ticket is
+//! closed: the relay ends the session and the operator endpoint, refused on reconnect, exits.
 //!
 //! Readiness comes from the processes' stdout lines (no sleeps); every failure message
 //! carries the children's stdout and stderr. The python parts need `TEST_OBDGW_PYTHON`
@@ -158,6 +159,28 @@ impl Procs {
         }
     }
 
+    /// Wait until process `i` exits (its stdout closes); its exit status.
+    async fn exit(&mut self, i: usize, what: &str) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + READY;
+        loop {
+            let p = &mut self.procs[i];
+            match tokio::time::timeout_at(deadline, p.lines.recv()).await {
+                Ok(Some(l)) => p.seen.push(l),
+                Ok(None) => break,
+                Err(_) => {
+                    let name = p.name;
+                    self.fail(&format!(
+                        "obdgw {name} did not exit {what} within {READY:?}"
+                    ))
+                }
+            }
+        }
+        match self.procs[i].child.wait() {
+            Ok(s) => s,
+            Err(e) => self.fail(&format!("waiting for obdgw {}: {e}", self.procs[i].name)),
+        }
+    }
+
     /// Panic with `why` and the stdout and stderr of every child.
     fn fail(&mut self, why: &str) -> ! {
         panic!("{why}\n{}", self.report())
@@ -216,6 +239,11 @@ struct World {
     doip: SocketAddr,
     /// The operator's socketcand server.
     socketcand: SocketAddr,
+    /// The cloud simulator's base URL and the ticket whose connection is the session.
+    base_url: String,
+    ticket: i64,
+    /// Index of the operator process in `procs`.
+    operator: usize,
 }
 
 /// Start the four processes for a test; `bus` names the car's `sim:` bus.
@@ -407,6 +435,9 @@ allow_can_tx = true
         bus: bus.to_string(),
         doip,
         socketcand,
+        base_url,
+        ticket,
+        operator: op,
     }
 }
 
@@ -433,6 +464,31 @@ async fn read_vin(w: &mut World) {
             .procs
             .fail("no VIN through the operator's DoIP entity within the time limit"),
     }
+}
+
+/// Close the ticket in the simulator: the relay ends the session, the operator endpoint's
+/// reconnect is refused (`unknown_session`) and it exits.
+async fn close_ticket_ends_the_session(w: &mut World) {
+    let http = obdgw::cloud::tls::http_client(Duration::from_secs(10)).unwrap();
+    let url = format!("{}/admin/tickets/{}/close", w.base_url, w.ticket);
+    match http.post(&url).send().await {
+        Ok(r) if r.status().is_success() => {}
+        other => w.procs.fail(&format!("POST {url}: {other:?}")),
+    }
+    // The simulator answers after it has ended the relay session (and logged it).
+    // The simulator is the first process `world` starts.
+    let cloud = std::fs::read_to_string(&w.procs.procs[0].stderr).unwrap_or_default();
+    assert!(
+        cloud.contains("relay session ended"),
+        "the simulator did not end the relay session:\n{cloud}"
+    );
+    let op = w.operator;
+    let status = w.procs.exit(op, "after its ticket was closed").await;
+    let stderr = std::fs::read_to_string(&w.procs.procs[op].stderr).unwrap_or_default();
+    assert!(
+        stderr.contains("unknown_session (103)"),
+        "the operator should report its refused reconnect ({status}):\n{stderr}"
+    );
 }
 
 /// Run a python client; returns its stdout. Fails with the children's output on error.
@@ -478,6 +534,7 @@ async fn doip_tester_reads_vin_dtcs_and_downloads_1mib_across_four_processes() {
     let Some(py) = common::interop_python(
         "doip_tester_reads_vin_dtcs_and_downloads_1mib_across_four_processes",
     ) else {
+        close_ticket_ends_the_session(&mut w).await;
         return;
     };
     let args = [
@@ -507,6 +564,7 @@ async fn doip_tester_reads_vin_dtcs_and_downloads_1mib_across_four_processes() {
     assert_eq!(value(&out, "EXIT_CRC"), local, "{out}");
     assert_eq!(value(&out, "CHECK"), format!("01020200{local}"), "{out}");
     assert_eq!(value(&out, "DONE"), "", "{out}");
+    close_ticket_ends_the_session(&mut w).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
