@@ -351,3 +351,130 @@ async fn closing_the_ticket_ends_the_relay_session() {
     assert_eq!(r.status().as_u16(), 404);
     s.stop().await;
 }
+
+/// `obdgw sim cloud --relay-listen 127.0.0.1:0 --relay-tls-cert --relay-tls-key`: prints the
+/// relay's `wss://` URL after the base URL, and a wss client gets the relay's answer to its
+/// hello (a session no ticket has: `unknown_session`). A missing certificate file is a start
+/// error naming the file.
+#[tokio::test]
+async fn cli_serves_the_relay_over_tls_and_prints_its_url() {
+    use std::io::BufRead;
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let bin = env!("CARGO_BIN_EXE_obdgw");
+
+    let missing = std::process::Command::new(bin)
+        .args([
+            "sim",
+            "cloud",
+            "--listen",
+            "127.0.0.1:0",
+            "--relay-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--relay-tls-cert")
+        .arg(dir.path().join("nope.crt"))
+        .arg("--relay-tls-key")
+        .arg(&key_path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(2), "{err}");
+    assert!(err.contains("nope.crt"), "{err}");
+
+    let mut child = std::process::Command::new(bin)
+        .args([
+            "sim",
+            "cloud",
+            "--listen",
+            "127.0.0.1:0",
+            "--relay-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--relay-tls-cert")
+        .arg(&cert_path)
+        .arg("--relay-tls-key")
+        .arg(&key_path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let _guard = Kill(child);
+    let base = lines.next().unwrap().unwrap();
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+    let relay = lines.next().unwrap().unwrap();
+    let port: u16 = relay
+        .strip_prefix("relay wss://127.0.0.1:")
+        .and_then(|r| r.strip_suffix('/'))
+        .unwrap_or_else(|| panic!("relay line: {relay}"))
+        .parse()
+        .unwrap();
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let mut req = format!("wss://localhost:{port}/tunnel")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+    let h = Hello {
+        version: 1,
+        role: Role::Gateway,
+        session: "00000000-0000-4000-8000-000000000000".into(),
+        token: Token("t".into()),
+        instance: 1,
+        capabilities: vec![],
+        resume: Resume {
+            peer_instance: None,
+            last_received: 0,
+        },
+        limits: Limits::default(),
+        agent: None,
+    };
+    ws.send(Message::Text(Utf8Bytes::from(Control::Hello(h).to_text())))
+        .await
+        .unwrap();
+    let answer = loop {
+        match tokio::time::timeout(LIMIT, ws.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) => break Control::parse(&t).unwrap(),
+            Some(Ok(_)) => continue,
+            other => panic!("no answer over wss: {other:?}"),
+        }
+    };
+    assert_eq!(
+        error_code(&answer),
+        Some(ErrorCode::UNKNOWN_SESSION),
+        "{answer:?}"
+    );
+}

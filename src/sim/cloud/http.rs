@@ -382,17 +382,13 @@ async fn admin_ticket(
                     // A new connection: with the relay on, say how to reach it (stdout, for
                     // people and tests).
                     if let Some(r) = sh.relay.get() {
-                        use std::io::Write as _;
-                        let mut out = std::io::stdout().lock();
-                        let _ = writeln!(
-                            out,
+                        println!(
                             "connection ticket={} session={} operator_token={} relay={}",
                             t.id,
                             session,
                             t.operator_token.as_deref().unwrap_or(""),
                             r.url
                         );
-                        let _ = out.flush();
                     }
                 }
                 _ => {}
@@ -429,7 +425,7 @@ async fn admin_connection(State(sh): State<Arc<Shared>>, Path(uuid): Path<String
             "connector_uuid": connector_uuid,
             "operator_token": t.operator_token,
             "relay_url": sh.relay.get().map(|r| r.url.clone()),
-            "gateway_token": "a login token of the connector (access_token of POST /v1/authenticate/connector)",
+            "gateway_authenticates_with": "a login token of the connector (access_token of POST /v1/authenticate/connector)",
         })),
     )
 }
