@@ -7,7 +7,8 @@
 //!
 //! Does not own: the end-to-end session (sequencing, replay: `crate::tunnel::session`, run by
 //! the endpoints); payload contents (batches are forwarded as the same `Bytes`, unparsed);
-//! where tokens come from (the cloud simulator can implement [`TokenCheck`]).
+//! where tokens come from (a static file for `obdgw relay`; the cloud simulator's tickets in
+//! `crate::sim::cloud::relay`).
 //!
 //! Protocol: `docs/tunnel-protocol.md`, sections 2, 4 and 10.
 
@@ -45,7 +46,8 @@ pub enum AuthError {
 }
 
 /// Decides whether a token admits a role to a session. Implemented by a static map
-/// ([`StaticTokens`]) and, later, by the cloud simulator's ticket state.
+/// ([`StaticTokens`]) and by the cloud simulator's ticket state
+/// (`crate::sim::cloud::relay::SimTokens`).
 pub trait TokenCheck: Send + Sync + 'static {
     fn check(
         &self,
