@@ -625,6 +625,11 @@ pub fn run_relay(args: RelayArgs) -> ExitCode {
 
 fn run_relay_inner(args: RelayArgs) -> anyhow::Result<()> {
     use anyhow::Context;
+    // Logs (attachments, refusals with their codes) go to stderr; RUST_LOG tunes them.
+    let (_, warning) = crate::logging::init(&crate::config::LogConfig::default());
+    if let Some(w) = warning {
+        tracing::warn!("{w}");
+    }
     let text = std::fs::read_to_string(&args.tokens)
         .with_context(|| format!("reading tokens file {}", args.tokens.display()))?;
     let tokens = StaticTokens::from_toml(&text)
