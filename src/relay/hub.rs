@@ -248,6 +248,23 @@ impl Hub {
         }
     }
 
+    /// End a session from outside (its ticket was closed): each attached side gets the
+    /// fatal-for-the-session `error` `code` with `message`, then its connection is closed
+    /// with `4000 + code`. Returns whether the session was held.
+    pub fn release(&self, session: &str, code: ErrorCode, message: &str) -> bool {
+        let mut g = self.lock();
+        let Some(slot) = g.sessions.remove(session) else {
+            return false;
+        };
+        for a in [slot.gateway, slot.operator].into_iter().flatten() {
+            a.out.notify(Out::Kick {
+                code,
+                message: message.into(),
+            });
+        }
+        true
+    }
+
     /// Release sessions whose missing side has been away longer than `idle`: the present
     /// side is kicked with `session_ended`. Returns how many were released.
     pub fn reap(&self, now: Instant, idle: std::time::Duration) -> usize {

@@ -7,7 +7,8 @@
 //!
 //! Does not own: the end-to-end session (sequencing, replay: `crate::tunnel::session`, run by
 //! the endpoints); payload contents (batches are forwarded as the same `Bytes`, unparsed);
-//! where tokens come from (the cloud simulator can implement [`TokenCheck`]).
+//! where tokens come from (a static file for `obdgw relay`; the cloud simulator's tickets in
+//! `crate::sim::cloud::relay`).
 //!
 //! Protocol: `docs/tunnel-protocol.md`, sections 2, 4 and 10.
 
@@ -45,7 +46,8 @@ pub enum AuthError {
 }
 
 /// Decides whether a token admits a role to a session. Implemented by a static map
-/// ([`StaticTokens`]) and, later, by the cloud simulator's ticket state.
+/// ([`StaticTokens`]) and by the cloud simulator's ticket state
+/// (`crate::sim::cloud::relay::SimTokens`).
 pub trait TokenCheck: Send + Sync + 'static {
     fn check(
         &self,
@@ -104,8 +106,9 @@ impl StaticTokens {
     }
 }
 
-/// Comparison whose time does not depend on where the first difference is.
-fn same_token(a: &str, b: &str) -> bool {
+/// Comparison whose time does not depend on where the first difference is (for token
+/// checks).
+pub fn same_token(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     let mut diff = (a.len() != b.len()) as u8;
     for i in 0..a.len().max(b.len()) {
@@ -236,8 +239,22 @@ pub async fn run<A: TokenCheck>(
     cfg: RelayConfig,
     shutdown: CancellationToken,
 ) {
-    let cfg = Arc::new(cfg);
     let hub = Hub::new(cfg.max_sessions, cfg.keepalive_ms);
+    run_with_hub(listener, tls, auth, cfg, hub, shutdown).await
+}
+
+/// [`run`] with a hub the caller keeps, so it can end sessions from outside (the cloud
+/// simulator ends a session when its ticket is closed: [`Hub::release`]). Build the hub
+/// with `Hub::new(cfg.max_sessions, cfg.keepalive_ms)`.
+pub async fn run_with_hub<A: TokenCheck>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    auth: Arc<A>,
+    cfg: RelayConfig,
+    hub: Hub,
+    shutdown: CancellationToken,
+) {
+    let cfg = Arc::new(cfg);
     let tracker = TaskTracker::new();
     let conns = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
     {
@@ -608,6 +625,11 @@ pub fn run_relay(args: RelayArgs) -> ExitCode {
 
 fn run_relay_inner(args: RelayArgs) -> anyhow::Result<()> {
     use anyhow::Context;
+    // Logs (attachments, refusals with their codes) go to stderr; RUST_LOG tunes them.
+    let (_, warning) = crate::logging::init(&crate::config::LogConfig::default());
+    if let Some(w) = warning {
+        tracing::warn!("{w}");
+    }
     let text = std::fs::read_to_string(&args.tokens)
         .with_context(|| format!("reading tokens file {}", args.tokens.display()))?;
     let tokens = StaticTokens::from_toml(&text)

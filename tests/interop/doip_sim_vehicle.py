@@ -4,6 +4,9 @@ reads DTCs, and flashes DOWNLOAD_BYTES to the engine with the documented flow
 (extended -> programming session, security access, erase routine 0xFF00, RequestDownload,
 TransferData, RequestTransferExit, check routine 0x0202).
 
+Also run against `obdgw operator`'s local DoIP entity, which presents the simulated car
+through the tunnel (tests/tunnel_processes.rs).
+
 usage: doip_sim_vehicle.py HOST PORT ECU_ADDRESS DOWNLOAD_BYTES
 Prints one `KEY value` line per result; exits non-zero on any failure.
 """

@@ -203,6 +203,10 @@ pub struct TicketRec {
     pub chat_state: i64,
     pub connection_id: Option<i64>,
     pub connection_uuid: Option<String>,
+    /// The operator's session token for the tunnel relay (`obdgw sim cloud --relay-listen`),
+    /// issued with the connection and dropped with it. Shown by the admin interface only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator_token: Option<String>,
     pub cancelled_reason: Option<i64>,
     pub voucher: Option<String>,
     pub reference: String,
@@ -653,6 +657,23 @@ pub fn uuid_v4() -> String {
         &h[16..20],
         &h[20..32]
     )
+}
+
+/// A fresh session token for the tunnel relay: 32 bytes from the kernel's random source
+/// (`/dev/urandom`) in hex, prefixed `ops_`. Falls back to the non-cryptographic generator
+/// only when the kernel source cannot be read (logged).
+pub fn session_token() -> String {
+    use std::io::Read as _;
+    let mut b = [0u8; 32];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    if let Err(e) = read {
+        tracing::warn!("cannot read /dev/urandom ({e}); session token from a weaker generator");
+        for x in &mut b {
+            *x = fastrand::u8(..);
+        }
+    }
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("ops_{hex}")
 }
 
 /// RFC 3339 UTC timestamp of a Unix time.

@@ -308,6 +308,7 @@ pub fn router(sh: Arc<Shared>) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/admin/state", get(admin_state))
         .route("/admin/tickets/{id}/{action}", post(admin_ticket))
+        .route("/admin/connections/{uuid}", get(admin_connection))
         .route(
             "/admin/faults",
             on(MethodFilter::POST, admin_add_fault).on(MethodFilter::DELETE, admin_clear_faults),
@@ -359,19 +360,74 @@ async fn admin_ticket(
         let Ok(mut d) = sh.data.lock() else {
             return problem(500, "state poisoned");
         };
-        ops::ticket_action(&mut d, id, &action, now).map(|t| (t, d.clone()))
+        let before = d
+            .tickets
+            .iter()
+            .find(|t| t.id == id)
+            .and_then(|t| t.connection_uuid.clone());
+        ops::ticket_action(&mut d, id, &action, now).map(|t| (t, before, d.clone()))
     };
     match result {
-        Ok((t, snapshot)) => {
+        Ok((t, before, snapshot)) => {
             sh.bump();
             if sh.opts.state_file.is_some() {
                 sh.persist(&snapshot);
             }
             tracing::info!(ticket = t.id, state = t.state, %action, "admin: ticket action");
+            match (&before, &t.connection_uuid) {
+                (Some(old), None) => {
+                    super::relay::end_session(&sh, old, &format!("ticket {id}: {action}"));
+                }
+                (None, Some(session)) => {
+                    // A new connection: with the relay on, say how to reach it (stdout, for
+                    // people and tests).
+                    if let Some(r) = sh.relay.get() {
+                        println!(
+                            "connection ticket={} session={} operator_token={} relay={}",
+                            t.id,
+                            session,
+                            t.operator_token.as_deref().unwrap_or(""),
+                            r.url
+                        );
+                    }
+                }
+                _ => {}
+            }
             json_response(200, Some(serde_json::to_value(&t).unwrap_or(Value::Null)))
         }
         Err(f) => problem(f.status, &f.detail),
     }
+}
+
+/// A ticket's connection as the tunnel sees it: the session id, the operator's session
+/// token, the relay's URL (when `--relay-listen` is on) and who the gateway is.
+async fn admin_connection(State(sh): State<Arc<Shared>>, Path(uuid): Path<String>) -> Response {
+    let Ok(d) = sh.data.lock() else {
+        return problem(500, "state poisoned");
+    };
+    let Some(t) = d.tickets.iter().find(|t| {
+        crate::sim::cloud::data::state::is_active(t.state)
+            && t.connection_uuid.as_deref() == Some(uuid.as_str())
+    }) else {
+        return problem(
+            404,
+            "no active ticket has this connection; join a ticket first (POST /admin/tickets/{id}/join)",
+        );
+    };
+    let connector_uuid = d.connector(t.connector_id).map(|c| c.uuid.clone());
+    json_response(
+        200,
+        Some(json!({
+            "session": uuid,
+            "ticket_id": t.id,
+            "connection_id": t.connection_id,
+            "connector_id": t.connector_id,
+            "connector_uuid": connector_uuid,
+            "operator_token": t.operator_token,
+            "relay_url": sh.relay.get().map(|r| r.url.clone()),
+            "gateway_authenticates_with": "a login token of the connector (access_token of POST /v1/authenticate/connector)",
+        })),
+    )
 }
 
 async fn admin_add_fault(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {

@@ -15,6 +15,7 @@ pub mod data;
 pub mod http;
 pub mod openapi;
 pub mod ops;
+pub mod relay;
 pub mod ws;
 
 use data::SimData;
@@ -22,7 +23,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -75,6 +76,8 @@ pub struct Shared {
     pub requests: AtomicU64,
     /// Ends websocket sessions on shutdown.
     pub shutdown: CancellationToken,
+    /// The embedded tunnel relay, once started (`--relay-listen`).
+    pub relay: OnceLock<relay::RelayInfo>,
 }
 
 impl Shared {
@@ -89,6 +92,7 @@ impl Shared {
             ws_subscribes: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
+            relay: OnceLock::new(),
         })
     }
 
@@ -217,6 +221,18 @@ pub struct CloudSimArgs {
     /// Lifetime of issued tokens in seconds.
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub token_ttl_s: u64,
+    /// Also serve the tunnel relay on ADDR (`127.0.0.1:0` picks a free port; printed as
+    /// `relay ws://ADDR/` on stdout). Session ids are tickets' connection UUIDs; the gateway
+    /// authenticates with a login token of the ticket's connector, the operator with the
+    /// session token shown by `GET /admin/connections/{uuid}` (docs/cloud.md).
+    #[arg(long, value_name = "ADDR")]
+    pub relay_listen: Option<SocketAddr>,
+    /// TLS certificate chain (PEM) for the relay: it then speaks wss://.
+    #[arg(long, value_name = "FILE", requires_all = ["relay_tls_key", "relay_listen"])]
+    pub relay_tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the relay.
+    #[arg(long, value_name = "FILE", requires_all = ["relay_tls_cert", "relay_listen"])]
+    pub relay_tls_key: Option<PathBuf>,
 }
 
 /// `obdgw sim cloud`: prints the base URL on stdout once listening, logs to stderr.
@@ -233,6 +249,16 @@ pub fn run_cli(args: CloudSimArgs) -> ExitCode {
             );
             return ExitCode::from(2);
         }
+    };
+    let relay_tls = match (&args.relay_tls_cert, &args.relay_tls_key) {
+        (Some(c), Some(k)) => match crate::relay::tls_acceptor(c, k) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("obdgw sim cloud: relay {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
     };
     let opts = SimOptions {
         snapshot_interval: Duration::from_millis(args.snapshot_interval_ms),
@@ -279,16 +305,34 @@ pub fn run_cli(args: CloudSimArgs) -> ExitCode {
                 stop.cancel();
             });
         }
+        let relay = match args.relay_listen {
+            Some(a) => match relay::start(a, relay_tls, shared.clone(), shutdown.clone()).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    eprintln!("obdgw sim cloud: cannot serve the relay on {a}: {e}; choose another --relay-listen address");
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => None,
+        };
         {
             use std::io::Write as _;
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "http://{addr}");
+            if let Some((url, _)) = &relay {
+                let _ = writeln!(out, "relay {url}");
+            }
             let _ = out.flush();
         }
         tracing::info!(
             "cloud simulator on http://{addr} (websocket ws://{addr}/v1/ws, OpenAPI http://{addr}/openapi.json); demo connector {DEMO_CONNECTOR_UUID}, pincode in docs/cloud.md"
         );
-        match serve(listener, shared, shutdown).await {
+        let served = serve(listener, shared, shutdown.clone()).await;
+        shutdown.cancel();
+        if let Some((_, task)) = relay {
+            let _ = task.await;
+        }
+        match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("obdgw sim cloud: {e}");

@@ -808,6 +808,7 @@ pub fn ticket_action(d: &mut SimData, id: i64, action: &str, now: u64) -> Result
             if t.connection_uuid.is_none() {
                 t.connection_uuid = Some(data::uuid_v4());
                 t.connection_id = Some(next_conn);
+                t.operator_token = Some(data::session_token());
             }
         }
         "outsource" => t.state = state::OUTSOURCED,
@@ -822,6 +823,7 @@ pub fn ticket_action(d: &mut SimData, id: i64, action: &str, now: u64) -> Result
             }
             t.connection_uuid = None;
             t.connection_id = None;
+            t.operator_token = None;
             t.chat_state = 2;
         }
         other => {

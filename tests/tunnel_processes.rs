@@ -1,0 +1,675 @@
+//! The whole remote-diagnostics path as separate processes of the real binary, on loopback
+//! with ephemeral ports:
+//!
+//! ```text
+//! python tester ─▶ obdgw operator ─▶ obdgw sim cloud ◀─ obdgw run ─▶ obdgw sim vehicle
+//!                  (DoIP entity,      (API + relay)     ([tunnel])    (DoIP + sim:NAME bus)
+//!                   socketcand)
+//! ```
+//!
+//! The test logs the demo connector in (its login token is the gateway's relay token),
+//! creates a ticket, has an operator join it through the simulator's admin interface (the
+//! connection UUID is the session, the admin answer carries the operator's session token),
+//! then starts the car, the gateway daemon and the operator endpoint, and drives them with
+//! independent clients: python-doipclient + udsoncan (VIN, DTCs, 1 MiB download with its
+//! CRC-32) and python-can's socketcand interface (frames of the car's bus, an OBD-II VIN
+//! request answered by the simulated car, frames onto the bus). Finally the ticket is
+//! closed: the relay ends the session and the operator endpoint, refused on reconnect, exits.
+//!
+//! Readiness comes from the processes' stdout lines (no sleeps); every failure message
+//! carries the children's stdout and stderr. The python parts need `TEST_OBDGW_PYTHON`
+//! (they skip loudly without it, and fail without it when `TEST_OBDGW_REQUIRE_INTEROP=1`);
+//! the path itself is also checked without python (a VIN read through the operator's DoIP
+//! entity with obdgw's own DoIP client).
+
+mod common;
+
+use obdgw::cloud::Credentials;
+use obdgw::cloud::client::{Client, ClientSettings};
+use obdgw::cloud::model::{NewTicket, PrerequisiteAnswer, default_metadata};
+use obdgw::config::Secret;
+use obdgw::router::frame::{CanFrame, CanId};
+use obdgw::sim::cloud::{DEMO_CONNECTOR_ID, DEMO_CONNECTOR_UUID, DEMO_PINCODE};
+use obdgw::vehicle::can::simbus::{SimBusOptions, SimPort};
+use obdgw::vehicle::can::{CanAnyFrame, CanPort};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const DOWNLOAD: usize = 1 << 20;
+const VIN: &str = "WVWZZZ1KZAW000042";
+/// How long a process may take to print what the test waits for (debug builds on a loaded
+/// 2-core machine); never reached when things work.
+const READY: Duration = Duration::from_secs(60);
+/// Upper bound for a whole python client run (the 1 MiB download included).
+const CLIENT: Duration = Duration::from_secs(240);
+
+/// The tests of this file take turns: each starts four obdgw processes and a python client,
+/// too much side by side on a 2-core machine.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// One child process: its stdout lines arrive on `lines`, its stderr goes to a file.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    /// Every stdout line received so far, for failure messages.
+    seen: Vec<String>,
+    stderr: PathBuf,
+}
+
+/// The children of one test: all killed (and reaped) when dropped, also on panic.
+struct Procs {
+    dir: tempfile::TempDir,
+    procs: Vec<Proc>,
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
+
+impl Procs {
+    fn new() -> Procs {
+        Procs {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            procs: Vec::new(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The directory of the `sim:NAME` bus sockets of this test.
+    fn sim_dir(&self) -> PathBuf {
+        self.path("bus")
+    }
+
+    /// Start `obdgw ARGS`; returns its index.
+    fn spawn(&mut self, name: &'static str, args: &[&str], env: &[(&str, &str)]) -> usize {
+        let stderr = self.path(&format!("{name}.stderr"));
+        let err_file = std::fs::File::create(&stderr).expect("stderr file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_obdgw"));
+        cmd.args(args)
+            .env("OBDGW_SIM_DIR", self.sim_dir())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err_file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start obdgw {name}: {e}"));
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        self.procs.push(Proc {
+            name,
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr,
+        });
+        self.procs.len() - 1
+    }
+
+    /// Wait for a stdout line of process `i` that `pick` accepts; fail with everything the
+    /// children said when it exits or stays silent too long.
+    async fn line<T>(&mut self, i: usize, what: &str, pick: impl Fn(&str) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + READY;
+        loop {
+            let p = &mut self.procs[i];
+            match tokio::time::timeout_at(deadline, p.lines.recv()).await {
+                Ok(Some(l)) => {
+                    let v = pick(&l);
+                    p.seen.push(l);
+                    if let Some(v) = v {
+                        return v;
+                    }
+                }
+                Ok(None) => {
+                    let name = p.name;
+                    self.fail(&format!("obdgw {name} ended before printing {what}"))
+                }
+                Err(_) => {
+                    let name = p.name;
+                    self.fail(&format!(
+                        "obdgw {name} did not print {what} within {READY:?}"
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Wait until process `i` exits (its stdout closes); its exit status.
+    async fn exit(&mut self, i: usize, what: &str) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + READY;
+        loop {
+            let p = &mut self.procs[i];
+            match tokio::time::timeout_at(deadline, p.lines.recv()).await {
+                Ok(Some(l)) => p.seen.push(l),
+                Ok(None) => break,
+                Err(_) => {
+                    let name = p.name;
+                    self.fail(&format!(
+                        "obdgw {name} did not exit {what} within {READY:?}"
+                    ))
+                }
+            }
+        }
+        match self.procs[i].child.wait() {
+            Ok(s) => s,
+            Err(e) => self.fail(&format!("waiting for obdgw {}: {e}", self.procs[i].name)),
+        }
+    }
+
+    /// Panic with `why` and the stdout and stderr of every child.
+    fn fail(&mut self, why: &str) -> ! {
+        panic!("{why}\n{}", self.report())
+    }
+
+    fn report(&mut self) -> String {
+        let mut s = String::new();
+        for p in &mut self.procs {
+            while let Ok(l) = p.lines.try_recv() {
+                p.seen.push(l);
+            }
+            let status = match p.child.try_wait() {
+                Ok(Some(st)) => format!("exited: {st}"),
+                Ok(None) => "running".to_string(),
+                Err(e) => format!("unknown: {e}"),
+            };
+            s.push_str(&format!(
+                "\n===== obdgw {} ({status}) stdout:\n{}\n----- stderr (last 40 lines):\n{}\n",
+                p.name,
+                p.seen.join("\n"),
+                tail(&p.stderr, 40)
+            ));
+        }
+        s
+    }
+}
+
+/// The last `n` lines of a file (at most its last 64 KiB).
+fn tail(path: &Path, n: usize) -> String {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return "(no stderr file)".into();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+    let mut text = String::new();
+    let _ = f.read_to_string(&mut text);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn addr_after(line: &str, prefix: &str) -> Option<SocketAddr> {
+    line.trim_start()
+        .strip_prefix(prefix)?
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Everything running, and where to reach it.
+struct World {
+    procs: Procs,
+    /// The car's bus name (`sim:BUS`).
+    bus: String,
+    /// The operator's DoIP entity (TCP and UDP).
+    doip: SocketAddr,
+    /// The operator's socketcand server.
+    socketcand: SocketAddr,
+    /// The cloud simulator's base URL and the ticket whose connection is the session.
+    base_url: String,
+    ticket: i64,
+    /// Index of the operator process in `procs`.
+    operator: usize,
+}
+
+/// Start the four processes for a test; `bus` names the car's `sim:` bus.
+async fn world(bus: &str) -> World {
+    let mut procs = Procs::new();
+    let state = procs.path("cloud-state.json");
+
+    // 1. The cloud simulator with its relay.
+    let cloud = procs.spawn(
+        "sim cloud",
+        &[
+            "sim",
+            "cloud",
+            "--listen",
+            "127.0.0.1:0",
+            "--relay-listen",
+            "127.0.0.1:0",
+            "--state",
+            state.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let base_url = procs
+        .line(cloud, "its base URL", |l| {
+            l.starts_with("http://").then(|| l.trim().to_string())
+        })
+        .await;
+    let relay_url = procs
+        .line(cloud, "its relay URL", |l| {
+            l.strip_prefix("relay ").map(|u| u.trim().to_string())
+        })
+        .await;
+
+    // 2. A ticket of the demo connector, joined by an operator: a connection = a session.
+    let api = Client::new(
+        ClientSettings::for_base_url(&base_url),
+        Some(Credentials::ConnectorUuid {
+            uuid: DEMO_CONNECTOR_UUID.into(),
+            pincode: Secret::new(DEMO_PINCODE),
+        }),
+        None,
+    )
+    .unwrap();
+    let gateway_token = match api.bearer().await {
+        Ok(t) => t,
+        Err(e) => procs.fail(&format!("connector login at {base_url}: {e}")),
+    };
+    let ticket = match api
+        .create_ticket(&NewTicket {
+            vin: VIN.into(),
+            vehicle_model_id: 200102,
+            vehicle_model_variant_id: 2001021,
+            connector_id: DEMO_CONNECTOR_ID,
+            product_ids: vec![52352],
+            product_prerequisites: vec![PrerequisiteAnswer {
+                definition_id: 4,
+                value: "true".into(),
+            }],
+            metadata: default_metadata(),
+            ..NewTicket::default()
+        })
+        .await
+    {
+        Ok(t) => t.id,
+        Err(e) => procs.fail(&format!("creating a ticket: {e}")),
+    };
+    let http = obdgw::cloud::tls::http_client(Duration::from_secs(10)).unwrap();
+    let joined: Value = match http
+        .post(format!("{base_url}/admin/tickets/{ticket}/join"))
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => r.json().await.unwrap(),
+        other => procs.fail(&format!("admin join of ticket {ticket}: {other:?}")),
+    };
+    let session = joined["connection_uuid"].as_str().unwrap().to_string();
+    let operator_token = joined["operator_token"].as_str().unwrap().to_string();
+    // The simulator also prints the connection for people.
+    let printed = procs
+        .line(cloud, "the new connection", |l| {
+            l.starts_with("connection ").then(|| l.to_string())
+        })
+        .await;
+    assert!(
+        printed.contains(&format!("session={session}"))
+            && printed.contains(&format!("operator_token={operator_token}"))
+            && printed.contains(&format!("relay={relay_url}")),
+        "{printed}"
+    );
+
+    // 3. The car: DoIP and its CAN bus.
+    let bus_spec = format!("sim:{bus}");
+    let car = procs.spawn(
+        "sim vehicle",
+        &[
+            "sim",
+            "vehicle",
+            "--doip-listen",
+            "127.0.0.1:0",
+            "--can",
+            &bus_spec,
+            "--vin",
+            VIN,
+        ],
+        &[],
+    );
+    let car_doip = procs
+        .line(car, "its DoIP address", |l| {
+            addr_after(l, "obdgw sim vehicle: DoIP on ")
+        })
+        .await;
+    procs
+        .line(car, "its ready line", |l| {
+            (l == "obdgw sim vehicle: ready").then_some(())
+        })
+        .await;
+
+    // 4. The gateway daemon with a [tunnel] section.
+    let config = procs.path("gateway.toml");
+    let text = format!(
+        r#"[log]
+level = "info,obdgw::tunnel=debug"
+format = "text"
+
+[daemon]
+state_dir = "{state_dir}"
+
+[[can]]
+name = "car"
+interface = "{bus_spec}"
+
+[tunnel]
+relay_url = "{relay_url}"
+session = "{session}"
+token = "{gateway_token}"
+doip_vehicle = "{car_doip}"
+can_interfaces = ["car"]
+allow_can_tx = true
+"#,
+        state_dir = procs.path("gateway-state").display(),
+    );
+    std::fs::write(&config, text).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_obdgw"))
+        .args(["config", "check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let check_out = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "obdgw config check refused the gateway's configuration:\n{check_out}\n{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        !check_out.contains(&gateway_token),
+        "config check printed the tunnel token"
+    );
+    procs.spawn("run", &["run", "--config", config.to_str().unwrap()], &[]);
+
+    // 5. The operator endpoint (its token from the environment, not the command line).
+    let op = procs.spawn(
+        "operator",
+        &[
+            "operator",
+            "--relay",
+            &relay_url,
+            "--session",
+            &session,
+            "--doip-listen",
+            "127.0.0.1:0",
+            "--socketcand-listen",
+            "127.0.0.1:0",
+            "--bus",
+            "car",
+        ],
+        &[("OBDGW_OPERATOR_TOKEN", &operator_token)],
+    );
+    let doip = procs
+        .line(op, "its DoIP entity address", |l| {
+            addr_after(l, "DoIP entity on ")
+        })
+        .await;
+    let socketcand = procs
+        .line(op, "its socketcand address", |l| {
+            addr_after(l, "socketcand on ")
+        })
+        .await;
+    World {
+        procs,
+        bus: bus.to_string(),
+        doip,
+        socketcand,
+        base_url,
+        ticket,
+        operator: op,
+    }
+}
+
+/// Read the VIN through the operator's DoIP entity with obdgw's own DoIP client.
+async fn read_vin(w: &mut World) {
+    use obdgw::vehicle::doip::{DoipClient, DoipClientConfig};
+    // P2 10 s: the first request also opens the tunnel's DoIP channel (a loaded machine).
+    let cfg = DoipClientConfig {
+        response_timeout_ms: 10_000,
+        ..DoipClientConfig::default()
+    };
+    let mut client = DoipClient::new(w.doip, cfg);
+    let r = client.request(0x1000, bytes::Bytes::from_static(&[0x22, 0xF1, 0x90]));
+    match tokio::time::timeout(READY, r).await {
+        Ok(Ok(resp)) => assert_eq!(
+            &resp[..],
+            [&[0x62, 0xF1, 0x90][..], VIN.as_bytes()].concat(),
+            "VIN answer through the tunnel"
+        ),
+        Ok(Err(e)) => w.procs.fail(&format!(
+            "reading the VIN through the operator's DoIP entity: {e}"
+        )),
+        Err(_) => w
+            .procs
+            .fail("no VIN through the operator's DoIP entity within the time limit"),
+    }
+}
+
+/// Close the ticket in the simulator: the relay ends the session, the operator endpoint's
+/// reconnect is refused (`unknown_session`) and it exits.
+async fn close_ticket_ends_the_session(w: &mut World) {
+    let http = obdgw::cloud::tls::http_client(Duration::from_secs(10)).unwrap();
+    let url = format!("{}/admin/tickets/{}/close", w.base_url, w.ticket);
+    match http.post(&url).send().await {
+        Ok(r) if r.status().is_success() => {}
+        other => w.procs.fail(&format!("POST {url}: {other:?}")),
+    }
+    // The simulator answers after it has ended the relay session (and logged it).
+    // The simulator is the first process `world` starts.
+    let cloud = std::fs::read_to_string(&w.procs.procs[0].stderr).unwrap_or_default();
+    assert!(
+        cloud.contains("relay session ended"),
+        "the simulator did not end the relay session:\n{cloud}"
+    );
+    let op = w.operator;
+    let status = w.procs.exit(op, "after its ticket was closed").await;
+    let stderr = std::fs::read_to_string(&w.procs.procs[op].stderr).unwrap_or_default();
+    assert!(
+        stderr.contains("unknown_session (103)"),
+        "the operator should report its refused reconnect ({status}):\n{stderr}"
+    );
+}
+
+/// Run a python client; returns its stdout. Fails with the children's output on error.
+async fn python(w: &mut World, python: &Path, script: &str, args: &[String]) -> String {
+    let child = tokio::process::Command::new(python)
+        .arg(common::interop_script(script))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = match tokio::time::timeout(CLIENT, child.wait_with_output()).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => w.procs.fail(&format!("{script}: {e}")),
+        Err(_) => w
+            .procs
+            .fail(&format!("{script} did not finish within {CLIENT:?}")),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        w.procs.fail(&format!(
+            "{script} failed ({})\nstdout:\n{stdout}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    stdout
+}
+
+fn value<'a>(stdout: &'a str, key: &str) -> &'a str {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(key).map(str::trim))
+        .unwrap_or_else(|| panic!("no {key} line in:\n{stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doip_tester_reads_vin_dtcs_and_downloads_1mib_across_four_processes() {
+    let _turn = TURN.lock().await;
+    let mut w = world("procs-doip").await;
+    read_vin(&mut w).await;
+    let Some(py) = common::interop_python(
+        "doip_tester_reads_vin_dtcs_and_downloads_1mib_across_four_processes",
+    ) else {
+        close_ticket_ends_the_session(&mut w).await;
+        return;
+    };
+    let args = [
+        w.doip.ip().to_string(),
+        w.doip.port().to_string(),
+        "0x1000".into(),
+        DOWNLOAD.to_string(),
+    ];
+    let out = python(&mut w, &py, "doip_sim_vehicle.py", &args).await;
+    // The operator's entity announces the remote car's VIN (fetched through the tunnel).
+    assert_eq!(value(&out, "ANNOUNCED_VIN"), VIN, "{out}");
+    assert_eq!(value(&out, "UDS_VIN"), VIN, "{out}");
+    // The engine's two stored DTCs (P0301, P0420), status mask 0xFF.
+    let dtcs = value(&out, "DTCS");
+    assert!(
+        dtcs.starts_with("2 ") && dtcs.contains("030100:") && dtcs.contains("042000:"),
+        "{dtcs}"
+    );
+    assert_eq!(value(&out, "ERASED"), "True", "{out}");
+    assert_eq!(
+        value(&out, "DOWNLOADED"),
+        format!("{DOWNLOAD} {}", DOWNLOAD.div_ceil(4093)),
+        "{out}"
+    );
+    // RequestTransferExit answers the CRC-32 of what the ECU received: the bytes sent.
+    let local = value(&out, "LOCAL_CRC");
+    assert_eq!(value(&out, "EXIT_CRC"), local, "{out}");
+    assert_eq!(value(&out, "CHECK"), format!("01020200{local}"), "{out}");
+    assert_eq!(value(&out, "DONE"), "", "{out}");
+    close_ticket_ends_the_session(&mut w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socketcand_client_sees_the_remote_bus_and_reaches_the_simulated_car() {
+    let _turn = TURN.lock().await;
+    let mut w = world("procs-cand").await;
+    let Some(py) = common::interop_python(
+        "socketcand_client_sees_the_remote_bus_and_reaches_the_simulated_car",
+    ) else {
+        read_vin(&mut w).await;
+        return;
+    };
+    // A node of the car's bus in this process: plays frames, counts what arrives.
+    let node = SimPort::open(
+        &w.bus,
+        SimBusOptions {
+            dir: Some(w.procs.sim_dir()),
+            ..SimBusOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    const N_RECV: u32 = 200;
+    const N_SEND: u32 = 100;
+    let mut child = tokio::process::Command::new(&py)
+        .arg(common::interop_script("socketcand_sim_vehicle.py"))
+        .args([
+            w.socketcand.ip().to_string(),
+            w.socketcand.port().to_string(),
+            "car".into(),
+            N_RECV.to_string(),
+            N_SEND.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let mut stdout = String::new();
+    // Probe frames until the client reports that frames reach it (the mirror channel is
+    // open end to end); a probe every 50 ms is the pace, not a synchronisation.
+    let probe = CanFrame::new(CanId::standard(0x0AA).unwrap(), &[0]).unwrap();
+    let ready = tokio::time::timeout(READY, async {
+        loop {
+            node.send(CanAnyFrame::Classic(probe)).await.unwrap();
+            match tokio::time::timeout(Duration::from_millis(50), lines.next_line()).await {
+                Ok(Ok(Some(l))) if l.trim() == "READY" => return true,
+                Ok(Ok(Some(l))) => stdout.push_str(&format!("{l}\n")),
+                Ok(Ok(None)) | Ok(Err(_)) => return false,
+                Err(_) => {}
+            }
+        }
+    })
+    .await;
+    if ready != Ok(true) {
+        let out = child.wait_with_output().await.unwrap();
+        w.procs.fail(&format!(
+            "python-can never received a frame of the car's bus\nstdout:\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    for i in 0..N_RECV {
+        let id = 0x100 + (i % 0x100) as u16;
+        let f = CanFrame::new(CanId::standard(id).unwrap(), &[i as u8, 0xAA]).unwrap();
+        node.send(CanAnyFrame::Classic(f)).await.unwrap();
+    }
+    // The frames python-can sends arrive on the bus, in order; the OBD-II request and the
+    // flow control it sends to the car pass by too.
+    let mut seen_request = false;
+    let mut i = 0u32;
+    let counted = tokio::time::timeout(CLIENT, async {
+        while i < N_SEND {
+            let Ok(f) = node.recv().await else { break };
+            if f.id() == CanId::standard(0x7DF).unwrap()
+                && f.data().starts_with(&[0x02, 0x09, 0x02])
+            {
+                seen_request = true;
+            }
+            if f.id() != CanId::standard(0x321).unwrap() {
+                continue;
+            }
+            assert_eq!(f.data(), &[i as u8, 0x55], "frame {i} from python-can");
+            i += 1;
+        }
+    })
+    .await;
+    while let Ok(Some(l)) = lines.next_line().await {
+        stdout.push_str(&format!("{l}\n"));
+    }
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    if counted.is_err() || !out.status.success() {
+        w.procs.fail(&format!(
+            "python-can socketcand client ({}); frames from it counted on the bus: {i}/{N_SEND}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            out.status
+        ));
+    }
+    assert_eq!(value(&stdout, "RECEIVED"), N_RECV.to_string(), "{stdout}");
+    // The simulated car answered the request python-can put on its bus.
+    assert_eq!(value(&stdout, "OBD_VIN"), VIN, "{stdout}");
+    assert!(
+        seen_request,
+        "the OBD-II request never appeared on the car's bus"
+    );
+    assert_eq!(i, N_SEND);
+}
