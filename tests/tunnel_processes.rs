@@ -248,6 +248,12 @@ struct World {
 
 /// Start the four processes for a test; `bus` names the car's `sim:` bus.
 async fn world(bus: &str) -> World {
+    world_of(bus, false).await
+}
+
+/// Start the four processes; with `can_only` the car has no DoIP entity and the gateway
+/// reaches its ECUs through `[[tunnel.doip_map]]` (ISO-TP on the `sim:` bus).
+async fn world_of(bus: &str, can_only: bool) -> World {
     let mut procs = Procs::new();
     let state = procs.path("cloud-state.json");
 
@@ -334,27 +340,31 @@ async fn world(bus: &str) -> World {
         "{printed}"
     );
 
-    // 3. The car: DoIP and its CAN bus.
+    // 3. The car: DoIP (unless CAN-only) and its CAN bus.
     let bus_spec = format!("sim:{bus}");
-    let car = procs.spawn(
-        "sim vehicle",
-        &[
-            "sim",
-            "vehicle",
-            "--doip-listen",
-            "127.0.0.1:0",
-            "--can",
-            &bus_spec,
-            "--vin",
-            VIN,
-        ],
-        &[],
-    );
-    let car_doip = procs
-        .line(car, "its DoIP address", |l| {
-            addr_after(l, "obdgw sim vehicle: DoIP on ")
-        })
-        .await;
+    let mut car_args = vec!["sim", "vehicle", "--can", &bus_spec, "--vin", VIN];
+    if !can_only {
+        car_args.extend(["--doip-listen", "127.0.0.1:0"]);
+    }
+    let car = procs.spawn("sim vehicle", &car_args, &[]);
+    let vehicle_side = if can_only {
+        // The standard car's ECUs at the DoIP addresses the operator announces.
+        [(0x1000, 0x7E0, 0x7E8), (0x1001, 0x7E1, 0x7E9), (0x1002, 0x7E2, 0x7EA), (0x1003, 0x740, 0x748)]
+            .iter()
+            .map(|(a, tx, rx)| {
+                format!(
+                    "\n[[tunnel.doip_map]]\naddress = 0x{a:04X}\ninterface = \"car\"\ntx_id = 0x{tx:03X}\nrx_id = 0x{rx:03X}\n"
+                )
+            })
+            .collect::<String>()
+    } else {
+        let car_doip = procs
+            .line(car, "its DoIP address", |l| {
+                addr_after(l, "obdgw sim vehicle: DoIP on ")
+            })
+            .await;
+        format!("doip_vehicle = \"{car_doip}\"\n")
+    };
     procs
         .line(car, "its ready line", |l| {
             (l == "obdgw sim vehicle: ready").then_some(())
@@ -379,10 +389,9 @@ interface = "{bus_spec}"
 relay_url = "{relay_url}"
 session = "{session}"
 token = "{gateway_token}"
-doip_vehicle = "{car_doip}"
 can_interfaces = ["car"]
 allow_can_tx = true
-"#,
+{vehicle_side}"#,
         state_dir = procs.path("gateway-state").display(),
     );
     std::fs::write(&config, text).unwrap();
@@ -529,7 +538,18 @@ fn value<'a>(stdout: &'a str, key: &str) -> &'a str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doip_tester_reads_vin_dtcs_and_downloads_1mib_across_four_processes() {
     let _turn = TURN.lock().await;
-    let mut w = world("procs-doip").await;
+    doip_tester_across_four_processes("procs-doip", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doip_tester_reaches_a_can_only_car_through_the_address_map_across_four_processes() {
+    let _turn = TURN.lock().await;
+    doip_tester_across_four_processes("procs-canonly", true).await;
+}
+
+/// VIN, DTCs and a 1 MiB download by an independent DoIP tester at the operator's entity.
+async fn doip_tester_across_four_processes(bus: &str, can_only: bool) {
+    let mut w = world_of(bus, can_only).await;
     read_vin(&mut w).await;
     let Some(py) = common::interop_python(
         "doip_tester_reads_vin_dtcs_and_downloads_1mib_across_four_processes",
