@@ -498,6 +498,10 @@ async fn close_ticket_ends_the_session(w: &mut World) {
         stderr.contains("unknown_session (103)"),
         "the operator should report its refused reconnect ({status}):\n{stderr}"
     );
+    assert!(
+        !status.success(),
+        "a session refused for good is a failure of `obdgw operator` ({status})"
+    );
 }
 
 /// Run a python client; returns its stdout. Fails with the children's output on error.

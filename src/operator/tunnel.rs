@@ -375,14 +375,36 @@ impl DiagHandler for TunnelDiag {
                 target: req.target,
                 source: None,
             };
-            match self.remote.open(params, Sink::Doip(tx)).await {
+            // Opening may wait for the gateway (a session resuming): keep the tester
+            // waiting with response-pending meanwhile.
+            let open = self.remote.open(params, Sink::Doip(tx));
+            tokio::pin!(open);
+            let mut wait = self.timing.pending_after;
+            let opened = loop {
+                match tokio::time::timeout(wait, &mut open).await {
+                    Ok(r) => break r,
+                    Err(_) => {
+                        if replies
+                            .send(Bytes::from(vec![0x7F, sid, 0x78]))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        wait = self.timing.pending_every;
+                    }
+                }
+            };
+            match opened {
                 Ok(c) => st.channel = Some((c, rx)),
                 Err(e) => {
                     tracing::warn!(
                         target = req.target,
-                        "no DoIP channel to 0x{:04X}: {e}",
+                        "no DoIP channel to 0x{:04X}: {e}; answering generalReject (7F {sid:02X} 10)",
                         req.target
                     );
+                    // The tester gets a clear negative answer instead of a timeout.
+                    let _ = replies.send(Bytes::from(vec![0x7F, sid, 0x10])).await;
                     return;
                 }
             }
@@ -661,6 +683,8 @@ pub struct Served {
     pub remote: Arc<Remote>,
     /// Completes when everything has stopped.
     pub done: tokio::task::JoinHandle<()>,
+    /// Why the session stopped for good, if it was refused (bad token, unknown session).
+    pub fatal: Arc<Mutex<Option<String>>>,
 }
 
 /// Start the operator endpoint on already bound sockets (library form of `obdgw operator`).
@@ -682,10 +706,12 @@ pub async fn start(
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(remote.clone().dispatch(ev_rx, shutdown.clone()));
     let s = shutdown.clone();
+    let fatal = Arc::new(Mutex::new(None));
+    let f = fatal.clone();
     tasks.spawn(async move {
         if let Err(e) = client::run(client_cfg, session, out_rx, ev_tx, s.clone()).await {
             tracing::error!("operator tunnel stopped: {e}");
-            eprintln!("obdgw operator: {e}");
+            *f.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
         }
         s.cancel();
     });
@@ -729,6 +755,7 @@ pub async fn start(
         socketcand: served_cand,
         remote,
         done,
+        fatal,
     })
 }
 
@@ -774,6 +801,11 @@ fn client_config(args: &OperatorArgs) -> anyhow::Result<ClientConfig> {
 
 fn run_operator_inner(args: OperatorArgs) -> anyhow::Result<()> {
     use anyhow::Context;
+    // Logs go to stderr (RUST_LOG tunes them); what is served is printed on stdout.
+    let (_, warning) = crate::logging::init(&crate::config::LogConfig::default());
+    if let Some(w) = warning {
+        tracing::warn!("{w}");
+    }
     if args.doip_listen.is_none() && args.socketcand_listen.is_none() {
         anyhow::bail!("nothing to serve: give --doip-listen ADDR and/or --socketcand-listen ADDR");
     }
@@ -853,7 +885,15 @@ fn run_operator_inner(args: OperatorArgs) -> anyhow::Result<()> {
             s2.cancel();
         });
         let _ = served.done.await;
-        anyhow::Ok(())
+        let fatal = served
+            .fatal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match fatal {
+            Some(e) => Err(anyhow::anyhow!("{e}")),
+            None => anyhow::Ok(()),
+        }
     })
 }
 

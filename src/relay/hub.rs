@@ -5,7 +5,7 @@
 //! `welcome` / `peer` / `peer_down` messages that pairing changes produce, the per-connection
 //! outbound queue bounded in bytes and in messages, and session lifetime (idle release).
 //!
-//! Does not own: sockets, TLS, authentication (see `super::auth`) or parsing of batches.
+//! Does not own: sockets, TLS, authentication (`super::TokenCheck`) or parsing of batches.
 //!
 //! Locking: one `std::sync::Mutex` around the map; held only for map updates and for
 //! cloning an [`Outbound`] handle (no `.await` under the lock). Forwarding clones the

@@ -411,6 +411,11 @@ pub fn run_sim_vehicle(args: SimVehicleArgs) -> ExitCode {
 
 fn run_inner(args: SimVehicleArgs) -> anyhow::Result<()> {
     use anyhow::Context;
+    // Logs go to stderr (RUST_LOG tunes them); what is served is printed on stdout.
+    let (_, warning) = crate::logging::init(&crate::config::LogConfig::default());
+    if let Some(w) = warning {
+        tracing::warn!("{w}");
+    }
     let vin = match &args.vin {
         Some(v) => Vin::parse(v).with_context(|| format!("--vin {v:?}"))?,
         None => crate::sim::ecu::DEFAULT_VIN,
