@@ -4,8 +4,10 @@
 //! transports, the timer task that drives the ECUs' `poll`/`poll_at` (final answers after a
 //! 0x78 response-pending, repeated 0x78s, the S3 session timeout) and routes what falls due
 //! to the tester that asked, the DoIP transport (a [`DiagHandler`] behind a DoIP entity,
-//! functional requests to 0xE400 answered by every ECU from its own address), the command
-//! line, the "ready" lines on stdout and the shutdown on SIGINT/SIGTERM.
+//! functional requests to 0xE400 answered by every ECU from its own address), the ISO-TP
+//! transport on a CAN port ([`CanEcus`]: opened before the ready line, so a tester starting
+//! on it is answered), the command line, the "ready" lines on stdout and the shutdown on
+//! SIGINT/SIGTERM.
 //!
 //! Does not own: what the ECUs answer ([`crate::sim::ecu`]), DoIP itself
 //! ([`crate::vehicle::doip::entity`]).
