@@ -4,8 +4,10 @@
 //! transports, the timer task that drives the ECUs' `poll`/`poll_at` (final answers after a
 //! 0x78 response-pending, repeated 0x78s, the S3 session timeout) and routes what falls due
 //! to the tester that asked, the DoIP transport (a [`DiagHandler`] behind a DoIP entity,
-//! functional requests to 0xE400 answered by every ECU from its own address), the command
-//! line, the "ready" lines on stdout and the shutdown on SIGINT/SIGTERM.
+//! functional requests to 0xE400 answered by every ECU from its own address), the ISO-TP
+//! transport on a CAN port ([`CanEcus`]: opened before the ready line, so a tester starting
+//! on it is answered), the command line, the "ready" lines on stdout and the shutdown on
+//! SIGINT/SIGTERM.
 //!
 //! Does not own: what the ECUs answer ([`crate::sim::ecu`]), DoIP itself
 //! ([`crate::vehicle::doip::entity`]).
@@ -273,41 +275,97 @@ impl DiagHandler for DoipEcus {
     }
 }
 
-/// Serve every ECU of `sim` over ISO-TP on `port` (each ECU's request id -> its response
-/// id) and the functional id (single frames, answered by every ECU on its own channel),
-/// until `shutdown` or the port closes.
+/// The CAN face of a [`SimVehicle`]: one ISO-TP channel per ECU (its request id -> its
+/// response id) and one on the functional id, open on a port.
+///
+/// Opening is the readiness point: the channels exist once [`CanEcus::open`] returns, so
+/// every request frame sent on the bus after that reaches its ECU and is answered once
+/// [`CanEcus::serve`] runs (the channels queue what arrives meanwhile). A frame sent
+/// before is not for anyone yet and is dropped and counted in
+/// [`CanEcus::unrouted_frames`], as a real ECU that has not booted ignores the bus. So
+/// print a "ready" line, or let a tester start, only after `open`.
+pub struct CanEcus<P: CanPort> {
+    sim: Arc<SimVehicle>,
+    mux: IsoTpMux<P>,
+    /// Per ECU, by index.
+    ecus: Vec<Arc<IsoTpHandle>>,
+    functional: Arc<IsoTpHandle>,
+}
+
+impl<P: CanPort> std::fmt::Debug for CanEcus<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CanEcus")
+            .field("mux", &self.mux)
+            .field("ecus", &self.ecus.len())
+            .finish()
+    }
+}
+
+impl<P: CanPort> CanEcus<P> {
+    /// Open the channels of every ECU of `sim` and the functional channel on `port` (needs
+    /// a tokio runtime). Fails when a channel cannot be opened on the port (an id already
+    /// open on it).
+    pub fn open(sim: Arc<SimVehicle>, port: Arc<P>) -> Result<CanEcus<P>, IsoTpError> {
+        let mux = IsoTpMux::new(port);
+        let (addresses, functional) = sim.with_vehicle(|v| {
+            let a: Vec<_> = v.ecus().iter().map(|e| e.address).collect();
+            (a, v.functional_can())
+        });
+        let mut ecus = Vec::with_capacity(addresses.len());
+        for a in &addresses {
+            ecus.push(Arc::new(
+                mux.open(IsoTpConfig::new(a.can_response, a.can_request))?,
+            ));
+        }
+        let functional = Arc::new(mux.open(IsoTpConfig::new(functional, functional))?);
+        Ok(CanEcus {
+            sim,
+            mux,
+            ecus,
+            functional,
+        })
+    }
+
+    /// The port the channels are open on.
+    pub fn port(&self) -> &Arc<P> {
+        self.mux.port()
+    }
+
+    /// Frames received that no channel wanted: other ids, or frames that arrived while
+    /// [`CanEcus::open`] was still opening the channels.
+    pub fn unrouted_frames(&self) -> u64 {
+        self.mux.unrouted_frames()
+    }
+
+    /// Answer requests until `shutdown` or the port closes.
+    pub async fn serve(&self, shutdown: CancellationToken) {
+        let tasks = tokio_util::task::TaskTracker::new();
+        for (i, h) in self.ecus.iter().enumerate() {
+            let (sim, h, s) = (self.sim.clone(), h.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                serve_channel(&sim, &h, Some(EcuIndex(i)), &[], s).await;
+            });
+        }
+        {
+            let (sim, s, all) = (self.sim.clone(), shutdown.clone(), self.ecus.clone());
+            let functional = self.functional.clone();
+            tasks.spawn(async move { serve_channel(&sim, &functional, None, &all, s).await });
+        }
+        tasks.close();
+        tasks.wait().await;
+    }
+}
+
+/// Serve every ECU of `sim` over ISO-TP on `port` until `shutdown` or the port closes:
+/// [`CanEcus::open`] then [`CanEcus::serve`]. The channels open only once this future
+/// first runs, so a caller that must know when the simulator answers (a test, a "ready"
+/// line) uses those two instead.
 pub async fn serve_can<P: CanPort>(
     sim: Arc<SimVehicle>,
     port: Arc<P>,
     shutdown: CancellationToken,
 ) -> Result<(), IsoTpError> {
-    let mux = IsoTpMux::new(port);
-    let (addresses, functional) = sim.with_vehicle(|v| {
-        let a: Vec<_> = v.ecus().iter().map(|e| e.address).collect();
-        (a, v.functional_can())
-    });
-    let mut handles = Vec::new();
-    for a in &addresses {
-        handles.push(Arc::new(
-            mux.open(IsoTpConfig::new(a.can_response, a.can_request))?,
-        ));
-    }
-    let functional = mux.open(IsoTpConfig::new(functional, functional))?;
-    let tasks = tokio_util::task::TaskTracker::new();
-    for (i, h) in handles.iter().enumerate() {
-        let (sim, h, s) = (sim.clone(), h.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            serve_channel(&sim, &h, Some(EcuIndex(i)), &[], s).await;
-        });
-    }
-    {
-        let (sim, s, all) = (sim.clone(), shutdown.clone(), handles.clone());
-        let functional = Arc::new(functional);
-        tasks.spawn(async move { serve_channel(&sim, &functional, None, &all, s).await });
-    }
-    tasks.close();
-    tasks.wait().await;
-    drop(mux);
+    CanEcus::open(sim, port)?.serve(shutdown).await;
     Ok(())
 }
 
@@ -457,13 +515,12 @@ fn run_inner(args: SimVehicleArgs) -> anyhow::Result<()> {
             let port = crate::vehicle::can::open_port(iface)
                 .await
                 .with_context(|| format!("opening CAN interface {iface}"))?;
-            let (sim2, s) = (sim.clone(), shutdown.clone());
-            let iface2 = iface.clone();
-            served.push(tokio::spawn(async move {
-                if let Err(e) = serve_can(sim2, Arc::new(port), s).await {
-                    eprintln!("obdgw sim vehicle: CAN on {iface2}: {e}");
-                }
-            }));
+            // The channels are open before the ready line: a tester that starts on it is
+            // answered.
+            let ecus = CanEcus::open(sim.clone(), Arc::new(port))
+                .with_context(|| format!("opening the ISO-TP channels on {iface}"))?;
+            let s = shutdown.clone();
+            served.push(tokio::spawn(async move { ecus.serve(s).await }));
             let ids: Vec<String> = sim.with_vehicle(|v| {
                 v.ecus()
                     .iter()

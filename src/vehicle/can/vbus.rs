@@ -14,6 +14,14 @@
 //! (as a controller's receive overrun drops the newest frame). Frames carry a timestamp in
 //! nanoseconds since the bus was created, on tokio's clock (so paused time applies).
 //!
+//! Pacing: the bus has no bit rate, so nothing paces a sender but the CPU; a receiver that
+//! has not run yet finds what was sent meanwhile in its queue. A port's queue must hold what
+//! its peers send before they wait for it: an ISO-TP sender with BS 0 sends a whole PDU
+//! (a 4095-byte classic PDU is 586 frames, within the default 1024) and then waits for the
+//! answer. Beyond that, frames are dropped and counted as above, as a kernel drops at
+//! socket overflow; announce a block size on the receiving side, raise `rx_capacity`, or
+//! rate-limit the sender with [`super::fault::FaultInjector`] to pace it.
+//!
 //! Cost: a send takes the bus's port list read lock once and each receiver's queue lock once;
 //! queues are allocated up front, so the steady state allocates nothing.
 
