@@ -14,7 +14,7 @@ use obdgw::operator::tunnel::{DiagTiming, DoipServe, Served, start};
 use obdgw::relay::{RelayConfig, SessionTokens, StaticTokens};
 use obdgw::router::frame::{CanFrame, CanId};
 use obdgw::sim::ecu::{DEFAULT_VIN, EcuAction, EcuIndex, Vehicle, default_key};
-use obdgw::sim::vehicle::{SimVehicle, serve_can};
+use obdgw::sim::vehicle::{CanEcus, SimVehicle};
 use obdgw::tunnel::client::ClientConfig;
 use obdgw::tunnel::gateway::{self, DoipMapEntry, Gateway, GatewayCounters, Keepalive};
 use obdgw::vehicle::can::vbus::{PortOptions, VirtualBus, VirtualPort};
@@ -274,7 +274,10 @@ async fn world_of(kind: Kind) -> World {
             let sim = SimVehicle::new(vehicle);
             tokio::spawn(sim.clone().run_timers(stop.clone()));
             let sim_port = Arc::new(bus.port_with(roomy()));
-            tokio::spawn(serve_can(sim.clone(), sim_port, stop.clone()));
+            // Channels open before anything is sent: no request can go unrouted.
+            let ecus = CanEcus::open(sim.clone(), sim_port).unwrap();
+            let s = stop.clone();
+            tokio::spawn(async move { ecus.serve(s).await });
             let map = doip_map().iter().map(|m| m.resolve().unwrap()).collect();
             (Car::Can(sim), None, map)
         }
