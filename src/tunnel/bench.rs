@@ -64,6 +64,11 @@ pub struct TunnelBench {
     /// Frames for the python-can-remote run.
     #[arg(long, default_value_t = 50_000)]
     pub python_frames: u32,
+    /// Tokio worker threads shared by the relay, gateway and operator of the benchmark;
+    /// 0: one current-thread runtime (fewest cross-thread wake-ups; each real process —
+    /// relay, gateway daemon, operator — has a runtime of its own).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 /// The python-can-remote side of the comparison (run with `--python`).
@@ -71,17 +76,24 @@ const CAN_REMOTE_SCRIPT: &str = include_str!("../../tests/interop/can_remote_ben
 
 /// Run `obdgw bench ...`.
 pub fn run_bench(args: BenchArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let BenchWhat::Tunnel(t) = args.what;
+    let rt = if t.threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(t.threads)
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("obdgw bench: starting the tokio runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let BenchWhat::Tunnel(t) = args.what;
     match rt.block_on(bench_tunnel(t)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -191,6 +203,7 @@ async fn bench_tunnel(args: TunnelBench) -> anyhow::Result<()> {
         seconds,
         python,
         python_frames,
+        threads,
     } = args;
     let seconds = Duration::from_secs(seconds);
     let python = python.or_else(|| std::env::var_os("TEST_OBDGW_PYTHON").map(Into::into));
@@ -271,7 +284,14 @@ async fn bench_tunnel(args: TunnelBench) -> anyhow::Result<()> {
         .open_raw("can0")
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("obdgw bench tunnel: loopback relay {relay}, in-process gateway and operator");
+    println!(
+        "obdgw bench tunnel: loopback relay {relay}, in-process gateway and operator, {}",
+        if threads == 0 {
+            "one current-thread runtime".to_string()
+        } else {
+            format!("{threads} tokio worker threads")
+        }
+    );
 
     // 1. Raw mirror throughput: paced rates (the car's bus sends rate/1000 frames every
     //    millisecond), then an unpaced burst.
