@@ -51,6 +51,9 @@ pub enum Command {
     Operator(crate::operator::tunnel::OperatorArgs),
     /// Measure components end to end on loopback (`bench tunnel`).
     Bench(crate::tunnel::bench::BenchArgs),
+    /// The whole path on the built-in simulators, in one process: a simulated car on CAN,
+    /// the gateway, the tunnel and the operator's DoIP entity and socketcand server.
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,5 +101,6 @@ fn dispatch(cli: Cli) -> ExitCode {
         Command::Sim(SimCommand::Cloud(args)) => crate::sim::cloud::run_cli(args),
         Command::Operator(args) => crate::operator::tunnel::run_operator(args),
         Command::Bench(args) => crate::tunnel::bench::run_bench(args),
+        Command::Demo(args) => crate::demo::run_demo(args),
     }
 }

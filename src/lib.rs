@@ -6,6 +6,7 @@ pub mod cli;
 pub mod cloud;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod logging;
 pub mod operator;
 pub mod relay;
