@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Cross-build obdgw for the Raspberry-Pi-class boxes it ships on.
+#
+#   packaging/cross-build.sh [--check|--release|--test] [aarch64] [armv7]
+#
+#   --check    cargo check of the library and binaries (fast; what CI runs)
+#   --release  release binaries in $CARGO_TARGET_DIR/<triple>/release/obdgw (the default)
+#   --test     the library's unit tests, run under qemu-user
+#
+# Installs what it needs: the Rust targets (rustup), Debian's cross gcc (for ring's C code and
+# linking) and, for --test, qemu-user. When a download is refused it says so loudly and skips
+# that target instead of failing: a machine without network still builds for its own arch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=release
+arches=()
+for a in "$@"; do
+    case "$a" in
+        --check) mode=check ;;
+        --release) mode=release ;;
+        --test) mode=test ;;
+        aarch64|armv7) arches+=("$a") ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) echo "cross-build.sh: unknown argument '$a' (see --help)" >&2; exit 2 ;;
+    esac
+done
+[ ${#arches[@]} -gt 0 ] || arches=(aarch64 armv7)
+
+sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+skip() { echo "!!!!! SKIPPING $1: $2 !!!!!"; }
+
+failed=0
+for arch in "${arches[@]}"; do
+    case "$arch" in
+        aarch64) triple=aarch64-unknown-linux-gnu; gnu=aarch64-linux-gnu; pkgs="gcc-aarch64-linux-gnu libc6-dev-arm64-cross"; qemu=qemu-aarch64 ;;
+        armv7) triple=armv7-unknown-linux-gnueabihf; gnu=arm-linux-gnueabihf; pkgs="gcc-arm-linux-gnueabihf libc6-dev-armhf-cross"; qemu=qemu-arm ;;
+    esac
+    echo "=== $triple ($mode)"
+    if ! rustup target list --installed | grep -qx "$triple"; then
+        if ! rustup target add "$triple"; then skip "$triple" "rustup could not download the target"; continue; fi
+    fi
+    need=$pkgs
+    [ "$mode" = test ] && need="$need qemu-user"
+    missing=""
+    for p in $need; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+    if [ -n "$missing" ]; then
+        if ! { sudo_ apt-get update -qq && sudo_ apt-get install -y -qq $missing; }; then
+            skip "$triple" "apt could not install$missing"; continue
+        fi
+    fi
+    up=$(echo "$triple" | tr 'a-z-' 'A-Z_')
+    export "CARGO_TARGET_${up}_LINKER=${gnu}-gcc"
+    export "CC_${triple//-/_}=${gnu}-gcc" "AR_${triple//-/_}=${gnu}-ar"
+    export "CARGO_TARGET_${up}_RUNNER=${qemu} -L /usr/${gnu}"
+    case "$mode" in
+        check) cargo check --locked --target "$triple" --lib --bins || failed=1 ;;
+        release) cargo build --locked --release --target "$triple" --bin obdgw || failed=1 ;;
+        test) cargo test --locked --target "$triple" --lib || failed=1 ;;
+    esac
+done
+exit $failed
