@@ -7,9 +7,11 @@
 //! `doipclient` and `udsoncan` are in its requirements). Without it the test is skipped
 //! loudly, or fails when `TEST_OBDGW_REQUIRE_INTEROP=1` (as CI sets).
 
+mod common;
+
 use bytes::Bytes;
+use common::interop_python;
 use obdgw::vehicle::doip::entity::{DiagHandler, DiagRequest, Entity, EntityConfig, Replies};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -19,21 +21,6 @@ use tokio_util::sync::CancellationToken;
 const VIN: &[u8; 17] = b"WOBDGW0PYTHON0042";
 const ECU: u16 = 0x1001;
 const DOWNLOAD: usize = 1 << 20;
-
-fn interop_python(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("TEST_OBDGW_PYTHON") {
-        Some(p) => Some(PathBuf::from(p)),
-        None if std::env::var("TEST_OBDGW_REQUIRE_INTEROP").as_deref() == Ok("1") => {
-            panic!("{test}: TEST_OBDGW_REQUIRE_INTEROP=1 but TEST_OBDGW_PYTHON is not set")
-        }
-        None => {
-            eprintln!(
-                "SKIPPED {test}: no interop peers (run `export TEST_OBDGW_PYTHON=$(tests/interop/setup-venv.sh | tail -1)`)"
-            );
-            None
-        }
-    }
-}
 
 /// A small UDS ECU: enough for the Python tester's script.
 #[derive(Default)]
@@ -97,7 +84,7 @@ async fn python_doipclient_and_udsoncan_against_our_entity() {
     let e = entity.clone();
     tokio::spawn(async move { e.run(listener, Some(udp), s).await });
 
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/doip_client.py");
+    let script = common::interop_script("doip_client.py");
     let out = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new(python)

@@ -11,30 +11,14 @@
 use obdgw::router::frame::{CanFdFrame, CanFrame, CanId};
 use obdgw::vehicle::can::candump::parse_line;
 use obdgw::vehicle::can::errframe::{self, BusState, ErrorFrame};
-use obdgw::vehicle::can::socketcan::{SocketCanOptions, SocketCanPort, af_can_available};
+mod common;
+
+use common::can_available;
+use obdgw::vehicle::can::socketcan::{SocketCanOptions, SocketCanPort};
 use obdgw::vehicle::can::{AnyCanPort, CanAnyFrame, CanError, CanPort, open_port};
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn can_available(test: &str) -> bool {
-    let ok = af_can_available() && std::path::Path::new("/sys/class/net/vcan0").exists();
-    if ok {
-        return true;
-    }
-    let required = ["TEST_OBDGW_REQUIRE_CAN", "OBDGW_REQUIRE_CAN"]
-        .iter()
-        .any(|v| std::env::var(v).as_deref() == Ok("1"));
-    if required {
-        panic!(
-            "{test}: this kernel has no AF_CAN socket or no vcan0, but (TEST_)OBDGW_REQUIRE_CAN=1 demands the SocketCAN tests run"
-        );
-    }
-    eprintln!(
-        "\n*** SKIPPED {test}: this kernel has no AF_CAN (or no vcan0); run tests/vm/cargo-test.sh to run it in a CAN guest ***\n"
-    );
-    false
-}
 
 /// A fresh vcan interface with the FD MTU, up (the guest runs tests as root).
 fn make_vcan(name: &str) {

@@ -3,29 +3,13 @@
 //! `AF_CAN`: a loud SKIPPED line and a pass, unless `TEST_OBDGW_REQUIRE_CAN=1` (or
 //! `OBDGW_REQUIRE_CAN=1`), where it fails.
 
-use obdgw::vehicle::can::socketcan::af_can_available;
+mod common;
+
+use common::can_available;
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 
 const IFACE: &str = "vcansimvin";
-
-fn can_available(test: &str) -> bool {
-    if af_can_available() && std::path::Path::new("/sys/class/net/vcan0").exists() {
-        return true;
-    }
-    let required = ["TEST_OBDGW_REQUIRE_CAN", "OBDGW_REQUIRE_CAN"]
-        .iter()
-        .any(|v| std::env::var(v).as_deref() == Ok("1"));
-    if required {
-        panic!(
-            "{test}: this kernel has no AF_CAN socket or no vcan0, but (TEST_)OBDGW_REQUIRE_CAN=1 demands the SocketCAN tests run"
-        );
-    }
-    eprintln!(
-        "\n*** SKIPPED {test}: this kernel has no AF_CAN (or no vcan0); run tests/vm/cargo-test.sh to run it in a CAN guest ***\n"
-    );
-    false
-}
 
 /// A fresh classic vcan interface, up (the guest runs tests as root).
 fn make_vcan(name: &str) {

@@ -27,3 +27,26 @@ pub fn interop_script(name: &str) -> PathBuf {
         .join("tests/interop")
         .join(name)
 }
+
+/// Whether SocketCAN (an `AF_CAN` socket and `vcan0`) is here. When not: a loud skip, or a
+/// failure when `TEST_OBDGW_REQUIRE_CAN=1` or `OBDGW_REQUIRE_CAN=1` (the qemu guest sets
+/// both).
+pub fn can_available(test: &str) -> bool {
+    if obdgw::vehicle::can::socketcan::af_can_available()
+        && std::path::Path::new("/sys/class/net/vcan0").exists()
+    {
+        return true;
+    }
+    let required = ["TEST_OBDGW_REQUIRE_CAN", "OBDGW_REQUIRE_CAN"]
+        .iter()
+        .any(|v| std::env::var(v).as_deref() == Ok("1"));
+    if required {
+        panic!(
+            "{test}: this kernel has no AF_CAN socket or no vcan0, but (TEST_)OBDGW_REQUIRE_CAN=1 demands the SocketCAN tests run"
+        );
+    }
+    eprintln!(
+        "\n*** SKIPPED {test}: this kernel has no AF_CAN (or no vcan0); run tests/vm/cargo-test.sh to run it in a CAN guest ***\n"
+    );
+    false
+}
