@@ -30,13 +30,25 @@ use tokio_util::sync::CancellationToken;
 /// The demo's session id and tokens (loopback only).
 const SESSION: &str = "00000000-0000-4000-8000-00000000d3e0";
 
-/// The standard car's ECUs: DoIP address, CAN request id, CAN response id.
-pub const DEMO_ECUS: [(u16, u32, u32); 4] = [
-    (0x1000, 0x7E0, 0x7E8),
-    (0x1001, 0x7E1, 0x7E9),
-    (0x1002, 0x7E2, 0x7EA),
-    (0x1003, 0x740, 0x748),
-];
+/// The gateway's address map for a simulated car on `interface`: each ECU at the DoIP
+/// address the simulator gives it, over ISO-TP on its request and response ids.
+pub fn doip_map(vehicle: &Vehicle, interface: &str) -> Vec<DoipMapEntry> {
+    vehicle
+        .ecus()
+        .iter()
+        .map(|e| DoipMapEntry {
+            address: e.address.doip,
+            interface: interface.into(),
+            tx_id: e.address.can_request.id(),
+            rx_id: e.address.can_response.id(),
+            extended_ids: e.address.can_request.is_extended(),
+            fd: false,
+            padding: Some(0xCC),
+            bs: 0,
+            stmin_us: 0,
+        })
+        .collect()
+}
 
 /// `obdgw demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -109,7 +121,9 @@ async fn demo(args: DemoArgs, vin: Vin) -> anyhow::Result<()> {
         rx_capacity: 8192,
         loopback: false,
     };
-    let sim = SimVehicle::new(Vehicle::standard(vin, std::time::Instant::now()));
+    let vehicle = Vehicle::standard(vin, std::time::Instant::now());
+    let map = doip_map(&vehicle, "can0");
+    let sim = SimVehicle::new(vehicle);
     tokio::spawn(sim.clone().run_timers(stop.clone()));
     let ecus = CanEcus::open(sim.clone(), Arc::new(bus.port_with(roomy())))
         .map_err(|e| anyhow::anyhow!("opening the simulated ECUs' ISO-TP channels: {e}"))?;
@@ -122,18 +136,7 @@ async fn demo(args: DemoArgs, vin: Vin) -> anyhow::Result<()> {
         vec![("can0".into(), Arc::new(bus.port_with(roomy())))],
         true,
     );
-    for (address, tx_id, rx_id) in DEMO_ECUS {
-        let entry = DoipMapEntry {
-            address,
-            interface: "can0".into(),
-            tx_id,
-            rx_id,
-            extended_ids: false,
-            fd: false,
-            padding: Some(0xCC),
-            bs: 0,
-            stmin_us: 0,
-        };
+    for entry in &map {
         gw.doip_map
             .push(entry.resolve().map_err(|e| anyhow::anyhow!(e))?);
     }
@@ -176,7 +179,7 @@ async fn demo(args: DemoArgs, vin: Vin) -> anyhow::Result<()> {
         })?;
     let config = EntityConfig {
         vin: *vin.as_bytes(),
-        targets: DEMO_ECUS.iter().map(|e| e.0).collect(),
+        targets: map.iter().map(|e| e.address).collect(),
         announce_to: None,
         ..EntityConfig::default()
     };
@@ -204,7 +207,7 @@ async fn demo(args: DemoArgs, vin: Vin) -> anyhow::Result<()> {
         "obdgw demo: simulated car {} (4 ECUs on CAN) -> gateway -> tunnel (relay {url}) -> operator",
         std::str::from_utf8(vin.as_bytes()).unwrap_or("?")
     );
-    let targets: Vec<String> = DEMO_ECUS.iter().map(|e| format!("0x{:04X}", e.0)).collect();
+    let targets: Vec<String> = map.iter().map(|e| format!("0x{:04X}", e.address)).collect();
     println!(
         "  DoIP entity on {doip} (TCP+UDP), ECUs {}: try `obdgw vin --doip {doip}`",
         targets.join(" ")

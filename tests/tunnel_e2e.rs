@@ -16,7 +16,7 @@ use obdgw::router::frame::{CanFrame, CanId};
 use obdgw::sim::ecu::{DEFAULT_VIN, EcuAction, EcuIndex, Vehicle, default_key};
 use obdgw::sim::vehicle::{CanEcus, SimVehicle};
 use obdgw::tunnel::client::ClientConfig;
-use obdgw::tunnel::gateway::{self, DoipMapEntry, Gateway, GatewayCounters, Keepalive};
+use obdgw::tunnel::gateway::{self, Gateway, GatewayCounters, Keepalive};
 use obdgw::vehicle::can::vbus::{PortOptions, VirtualBus, VirtualPort};
 use obdgw::vehicle::can::{CanAnyFrame, CanPort};
 use obdgw::vehicle::doip::client_core::is_response_pending;
@@ -208,29 +208,6 @@ async fn world() -> World {
     world_of(Kind::Doip).await
 }
 
-/// The standard vehicle's ECUs as CAN-only ECUs at the DoIP addresses the DoIP car uses.
-fn doip_map() -> Vec<DoipMapEntry> {
-    [
-        (0x1000, 0x7E0, 0x7E8),
-        (0x1001, 0x7E1, 0x7E9),
-        (0x1002, 0x7E2, 0x7EA),
-        (0x1003, 0x740, 0x748),
-    ]
-    .into_iter()
-    .map(|(address, tx_id, rx_id)| DoipMapEntry {
-        address,
-        interface: "can0".into(),
-        tx_id,
-        rx_id,
-        extended_ids: false,
-        fd: false,
-        padding: Some(0xCC),
-        bs: 0,
-        stmin_us: 0,
-    })
-    .collect()
-}
-
 async fn world_of(kind: Kind) -> World {
     let stop = CancellationToken::new();
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -271,6 +248,11 @@ async fn world_of(kind: Kind) -> World {
             )
         }
         Kind::Can => {
+            // The same ECUs, at the DoIP addresses the DoIP car uses, through the address map.
+            let map = obdgw::demo::doip_map(&vehicle, "can0")
+                .iter()
+                .map(|m| m.resolve().unwrap())
+                .collect();
             let sim = SimVehicle::new(vehicle);
             tokio::spawn(sim.clone().run_timers(stop.clone()));
             let sim_port = Arc::new(bus.port_with(roomy()));
@@ -278,7 +260,6 @@ async fn world_of(kind: Kind) -> World {
             let ecus = CanEcus::open(sim.clone(), sim_port).unwrap();
             let s = stop.clone();
             tokio::spawn(async move { ecus.serve(s).await });
-            let map = doip_map().iter().map(|m| m.resolve().unwrap()).collect();
             (Car::Can(sim), None, map)
         }
     };

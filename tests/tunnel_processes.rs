@@ -348,12 +348,17 @@ async fn world_of(bus: &str, can_only: bool) -> World {
     }
     let car = procs.spawn("sim vehicle", &car_args, &[]);
     let vehicle_side = if can_only {
-        // The standard car's ECUs at the DoIP addresses the operator announces.
-        [(0x1000, 0x7E0, 0x7E8), (0x1001, 0x7E1, 0x7E9), (0x1002, 0x7E2, 0x7EA), (0x1003, 0x740, 0x748)]
+        // The simulated car's ECUs at the DoIP addresses the operator announces.
+        let vehicle = obdgw::sim::ecu::Vehicle::standard(
+            obdgw::vehicle::uds::Vin::parse(VIN).unwrap(),
+            std::time::Instant::now(),
+        );
+        obdgw::demo::doip_map(&vehicle, "car")
             .iter()
-            .map(|(a, tx, rx)| {
+            .map(|m| {
                 format!(
-                    "\n[[tunnel.doip_map]]\naddress = 0x{a:04X}\ninterface = \"car\"\ntx_id = 0x{tx:03X}\nrx_id = 0x{rx:03X}\n"
+                    "\n[[tunnel.doip_map]]\naddress = 0x{:04X}\ninterface = \"{}\"\ntx_id = 0x{:03X}\nrx_id = 0x{:03X}\n",
+                    m.address, m.interface, m.tx_id, m.rx_id
                 )
             })
             .collect::<String>()

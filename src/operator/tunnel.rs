@@ -492,12 +492,7 @@ impl BusProvider for TunnelBuses {
     }
 
     async fn open_raw(&self, bus: &str) -> Result<RawAccess, String> {
-        if !self.buses.iter().any(|b| b == bus) {
-            return Err(format!(
-                "bus {bus} is not offered (buses: {})",
-                self.buses.join(", ")
-            ));
-        }
+        self.offered(bus)?;
         let (rx_tx, rx) = mpsc::channel(MIRROR_QUEUE);
         let params = ChannelParams::CanMirror {
             interface: bus.to_string(),
@@ -506,75 +501,71 @@ impl BusProvider for TunnelBuses {
             allow_tx: true,
         };
         let channel = self.remote.open(params, Sink::Mirror(rx_tx)).await?;
-        let (tx, mut tx_rx) = mpsc::channel::<CanAnyFrame>(256);
-        let remote = self.remote.clone();
-        tokio::spawn(async move {
-            while let Some(f) = tx_rx.recv().await {
-                let body = match f.with_timestamp(now_ns()) {
-                    CanAnyFrame::Classic(f) => RecordBody::Can(f),
-                    CanAnyFrame::Fd(f) => RecordBody::CanFd(f),
-                };
-                let rec = RecordRepr {
-                    channel,
-                    flags: 0,
-                    body,
-                };
-                if remote
-                    .out
-                    .send(Outgoing::Record {
-                        rec,
-                        sheddable: false,
-                    })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
+        let tx = self.forward(channel, 256, |f: CanAnyFrame| {
+            match f.with_timestamp(now_ns()) {
+                CanAnyFrame::Classic(f) => RecordBody::Can(f),
+                CanAnyFrame::Fd(f) => RecordBody::CanFd(f),
             }
-            // The socketcand client is gone.
-            remote.close(channel).await;
         });
         Ok(RawAccess { rx, tx })
     }
 
     async fn open_isotp(&self, bus: &str, conf: IsoTpConf) -> Result<PduAccess, String> {
-        if !self.buses.iter().any(|b| b == bus) {
-            return Err(format!(
-                "bus {bus} is not offered (buses: {})",
-                self.buses.join(", ")
-            ));
-        }
+        self.offered(bus)?;
         let params = isotp_params(bus, &conf)?;
         let (rx_tx, rx) = mpsc::channel(PDU_QUEUE);
         let channel = self.remote.open(params, Sink::Pdu(rx_tx)).await?;
-        let (tx, mut tx_rx) = mpsc::channel::<Bytes>(16);
+        let tx = self.forward(channel, 16, |data: Bytes| {
+            RecordBody::IsoTp(PduRecord {
+                timestamp: now_ns(),
+                data,
+            })
+        });
+        Ok(PduAccess { rx, tx })
+    }
+}
+
+impl TunnelBuses {
+    fn offered(&self, bus: &str) -> Result<(), String> {
+        if self.buses.iter().any(|b| b == bus) {
+            Ok(())
+        } else {
+            Err(format!(
+                "bus {bus} is not offered (buses: {})",
+                self.buses.join(", ")
+            ))
+        }
+    }
+
+    /// A queue (of `depth`) whose items go out on `channel` as records made by `body`;
+    /// when the local client drops it, the channel is closed.
+    fn forward<T: Send + 'static>(
+        &self,
+        channel: u16,
+        depth: usize,
+        body: fn(T) -> RecordBody,
+    ) -> mpsc::Sender<T> {
+        let (tx, mut rx) = mpsc::channel::<T>(depth);
         let remote = self.remote.clone();
         tokio::spawn(async move {
-            while let Some(data) = tx_rx.recv().await {
+            while let Some(item) = rx.recv().await {
                 let rec = RecordRepr {
                     channel,
                     flags: 0,
-                    body: RecordBody::IsoTp(PduRecord {
-                        timestamp: now_ns(),
-                        data,
-                    }),
+                    body: body(item),
                 };
-                if remote
-                    .out
-                    .send(Outgoing::Record {
-                        rec,
-                        sheddable: false,
-                    })
-                    .await
-                    .is_err()
-                {
+                let out = Outgoing::Record {
+                    rec,
+                    sheddable: false,
+                };
+                if remote.out.send(out).await.is_err() {
                     return;
                 }
             }
-            // The socketcand client left ISO-TP mode or disconnected.
+            // The socketcand client left the mode or disconnected.
             remote.close(channel).await;
         });
-        Ok(PduAccess { rx, tx })
+        tx
     }
 }
 

@@ -790,6 +790,15 @@ impl<P: CanPort> Gateway<P> {
     }
 }
 
+const DOIP_ONLY: &str = "a DoIP channel carries DoIP diagnostic-message records only";
+const ISOTP_ONLY: &str = "an ISO-TP channel carries ISO-TP PDU records only";
+const MIRROR_ONLY: &str = "a CAN mirror channel carries CAN frame records only";
+
+/// The answer to a record of a kind the channel does not carry.
+fn wrong_kind(channel: u16, only: &str) -> Outgoing {
+    error_record(channel, ErrorCode::BAD_CHANNEL_PARAMS, only.to_string())
+}
+
 fn error_record(channel: u16, code: ErrorCode, message: String) -> Outgoing {
     Outgoing::Record {
         rec: RecordRepr {
@@ -836,12 +845,7 @@ async fn doip_channel(
             }
         };
         let RecordBody::Doip(msg) = body else {
-            let e = error_record(
-                channel,
-                ErrorCode::BAD_CHANNEL_PARAMS,
-                "a DoIP channel carries DoIP diagnostic-message records only".into(),
-            );
-            if out.send(e).await.is_err() {
+            if out.send(wrong_kind(channel, DOIP_ONLY)).await.is_err() {
                 return;
             }
             continue;
@@ -975,16 +979,9 @@ async fn isotp_channel(
                         m.data
                     }
                     (None, RecordBody::IsoTp(p)) => p.data,
-                    (Some(_), _) => {
-                        let e = error_record(channel, ErrorCode::BAD_CHANNEL_PARAMS,
-                            "a DoIP channel carries DoIP diagnostic-message records only".into());
-                        if out.send(e).await.is_err() { return; }
-                        continue;
-                    }
-                    (None, _) => {
-                        let e = error_record(channel, ErrorCode::BAD_CHANNEL_PARAMS,
-                            "an ISO-TP channel carries ISO-TP PDU records only".into());
-                        if out.send(e).await.is_err() { return; }
+                    (mapped, _) => {
+                        let only = if mapped.is_some() { DOIP_ONLY } else { ISOTP_ONLY };
+                        if out.send(wrong_kind(channel, only)).await.is_err() { return; }
                         continue;
                     }
                 };
@@ -1060,12 +1057,7 @@ async fn mirror_channel<P: CanPort>(
                 RecordBody::Can(f) => CanAnyFrame::Classic(f),
                 RecordBody::CanFd(f) => CanAnyFrame::Fd(f),
                 _ => {
-                    let e = error_record(
-                        channel,
-                        ErrorCode::BAD_CHANNEL_PARAMS,
-                        "a CAN mirror channel carries CAN frame records only".into(),
-                    );
-                    if tx_out.send(e).await.is_err() {
+                    if tx_out.send(wrong_kind(channel, MIRROR_ONLY)).await.is_err() {
                         return;
                     }
                     continue;
