@@ -30,6 +30,13 @@ pub struct ConfigArgs {
 pub enum Command {
     /// Run the gateway daemon (what the systemd service starts).
     Run(RunArgs),
+    /// Show the running daemon's state: cloud link, ticket, session, CAN interfaces.
+    /// Exit codes: 0 healthy, 1 degraded, 3 no daemon, 4 permission denied.
+    Status(crate::daemon::control::StatusArgs),
+    /// Ask the running daemon to re-read its configuration and wait for the answer (what
+    /// `systemctl reload obdgw` runs). Exit codes: 0 applied, 1 refused (every problem is
+    /// printed; the running configuration stays), 3 no daemon, 4 permission denied.
+    Reload(crate::daemon::control::ReloadArgs),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -92,7 +99,11 @@ pub fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(args) => crate::daemon::run_cli(args),
-        Command::Config(ConfigCommand::Check(args)) => crate::config::check_cli(&args.config),
+        Command::Status(args) => crate::daemon::control::run_status(args),
+        Command::Reload(args) => crate::daemon::control::run_reload(args),
+        Command::Config(ConfigCommand::Check(args)) => {
+            crate::config::check_cli(args.config.config.as_deref())
+        }
         Command::Relay(args) => crate::relay::run_relay(args),
         Command::Sim(SimCommand::Vehicle(args)) => crate::sim::vehicle::run_sim_vehicle(args),
         Command::Vin(args) => crate::vehicle::vin::run_vin(args),

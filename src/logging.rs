@@ -50,9 +50,39 @@ pub fn filter(cfg: &LogConfig) -> EnvFilter {
         .unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
+/// Changes the level filter of the installed subscriber (`obdgw reload`).
+#[derive(Clone)]
+pub struct LevelHandle {
+    inner: tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+}
+
+impl std::fmt::Debug for LevelHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LevelHandle")
+    }
+}
+
+impl LevelHandle {
+    /// Apply `cfg.level` (unless `RUST_LOG` is set, which keeps winning).
+    pub fn set(&self, cfg: &LogConfig) -> Result<(), String> {
+        self.inner
+            .reload(filter(cfg))
+            .map_err(|e| format!("cannot change the log level: {e}"))
+    }
+}
+
 /// Install the global subscriber. Returns the sink used and, if journald was wanted but not
 /// available, a warning to log.
 pub fn init(cfg: &LogConfig) -> (Sink, Option<String>) {
+    let (sink, warning, _) = init_reloadable(cfg);
+    (sink, warning)
+}
+
+/// [`init`], also returning a handle that changes the level later (`None` when a subscriber
+/// was already installed, as in tests).
+pub fn init_reloadable(cfg: &LogConfig) -> (Sink, Option<String>, Option<LevelHandle>) {
+    let (filter_layer, handle) = tracing_subscriber::reload::Layer::new(filter(cfg));
+    let handle = Some(LevelHandle { inner: handle });
     let want_journald = match cfg.format {
         LogFormat::Auto => stderr_is_journal(),
         LogFormat::Journald => true,
@@ -62,13 +92,21 @@ pub fn init(cfg: &LogConfig) -> (Sink, Option<String>) {
     if want_journald {
         match tracing_journald::layer() {
             Ok(layer) => {
+                let (journal_filter, journal_handle) =
+                    tracing_subscriber::reload::Layer::new(filter(cfg));
                 let ok = tracing_subscriber::registry()
-                    .with(filter(cfg))
+                    .with(journal_filter)
                     .with(layer.with_syslog_identifier("obdgw".into()))
                     .try_init()
                     .is_ok();
                 if ok {
-                    return (Sink::Journald, None);
+                    return (
+                        Sink::Journald,
+                        None,
+                        Some(LevelHandle {
+                            inner: journal_handle,
+                        }),
+                    );
                 }
             }
             Err(e) => {
@@ -78,16 +116,17 @@ pub fn init(cfg: &LogConfig) -> (Sink, Option<String>) {
             }
         }
     }
-    let _ = tracing_subscriber::registry()
-        .with(filter(cfg))
+    let ok = tracing_subscriber::registry()
+        .with(filter_layer)
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::stderr().is_terminal())
                 .with_target(true),
         )
-        .try_init();
-    (Sink::Stderr, warning)
+        .try_init()
+        .is_ok();
+    (Sink::Stderr, warning, if ok { handle } else { None })
 }
 
 #[cfg(test)]

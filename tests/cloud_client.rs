@@ -713,7 +713,7 @@ async fn server_side_failures_are_typed() {
     assert_eq!(e.status(), Some(409));
     let text = e.to_string();
     assert!(
-        text.contains("already has pending ticket") && text.contains("finish or cancel"),
+        text.contains("already has pending ticket") && text.contains("wait until it is closed"),
         "{text}"
     );
     t.connector_id = 910000002;

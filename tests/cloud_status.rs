@@ -177,6 +177,7 @@ async fn ticket_life_drop_resubscribe_and_rest_fallback() {
         StatusEvent::ConnectionStarted {
             ticket_id,
             connection_uuid,
+            ..
         } => {
             assert_eq!(ticket_id, id);
             connection_uuid

@@ -64,14 +64,18 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// What to do about an HTTP status.
-pub fn hint(status: u16) -> &'static str {
+pub fn hint(op: &str, status: u16) -> &'static str {
+    let login = op.starts_with("auth_login") || op.starts_with("authenticate");
     match status {
+        401 | 403 if login => {
+            "the connector UUID or the pincode is wrong: check cloud.connector_uuid and the pincode (cloud.pincode_file, or the systemd credential `pincode`)"
+        }
         400 | 422 => "check the arguments against `obdgw api <group> <operation> --help`",
         401 => "log in again with `obdgw login`, and check cloud.connector_uuid and the pincode",
         403 => "this account is not allowed to do this; ask the service provider",
         404 => "check the id (list the resources first), or the route in cloud.routes",
         409 => {
-            "the resource is busy (e.g. a pending ticket on the connector); finish or cancel it first"
+            "the resource is busy (e.g. an active ticket on the connector); wait until it is closed, or ask the service provider to close it (the API has no cancel operation)"
         }
         429 => "too many requests; wait and try again",
         500..=599 => "the service failed; try again later",
@@ -88,7 +92,7 @@ pub enum ApiError {
     /// The server answered with an error status.
     #[error("{op}: the service answered {status} {}{}; {}", problem.title,
         if problem.detail.is_empty() { String::new() } else { format!(": {}", problem.detail) },
-        hint(*status))]
+        hint(op, *status))]
     Status {
         op: String,
         status: u16,

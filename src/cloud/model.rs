@@ -75,6 +75,25 @@ pub mod lenient {
         })
     }
 
+    /// An optional boolean from a boolean, `0`/`1` or `"true"`/`"false"`; `null` and
+    /// anything else give `None` (the vendor's examples send `script_ui_available: 1`).
+    pub fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+        Ok(match Value::deserialize(d)? {
+            Value::Bool(b) => Some(b),
+            Value::Number(n) => match n.as_i64() {
+                Some(0) => Some(false),
+                Some(1) => Some(true),
+                _ => None,
+            },
+            Value::String(s) => match s.trim() {
+                "true" | "1" => Some(true),
+                "false" | "0" => Some(false),
+                _ => None,
+            },
+            _ => None,
+        })
+    }
+
     /// Integers from any nesting of arrays (`[1, 2]`, `[[1], [2, 3]]`, `["4"]`), flattened.
     pub fn int_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
         fn walk(v: &Value, out: &mut Vec<i64>, depth: u8) {

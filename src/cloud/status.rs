@@ -99,7 +99,9 @@ pub struct ConnectionSnapshot {
     pub connection_uuid: Option<String>,
     #[serde(deserialize_with = "super::model::lenient::opt_string")]
     pub script_ui_wss_url: Option<String>,
+    #[serde(deserialize_with = "super::model::lenient::opt_bool")]
     pub script_ui_available: Option<bool>,
+    #[serde(deserialize_with = "super::model::lenient::opt_bool")]
     pub is_autonomous: Option<bool>,
 }
 
@@ -129,6 +131,9 @@ pub enum StatusEvent {
     ConnectionStarted {
         ticket_id: i64,
         connection_uuid: String,
+        /// The ticket's VIN when the snapshot carried one (the daemon compares it with the
+        /// car's before a session opens).
+        vin: Option<String>,
     },
     ConnectionEnded {
         ticket_id: i64,
@@ -178,6 +183,7 @@ struct ActiveTicket {
     id: i64,
     state: TicketState,
     connection_uuid: Option<String>,
+    vin: Option<String>,
 }
 
 /// The sans-IO core: the last snapshots, diffed into events.
@@ -303,6 +309,7 @@ impl StatusTracker {
                 id,
                 state: TicketState::Unknown(-1),
                 connection_uuid: None,
+                vin: None,
             });
         }
         self.connector = Some(s);
@@ -355,15 +362,14 @@ impl StatusTracker {
                 to,
             });
         }
-        let conn = self
-            .ticket
-            .as_ref()
-            .filter(|t| t.id == id)
-            .and_then(|t| t.connection_uuid.clone());
+        let same = self.ticket.as_ref().filter(|t| t.id == id);
+        let conn = same.and_then(|t| t.connection_uuid.clone());
+        let vin = same.and_then(|t| t.vin.clone());
         self.ticket = Some(ActiveTicket {
             id,
             state: to,
             connection_uuid: conn,
+            vin,
         });
     }
 
@@ -385,9 +391,24 @@ impl StatusTracker {
             ev.push(StatusEvent::ConnectionStarted {
                 ticket_id: id,
                 connection_uuid: new.clone(),
+                vin: t.vin.clone(),
             });
             t.connection_uuid = Some(new);
         }
+    }
+
+    /// Remember the ticket's VIN (an empty one tells nothing).
+    fn set_vin(&mut self, id: i64, vin: Option<&str>) {
+        if let Some(t) = self.ticket.as_mut().filter(|t| t.id == id)
+            && let Some(v) = vin.map(str::trim).filter(|v| !v.is_empty())
+        {
+            t.vin = Some(v.to_string());
+        }
+    }
+
+    /// The active ticket's VIN, when a snapshot or REST carried one.
+    pub fn ticket_vin(&self) -> Option<&str> {
+        self.ticket.as_ref().and_then(|t| t.vin.as_deref())
     }
 
     /// A ticket snapshot (from the socket).
@@ -410,6 +431,7 @@ impl StatusTracker {
         }
         let to = TicketState::from_number(s.state, &self.names);
         self.set_state(s.ticket_id, to, &mut ev);
+        self.set_vin(s.ticket_id, s.vin.as_deref());
         let conn = if to.is_final() {
             None
         } else {
@@ -427,6 +449,7 @@ impl StatusTracker {
         let mut ev = Vec::new();
         let to = TicketState::from_number(t.state, &self.names);
         self.set_state(t.id, to, &mut ev);
+        self.set_vin(t.id, Some(t.vin()));
         if to.is_final() {
             self.set_connection(t.id, None, &mut ev);
             self.ticket = None;
@@ -591,6 +614,13 @@ impl StatusClient {
         };
         backoff.reset();
         let mut tracker = StatusTracker::new(connector_id, s.names.clone());
+        // An already active ticket is looked up at once over REST, not only when the
+        // socket's first snapshot (or the next periodic check) says so.
+        for ev in self.poll(&mut tracker, false).await {
+            if events.send(ev).await.is_err() {
+                return;
+            }
+        }
         let mut down_reported = false;
         loop {
             match self.connect().await {
@@ -755,6 +785,7 @@ impl StatusClient {
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         check.tick().await;
         let mut last_rx = tokio::time::Instant::now();
+        let connected_at = last_rx;
         let mut healthy = false;
         loop {
             // Bring subscriptions in line with what the tracker wants.
@@ -790,7 +821,10 @@ impl StatusClient {
                     last_rx = tokio::time::Instant::now();
                     match msg {
                         Some(Ok(Message::Text(t))) => {
-                            if !healthy {
+                            // A server that answers and then drops every socket must not
+                            // earn immediate retries forever: the pacing starts over only
+                            // once a connection has lasted.
+                            if !healthy && connected_at.elapsed() >= s.reconnect_min {
                                 healthy = true;
                                 backoff.reset();
                             }
@@ -898,7 +932,7 @@ mod tests {
         );
         let ev = t.apply_text(&frame(
             "subscribeToTicket",
-            json!({"ticket_id": "3", "state": 2, "connection_uuid": "c-1"}),
+            json!({"ticket_id": "3", "state": 2, "connection_uuid": "c-1", "vin": "WVWZZZ1KZAW000042"}),
         ));
         assert_eq!(
             ev,
@@ -910,7 +944,8 @@ mod tests {
                 },
                 StatusEvent::ConnectionStarted {
                     ticket_id: 3,
-                    connection_uuid: "c-1".into()
+                    connection_uuid: "c-1".into(),
+                    vin: Some("WVWZZZ1KZAW000042".into()),
                 },
             ]
         );

@@ -29,7 +29,18 @@ pub const ENV_PREFIX: &str = "OBDGW_";
 /// Environment variables with this prefix that are command-line options, not keys.
 /// `SIM_DIR` is where `sim:` CAN buses live; `REQUIRE_CAN` makes the SocketCAN tests fail
 /// rather than skip on a kernel without CAN.
-const ENV_NOT_KEYS: &[&str] = &["CONFIG", "SIM_DIR", "REQUIRE_CAN"];
+/// The others are command-line options of `obdgw api`, `obdgw operator` and `obdgw relay`
+/// that clap reads from the environment (`tests/cli.rs` checks this list against clap).
+pub const ENV_NOT_KEYS: &[&str] = &[
+    "CONFIG",
+    "SIM_DIR",
+    "REQUIRE_CAN",
+    "BASE_URL",
+    "STATE_DIR",
+    "OPERATOR_TOKEN",
+    "RELAY_TOKENS",
+    "SOCKET",
+];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -52,6 +63,26 @@ pub struct Config {
     /// The gateway's side of a remote diagnostic session (`[tunnel]`; docs/operator.md).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<crate::tunnel::gateway::TunnelConfig>,
+    /// Prometheus metrics over HTTP (`[metrics]`); off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `[metrics]`: where the Prometheus text endpoint listens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `ip:port`; loopback by default. Another address exposes counters of the car's
+    /// traffic to that network.
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
 }
 
 /// Where log records go.
@@ -93,13 +124,21 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// How long shutdown waits for tasks to finish before giving up, in milliseconds.
     pub shutdown_timeout_ms: u64,
+    /// The control socket (`obdgw status`, `obdgw reload`): a Unix socket created mode
+    /// 0660 with the daemon's group. Members of the group read; root and the daemon's
+    /// user may act (reload).
+    pub control_socket: PathBuf,
 }
+
+/// Where the control socket is by default (systemd's `RuntimeDirectory=obdgw`).
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/obdgw/control.sock";
 
 impl Default for DaemonConfig {
     fn default() -> Self {
         DaemonConfig {
             state_dir: PathBuf::from("/var/lib/obdgw"),
             shutdown_timeout_ms: 5_000,
+            control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
         }
     }
 }
@@ -402,6 +441,20 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
         for (key, message) in t.validate(&names) {
             issue(format!("tunnel.{key}"), message);
         }
+        if t.mode() == crate::tunnel::gateway::TunnelMode::CloudDriven
+            && config.cloud.connector_uuid.is_none()
+        {
+            issue(
+                "tunnel.session".into(),
+                "cloud-driven sessions (no tunnel.session) need cloud.connector_uuid (and the pincode: cloud.pincode_file or the systemd credential `pincode`); or set tunnel.session and tunnel.token for manual mode".into(),
+            );
+        }
+    }
+    if config.daemon.control_socket.as_os_str().is_empty() {
+        issue(
+            "daemon.control_socket".into(),
+            format!("is empty; expected a path such as {DEFAULT_CONTROL_SOCKET}"),
+        );
     }
 
     let r = &config.router;
@@ -538,8 +591,8 @@ pub fn render(config: &Config) -> String {
 }
 
 /// `obdgw config check`: print the effective configuration, exit 0 when valid, 2 when not.
-pub fn check_cli(args: &crate::cli::ConfigArgs) -> ExitCode {
-    let source = ConfigSource::from_arg(args.config.as_deref());
+pub fn check_cli(config: Option<&Path>) -> ExitCode {
+    let source = ConfigSource::from_arg(config);
     match load(&source) {
         Ok(loaded) => {
             for w in &loaded.warnings {
@@ -552,6 +605,10 @@ pub fn check_cli(args: &crate::cli::ConfigArgs) -> ExitCode {
                 .unwrap_or_else(|| "built-in defaults".into());
             println!("# effective configuration (from {from} and OBDGW_* variables)");
             print!("{}", render(&loaded.config));
+            match &loaded.config.tunnel {
+                Some(t) => eprintln!("tunnel mode: {}", t.mode().describe()),
+                None => eprintln!("tunnel mode: none (no [tunnel] section: no remote sessions)"),
+            }
             eprintln!("configuration is valid");
             ExitCode::SUCCESS
         }

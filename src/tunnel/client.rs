@@ -12,7 +12,9 @@
 use super::session::{Event, SendError, Session, SessionError, SessionStats, Transmit};
 use crate::wire::tunnel::{Control, RecordRepr, SUBPROTOCOL};
 use futures_util::{SinkExt, StreamExt};
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -29,6 +31,35 @@ use tokio_util::sync::CancellationToken;
 /// the websocket waits while a busy application keeps the queue full).
 const DRAIN_MAX: usize = 1024;
 
+/// Where a connection's token comes from when it is not fixed: asked before every connect
+/// and reconnect, so a token that expires (a cloud bearer) is never presented stale. An
+/// error skips the attempt (it is retried after the backoff).
+pub type TokenSource =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> + Send + Sync>;
+
+/// What the driver publishes for status displays: the link, round-trip time and counters.
+/// Updated on link changes and at most every [`VIEW_EVERY`] otherwise (never per record).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LinkView {
+    /// `connecting` (no websocket yet), `hello`, `awaiting-peer`, `up`, `resuming` (the
+    /// websocket dropped after the peer was reached), `closed`.
+    pub state: &'static str,
+    pub rtt: Option<Duration>,
+    pub stats: SessionStats,
+    /// Unacknowledged bytes held for replay.
+    pub in_flight_bytes: usize,
+    /// Connection attempts so far.
+    pub attempts: u64,
+    /// The last connect or session error, in words.
+    pub last_error: Option<String>,
+}
+
+/// How often, at most, a busy driver refreshes its [`LinkView`].
+pub const VIEW_EVERY: Duration = Duration::from_millis(250);
+
+/// A shared [`LinkView`]: the driver writes, status readers clone.
+pub type SharedLinkView = Arc<Mutex<LinkView>>;
+
 /// Where and how to connect.
 #[derive(Clone)]
 pub struct ClientConfig {
@@ -41,6 +72,10 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// Connect (TCP + TLS + websocket handshake) must finish within this.
     pub connect_timeout: Duration,
+    /// Fetch a current token before each connect (none: the session's token is fixed).
+    pub token_source: Option<TokenSource>,
+    /// Publish the link state here for status displays.
+    pub view: Option<SharedLinkView>,
 }
 
 impl ClientConfig {
@@ -51,7 +86,27 @@ impl ClientConfig {
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            token_source: None,
+            view: None,
         }
+    }
+}
+
+/// Publish the session's state into `view` (when there is one).
+fn publish(
+    view: &Option<SharedLinkView>,
+    session: &Session,
+    state: &'static str,
+    error: Option<String>,
+) {
+    let Some(v) = view else { return };
+    let mut g = v.lock().unwrap_or_else(|p| p.into_inner());
+    g.state = state;
+    g.rtt = session.rtt();
+    g.stats = session.stats();
+    g.in_flight_bytes = session.in_flight_bytes();
+    if let Some(e) = error {
+        g.last_error = Some(e);
     }
 }
 
@@ -99,14 +154,31 @@ pub async fn run(
         if shutdown.is_cancelled() {
             break;
         }
-        let conn = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            c = tokio::time::timeout(cfg.connect_timeout, connect(&cfg)) => c,
+        if let Some(v) = &cfg.view {
+            v.lock().unwrap_or_else(|p| p.into_inner()).attempts += 1;
+        }
+        let fresh = match &cfg.token_source {
+            None => Ok(()),
+            Some(src) => tokio::select! {
+                _ = shutdown.cancelled() => break,
+                t = src() => t.map(|t| session.set_token(crate::wire::tunnel::Token(t))),
+            },
+        };
+        let conn = match fresh {
+            Ok(()) => tokio::select! {
+                _ = shutdown.cancelled() => break,
+                c = tokio::time::timeout(cfg.connect_timeout, connect(&cfg)) => c,
+            },
+            Err(why) => {
+                tracing::warn!(url = %cfg.url, "no current token for the relay: {why}; retrying");
+                Ok(Err(ConnectError::Io(format!("no current token: {why}"))))
+            }
         };
         let ended = match conn {
             Ok(Ok(Conn::Plain(ws))) => {
                 drive(
                     *ws,
+                    &cfg.view,
                     &mut session,
                     &mut from_app,
                     &to_app,
@@ -119,6 +191,7 @@ pub async fn run(
             Ok(Ok(Conn::Tls(ws))) => {
                 drive(
                     *ws,
+                    &cfg.view,
                     &mut session,
                     &mut from_app,
                     &to_app,
@@ -136,12 +209,19 @@ pub async fn run(
             }
             Ok(Err(ConnectError::Io(e))) => {
                 tracing::info!(url = %cfg.url, error = %e, "tunnel connect failed");
+                publish(&cfg.view, &session, "connecting", Some(e));
                 Ended::Retry {
                     reached_peer: false,
                 }
             }
             Err(_) => {
                 tracing::info!(url = %cfg.url, "tunnel connect timed out");
+                publish(
+                    &cfg.view,
+                    &session,
+                    "connecting",
+                    Some("connect timed out".into()),
+                );
                 Ended::Retry {
                     reached_peer: false,
                 }
@@ -168,6 +248,7 @@ pub async fn run(
             }
         }
     }
+    publish(&cfg.view, &session, "closed", None);
     Ok(session.stats())
 }
 
@@ -267,6 +348,7 @@ fn offer(session: &mut Session, out: Outgoing) -> Option<Outgoing> {
 #[allow(clippy::too_many_arguments)]
 async fn drive<S>(
     mut ws: WebSocketStream<S>,
+    view: &Option<SharedLinkView>,
     session: &mut Session,
     from_app: &mut mpsc::Receiver<Outgoing>,
     to_app: &mpsc::Sender<Event>,
@@ -279,7 +361,70 @@ where
 {
     session.connected(Instant::now().into_std());
     let mut reached_peer = false;
-    loop {
+    let state = |reached: bool, session: &Session| match session.link() {
+        super::Link::Up => "up",
+        super::Link::Hello if reached => "resuming",
+        super::Link::Hello => "hello",
+        super::Link::AwaitPeer => "awaiting-peer",
+        super::Link::Down => "resuming",
+    };
+    publish(view, session, state(false, session), None);
+    let mut published = Instant::now();
+    let result = loop {
+        if view.is_some() && published.elapsed() >= VIEW_EVERY {
+            publish(view, session, state(reached_peer, session), None);
+            published = Instant::now();
+        }
+        let r = drive_once(
+            &mut ws,
+            session,
+            from_app,
+            to_app,
+            shutdown,
+            held,
+            app_open,
+            &mut reached_peer,
+        )
+        .await;
+        match r {
+            Ok(None) => {
+                if let Some(v) = view
+                    && session.link() == super::Link::Up
+                    && v.lock().unwrap_or_else(|p| p.into_inner()).state != "up"
+                {
+                    publish(view, session, "up", None);
+                    published = Instant::now();
+                }
+            }
+            Ok(Some(ended)) => break Ok(ended),
+            Err(e) => break Err(e),
+        }
+    };
+    let (st, err) = match &result {
+        Ok(Ended::Stop) => ("closed", None),
+        Ok(Ended::Retry { .. }) => ("resuming", Some("connection lost".to_string())),
+        Err(e) => ("closed", Some(e.to_string())),
+    };
+    publish(view, session, st, err);
+    result
+}
+
+/// One turn of [`drive`]: `Ok(None)` to go on, `Ok(Some(..))` when the connection ended.
+#[allow(clippy::too_many_arguments)]
+async fn drive_once<S>(
+    ws: &mut WebSocketStream<S>,
+    session: &mut Session,
+    from_app: &mut mpsc::Receiver<Outgoing>,
+    to_app: &mpsc::Sender<Event>,
+    shutdown: &CancellationToken,
+    held: &mut Option<Outgoing>,
+    app_open: &mut bool,
+    reached_peer: &mut bool,
+) -> Result<Option<Ended>, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    {
         // Retry a held message first (room may have been freed by acks, or the peer came).
         if let Some(h) = held.take() {
             *held = offer(session, h);
@@ -295,27 +440,27 @@ where
             wrote = true;
             if ws.feed(m).await.is_err() {
                 session.disconnected(Instant::now().into_std());
-                return Ok(Ended::Retry { reached_peer });
+                return Ok(Some(Ended::Retry { reached_peer: *reached_peer }));
             }
         }
         if wrote && ws.flush().await.is_err() {
             session.disconnected(Instant::now().into_std());
-            return Ok(Ended::Retry { reached_peer });
+            return Ok(Some(Ended::Retry { reached_peer: *reached_peer }));
         }
         while let Some(ev) = session.poll_event() {
             match ev {
                 Event::Dead => {
                     tracing::info!("tunnel peer silent: reconnecting");
-                    return Ok(Ended::Retry { reached_peer });
+                    return Ok(Some(Ended::Retry { reached_peer: *reached_peer }));
                 }
                 Event::Up { .. } => {
-                    reached_peer = true;
+                    *reached_peer = true;
                     let _ = to_app.send(ev).await;
                 }
                 Event::Bye { .. } => {
                     let _ = to_app.send(ev).await;
                     let _ = ws.close(None).await;
-                    return Ok(Ended::Stop);
+                    return Ok(Some(Ended::Stop));
                 }
                 other => {
                     if to_app.send(other).await.is_err() {
@@ -326,7 +471,7 @@ where
         }
         if !*app_open && held.is_none() && session.in_flight_bytes() == 0 {
             let _ = ws.close(None).await;
-            return Ok(Ended::Stop);
+            return Ok(Some(Ended::Stop));
         }
         let wake = session
             .poll_at()
@@ -336,7 +481,7 @@ where
             _ = shutdown.cancelled() => {
                 let _ = ws.close(None).await;
                 session.disconnected(Instant::now().into_std());
-                return Ok(Ended::Stop);
+                return Ok(Some(Ended::Stop));
             }
             out = from_app.recv(), if held.is_none() && *app_open => match out {
                 Some(o) => {
@@ -375,7 +520,7 @@ where
                     Some(Ok(_)) => Ok(()),
                     _ => {
                         session.disconnected(now);
-                        return Ok(Ended::Retry { reached_peer });
+                        return Ok(Some(Ended::Retry { reached_peer: *reached_peer }));
                     }
                 };
                 if let Err(e) = r {
@@ -390,9 +535,10 @@ where
                         return Err(ClientError::Fatal(e));
                     }
                     tracing::warn!(error = %e, "tunnel connection failed; reconnecting");
-                    return Ok(Ended::Retry { reached_peer });
+                    return Ok(Some(Ended::Retry { reached_peer: *reached_peer }));
                 }
             }
         }
     }
+    Ok(None)
 }

@@ -63,10 +63,19 @@ const ISOTP_MAX_PDU: u32 = 64 * 1024;
 pub struct TunnelConfig {
     /// Relay URL, `wss://host:port/` (or `ws://` on loopback).
     pub relay_url: String,
-    /// Session id: the ticket's connection UUID.
-    pub session: String,
-    /// The gateway's connector token for the relay.
-    pub token: Secret,
+    /// Manual (lab) mode: a fixed session id (a ticket's connection UUID). Absent: the
+    /// daemon opens sessions itself when the cloud's ticket events say so (`[cloud]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// Manual mode: the gateway's token for the relay. Cloud-driven sessions present the
+    /// connector's current login token instead, fetched before every (re)connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// Before a cloud-driven session opens, the car's VIN is read and compared with the
+    /// ticket's: `refuse` (default: no session on a mismatch or an unreadable VIN), `warn`
+    /// (log and show the mismatch, open anyway) or `off`.
+    #[serde(default)]
+    pub vin_check: VinCheck,
     /// The car's DoIP entity (`ip:port`) that DoIP channels reach; none: DoIP channels are
     /// refused with `port_unavailable`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,6 +105,51 @@ fn default_true() -> bool {
     true
 }
 
+/// What a VIN mismatch between the ticket and the car does (`tunnel.vin_check`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VinCheck {
+    /// No session unless the car's VIN is read and equals the ticket's.
+    #[default]
+    Refuse,
+    /// Log and show a mismatch or an unreadable VIN; open the session anyway.
+    Warn,
+    /// Do not read the VIN.
+    Off,
+}
+
+impl VinCheck {
+    pub fn name(self) -> &'static str {
+        match self {
+            VinCheck::Refuse => "refuse",
+            VinCheck::Warn => "warn",
+            VinCheck::Off => "off",
+        }
+    }
+}
+
+/// How the gateway's sessions are opened (`obdgw config check` prints it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelMode {
+    /// `[tunnel] session` and `token`: one fixed session (the lab).
+    Manual,
+    /// No fixed session: the cloud's ticket events open and close sessions.
+    CloudDriven,
+}
+
+impl TunnelMode {
+    pub fn describe(self) -> &'static str {
+        match self {
+            TunnelMode::Manual => {
+                "manual: one fixed session from [tunnel] session and token (lab use)"
+            }
+            TunnelMode::CloudDriven => {
+                "cloud-driven: sessions open and close with the connector's tickets ([cloud])"
+            }
+        }
+    }
+}
+
 fn default_keepalive_every_ms() -> u64 {
     2_000
 }
@@ -105,10 +159,37 @@ fn default_keepalive_for_ms() -> u64 {
 }
 
 impl TunnelConfig {
+    /// Manual (a fixed session) or cloud-driven.
+    pub fn mode(&self) -> TunnelMode {
+        if self.session.is_some() {
+            TunnelMode::Manual
+        } else {
+            TunnelMode::CloudDriven
+        }
+    }
+
     /// Problems of the section as `(key under tunnel., message)`, given the names of the
     /// `[[can]]` entries; all are reported, not only the first.
     pub fn validate(&self, can_names: &[&str]) -> Vec<(String, String)> {
         let mut out = Vec::new();
+        match (&self.session, &self.token) {
+            (Some(_), None) => out.push((
+                "token".into(),
+                "manual mode (tunnel.session is set) needs tunnel.token too; or remove tunnel.session for cloud-driven sessions".into(),
+            )),
+            (None, Some(_)) => out.push((
+                "token".into(),
+                "tunnel.token is only for manual mode (with tunnel.session); cloud-driven sessions use the connector's login token: remove it".into(),
+            )),
+            _ => {}
+        }
+        if self.session.as_deref().is_some_and(str::is_empty) {
+            out.push((
+                "session".into(),
+                "is empty; give a connection UUID or remove the key for cloud-driven sessions"
+                    .into(),
+            ));
+        }
         for (i, name) in self.can_interfaces.iter().enumerate() {
             if !can_names.contains(&name.as_str()) {
                 out.push((
@@ -331,6 +412,8 @@ pub struct GatewayCounters {
     pub mirror_dropped: Arc<AtomicU64>,
     /// Local tester-present requests sent while the operator was silent.
     pub keepalives: AtomicU64,
+    /// Channels open now.
+    pub channels: Arc<AtomicU64>,
 }
 
 impl<P> Gateway<P> {
@@ -548,6 +631,9 @@ impl<P: CanPort> Gateway<P> {
                 _ = shutdown.cancelled() => break,
                 ev = events.recv() => match ev { Some(ev) => ev, None => break },
             };
+            self.counters
+                .channels
+                .store(channels.len() as u64, Ordering::Relaxed);
             match ev {
                 Event::Control(Control::Open { channel, params }) => {
                     let answer = match channels.get(&channel) {
@@ -563,6 +649,9 @@ impl<P: CanPort> Gateway<P> {
                                     tracing::info!(channel, ?params, "tunnel channel opened");
                                     c.params = params;
                                     channels.insert(channel, c);
+                                    self.counters
+                                        .channels
+                                        .store(channels.len() as u64, Ordering::Relaxed);
                                     Control::Opened { channel }
                                 }
                                 Err(e) => Control::Error {
@@ -581,6 +670,9 @@ impl<P: CanPort> Gateway<P> {
                     if let Some(c) = channels.remove(&channel) {
                         c.close().await;
                     }
+                    self.counters
+                        .channels
+                        .store(channels.len() as u64, Ordering::Relaxed);
                     let closed = Control::Closed {
                         channel,
                         reason: None,
@@ -1183,22 +1275,26 @@ pub enum StartError {
     Client(#[from] client::ClientError),
 }
 
-/// Run the gateway side as the configuration says: `[tunnel]`, the `[doip]` tester settings
-/// and the `[[can]]` interfaces named by `tunnel.can_interfaces` (opened here; each one is
-/// owned by the tunnel while it runs). TLS for `wss://` comes from `tls`.
-pub async fn run_from_config(
+/// Build the gateway side of a session from the configuration: `[tunnel]`, the `[doip]`
+/// tester settings and the already opened vehicle ports named by `tunnel.can_interfaces`.
+pub fn build<P: CanPort>(
     tunnel: &TunnelConfig,
     doip: &DoipClientConfig,
-    can: &[crate::vehicle::can::CanInterfaceConfig],
-    tls: Option<Arc<rustls::ClientConfig>>,
-    shutdown: CancellationToken,
-) -> Result<super::SessionStats, StartError> {
-    let names: Vec<&str> = can.iter().map(|c| c.name.as_str()).collect();
+    ports: Vec<(String, Arc<P>)>,
+) -> Result<Gateway<P>, StartError> {
+    let names: Vec<&str> = ports.iter().map(|(n, _)| n.as_str()).collect();
     for (key, message) in tunnel.validate(&names) {
         if key.starts_with("can_interfaces") {
             continue; // reported below, with the interface's name
         }
         return Err(StartError::Invalid { key, message });
+    }
+    if let Some(missing) = tunnel
+        .can_interfaces
+        .iter()
+        .find(|n| !names.contains(&n.as_str()))
+    {
+        return Err(StartError::UnknownInterface(missing.clone()));
     }
     let doip_map = tunnel
         .doip_map
@@ -1209,6 +1305,28 @@ pub async fn run_from_config(
             key: "doip_map".into(),
             message,
         })?;
+    let ports = ports
+        .into_iter()
+        .filter(|(n, _)| tunnel.can_interfaces.contains(n))
+        .collect();
+    let mut gw = Gateway::new(
+        tunnel.doip_vehicle.map(|a| (a, doip.clone())),
+        ports,
+        tunnel.allow_can_tx,
+    );
+    gw.doip_map = doip_map;
+    gw.keepalive = Keepalive {
+        every: Duration::from_millis(tunnel.keepalive_every_ms),
+        bound: Duration::from_millis(tunnel.keepalive_for_ms),
+    };
+    Ok(gw)
+}
+
+/// Open the `[[can]]` interfaces named by `tunnel.can_interfaces`.
+pub async fn open_ports(
+    tunnel: &TunnelConfig,
+    can: &[crate::vehicle::can::CanInterfaceConfig],
+) -> Result<Vec<(String, Arc<crate::vehicle::can::AnyCanPort>)>, StartError> {
     let mut ports = Vec::new();
     for name in &tunnel.can_interfaces {
         let cfg = can
@@ -1223,19 +1341,29 @@ pub async fn run_from_config(
             })?;
         ports.push((name.clone(), Arc::new(port)));
     }
-    let mut gw = Gateway::new(
-        tunnel.doip_vehicle.map(|a| (a, doip.clone())),
-        ports,
-        tunnel.allow_can_tx,
-    );
-    gw.doip_map = doip_map;
-    gw.keepalive = Keepalive {
-        every: Duration::from_millis(tunnel.keepalive_every_ms),
-        bound: Duration::from_millis(tunnel.keepalive_for_ms),
+    Ok(ports)
+}
+
+/// Run a manual-mode session as the configuration says (`[tunnel] session` and `token`),
+/// opening the interfaces itself. TLS for `wss://` comes from `tls`.
+pub async fn run_from_config(
+    tunnel: &TunnelConfig,
+    doip: &DoipClientConfig,
+    can: &[crate::vehicle::can::CanInterfaceConfig],
+    tls: Option<Arc<rustls::ClientConfig>>,
+    shutdown: CancellationToken,
+) -> Result<super::SessionStats, StartError> {
+    let (Some(session), Some(token)) = (&tunnel.session, &tunnel.token) else {
+        return Err(StartError::Invalid {
+            key: "session".into(),
+            message: "run_from_config needs manual mode (tunnel.session and tunnel.token)".into(),
+        });
     };
+    let ports = open_ports(tunnel, can).await?;
+    let gw = build(tunnel, doip, ports)?;
     let mut cc = ClientConfig::new(tunnel.relay_url.clone());
     cc.tls = tls;
-    Ok(run(cc, &tunnel.session, &tunnel.token, gw, shutdown).await?)
+    Ok(run(cc, session, token, gw, shutdown).await?)
 }
 
 /// A fresh 64-bit stream instance id (time and address entropy; not security relevant).
@@ -1316,7 +1444,9 @@ doip_vehicle = "192.168.0.10:13400"
 can_interfaces = ["can0"]"#,
         )
         .unwrap();
-        assert_eq!(c.token.expose(), "gw-secret");
+        assert_eq!(c.token.as_ref().unwrap().expose(), "gw-secret");
+        assert_eq!(c.mode(), TunnelMode::Manual);
+        assert_eq!(c.vin_check, VinCheck::Refuse);
         assert!(c.allow_can_tx);
         assert!(!format!("{c:?}").contains("gw-secret"));
         assert!(
@@ -1331,8 +1461,9 @@ can_interfaces = ["can0"]"#,
     async fn config_naming_an_unknown_can_interface_is_refused() {
         let t = TunnelConfig {
             relay_url: "ws://127.0.0.1:1/".into(),
-            session: "s".into(),
-            token: Secret::new("t"),
+            session: Some("s".into()),
+            token: Some(Secret::new("t")),
+            vin_check: VinCheck::Refuse,
             doip_vehicle: None,
             can_interfaces: vec!["can9".into()],
             allow_can_tx: true,
@@ -1456,8 +1587,9 @@ can_interfaces = ["can0"]"#,
         };
         let t = TunnelConfig {
             relay_url: "ws://127.0.0.1:1/".into(),
-            session: "s".into(),
-            token: Secret::new("t"),
+            session: Some("s".into()),
+            token: Some(Secret::new("t")),
+            vin_check: VinCheck::Refuse,
             doip_vehicle: None,
             can_interfaces: vec!["obd".into(), "can9".into()],
             allow_can_tx: true,

@@ -328,6 +328,11 @@ impl Session {
         }
     }
 
+    /// Present `token` at the next hello (a fresh cloud bearer before each reconnect).
+    pub fn set_token(&mut self, token: Token) {
+        self.cfg.token = token;
+    }
+
     pub fn link(&self) -> Link {
         self.link
     }

@@ -270,9 +270,6 @@ async fn read_uds(
 /// OBD-II service 09 PID 02 to the functional id 0x7DF (answers on 0x7E8..0x7EF), then UDS
 /// 0xF190 to 0x7E0 when no ECU gave a VIN.
 async fn read_vin_can(iface: &str, timeout: Duration) -> Result<(Vin, String), VinCliError> {
-    use crate::router::frame::CanId;
-    use crate::vehicle::isotp::{IsoTpConfig, IsoTpMux};
-    use crate::vehicle::uds::VinQuery;
     use std::sync::Arc;
     let can_err = |reason: String| VinCliError::Can {
         iface: iface.to_string(),
@@ -281,7 +278,27 @@ async fn read_vin_can(iface: &str, timeout: Duration) -> Result<(Vin, String), V
     let port = crate::vehicle::can::open_port(iface)
         .await
         .map_err(|e| can_err(e.to_string()))?;
-    let mux = IsoTpMux::new(Arc::new(port));
+    read_vin_on_port(Arc::new(port), timeout).await
+}
+
+/// Read the VIN over an open CAN port: OBD-II 09 02 to the functional id 0x7DF, then UDS
+/// 0xF190 to the engine (0x7E0 -> 0x7E8). The daemon uses it with its own ports before a
+/// session opens.
+pub async fn read_vin_on_port<P: crate::vehicle::can::CanPort>(
+    port: std::sync::Arc<P>,
+    timeout: Duration,
+) -> Result<(Vin, String), VinCliError> {
+    use crate::router::frame::CanId;
+    use crate::vehicle::isotp::{IsoTpConfig, IsoTpMux};
+    use crate::vehicle::uds::VinQuery;
+    use std::sync::Arc;
+    let iface = port.name().to_string();
+    let iface = iface.as_str();
+    let can_err = |reason: String| VinCliError::Can {
+        iface: iface.to_string(),
+        reason,
+    };
+    let mux = IsoTpMux::new(port);
     let id = |raw: u16| CanId::from_raw(u32::from(raw));
     // Responses of the eight OBD-II ECU addresses go into one queue.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);

@@ -1,0 +1,347 @@
+//! The status report: what `obdgw status` shows and `--json` prints.
+//!
+//! Owns: the report's types (schema version [`SCHEMA`], documented in `docs/control.md`;
+//! fields are only ever added), its text rendering and the exit code it maps to.
+//!
+//! Does not own: gathering the figures (`super::state`) or the socket (`super::control`).
+
+use super::health::{ComponentState, ComponentView};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+
+/// Version of the `--json` schema. Fields may be added within a version; none is removed
+/// or changes meaning.
+pub const SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub schema: u32,
+    pub version: String,
+    pub pid: u32,
+    pub uptime_s: u64,
+    /// `cloud-driven`, `manual` or `none` (no `[tunnel]`).
+    pub mode: String,
+    /// `ok`, `degraded` or `starting`.
+    pub health: ComponentState,
+    /// The line systemd shows (`STATUS=`).
+    pub status_line: String,
+    pub cloud: Option<CloudReport>,
+    pub ticket: Option<TicketReport>,
+    pub session: Option<SessionReport>,
+    /// The last VIN comparison before a session.
+    pub vin_check: Option<VinCheckReport>,
+    pub can: Vec<CanReport>,
+    pub doip: Option<DoipReport>,
+    pub router: RouterReport,
+    pub components: Vec<ComponentView>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CloudReport {
+    pub base_url: String,
+    pub connector_uuid: Option<String>,
+    pub logged_in: bool,
+    /// Unix seconds.
+    pub token_expires_at: Option<u64>,
+    /// Why the last login failed, while it does.
+    pub login_error: Option<String>,
+    /// When the next login attempt is due (Unix seconds), while logging in fails.
+    pub login_retry_at: Option<u64>,
+    /// `up`, `down` or `starting`.
+    pub status_socket: String,
+    /// Unix seconds of the last change of `status_socket`.
+    pub status_socket_since: Option<u64>,
+    pub status_socket_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TicketReport {
+    pub id: i64,
+    /// `prepared`, `pending`, `in_progress`, `outsourced`, `closed`, `cancelled` or
+    /// `unknown(N)`.
+    pub state: String,
+    pub connection: Option<String>,
+    pub vin: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionReport {
+    pub id: String,
+    /// `vin-check`, `connecting`, `hello`, `awaiting-peer`, `up`, `resuming`,
+    /// `refused`, `backoff` or `closed`.
+    pub state: String,
+    pub relay: String,
+    pub rtt_ms: Option<f64>,
+    pub records_sent: u64,
+    pub records_received: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Records sent again after a resume.
+    pub replayed: u64,
+    /// Unacknowledged bytes held for replay now.
+    pub replay_bytes: u64,
+    pub reconnects: u64,
+    /// Times the session was started again after it ended on its own.
+    pub restarts: u64,
+    /// Unix seconds when this session was opened.
+    pub opened_at: u64,
+    pub last_error: Option<String>,
+    /// Open tunnel channels (ISO-TP, DoIP, raw mirror).
+    pub channels: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VinCheckReport {
+    /// `refuse`, `warn` or `off`.
+    pub policy: String,
+    pub ticket_vin: Option<String>,
+    pub car_vin: Option<String>,
+    /// `match`, `mismatch`, `unreadable`, `no-ticket-vin` or `skipped`.
+    pub result: String,
+    pub detail: String,
+    /// Unix seconds.
+    pub at: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CanReport {
+    pub name: String,
+    pub interface: String,
+    /// `open`, `missing` (retrying) or `opening`.
+    pub state: String,
+    /// `error-active`, `error-warning`, `error-passive`, `bus-off` (SocketCAN; others
+    /// report `error-active`).
+    pub bus_state: String,
+    pub rx_frames: u64,
+    pub tx_frames: u64,
+    pub error_frames: u64,
+    pub rx_dropped: u64,
+    pub overruns: u64,
+    pub bus_off: u64,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DoipReport {
+    pub address: String,
+    /// Whether the last VIN read or connection reached the entity.
+    pub reachable: Option<bool>,
+    pub vin: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RouterReport {
+    pub ports: u64,
+    pub routes: u64,
+    pub frames: u64,
+    pub shed: u64,
+}
+
+impl StatusReport {
+    /// `obdgw status`'s exit code: 0 healthy, 1 degraded or starting.
+    pub fn exit_code(&self) -> u8 {
+        match self.health {
+            ComponentState::Ok | ComponentState::Idle => 0,
+            _ => 1,
+        }
+    }
+
+    /// The human rendering, in the manner of `tailscale status`.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let health = match self.health {
+            ComponentState::Ok | ComponentState::Idle => "healthy",
+            ComponentState::Degraded => "DEGRADED",
+            ComponentState::Starting => "starting",
+        };
+        let _ = writeln!(
+            o,
+            "obdgw {} (pid {}), up {}, {health}, mode {}",
+            self.version,
+            self.pid,
+            human_duration(self.uptime_s),
+            self.mode
+        );
+        let _ = writeln!(o, "  {}", self.status_line);
+        if let Some(c) = &self.cloud {
+            let login = if c.logged_in {
+                match c.token_expires_at {
+                    Some(t) => format!("logged in (token until {})", unix_time(t)),
+                    None => "logged in".into(),
+                }
+            } else {
+                match &c.login_error {
+                    Some(e) => format!("NOT logged in: {e}"),
+                    None => "logging in".into(),
+                }
+            };
+            let since = c
+                .status_socket_since
+                .map(|t| format!(" since {}", unix_time(t)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "cloud    {} connector {}: {login}; status socket {}{since}",
+                c.base_url,
+                c.connector_uuid.as_deref().unwrap_or("-"),
+                c.status_socket
+            );
+        }
+        match &self.ticket {
+            Some(t) => {
+                let _ = writeln!(
+                    o,
+                    "ticket   {} {} connection {} vin {}",
+                    t.id,
+                    t.state,
+                    t.connection.as_deref().unwrap_or("-"),
+                    t.vin.as_deref().unwrap_or("-")
+                );
+            }
+            None if self.mode == "cloud-driven" => {
+                let _ = writeln!(o, "ticket   none active");
+            }
+            None => {}
+        }
+        if let Some(v) = &self.vin_check {
+            let _ = writeln!(
+                o,
+                "vin      {} ({}): ticket {} car {}; {}",
+                v.result,
+                v.policy,
+                v.ticket_vin.as_deref().unwrap_or("-"),
+                v.car_vin.as_deref().unwrap_or("-"),
+                v.detail
+            );
+        }
+        if let Some(s) = &self.session {
+            let rtt = s
+                .rtt_ms
+                .map(|r| format!("{r:.1} ms"))
+                .unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                o,
+                "session  {} {} via {} rtt {rtt} channels {}",
+                s.id, s.state, s.relay, s.channels
+            );
+            let _ = writeln!(
+                o,
+                "         sent {} records / {} B, received {} / {} B, replayed {}, replay buffer {} B, reconnects {}, restarts {}",
+                s.records_sent,
+                s.bytes_sent,
+                s.records_received,
+                s.bytes_received,
+                s.replayed,
+                s.replay_bytes,
+                s.reconnects,
+                s.restarts
+            );
+            if let Some(e) = &s.last_error {
+                let _ = writeln!(o, "         last error: {e}");
+            }
+        }
+        for c in &self.can {
+            let _ = writeln!(
+                o,
+                "can      {} ({}) {} {}: rx {} tx {} errors {} drops {} overruns {} bus-off {}{}",
+                c.name,
+                c.interface,
+                c.state,
+                c.bus_state,
+                c.rx_frames,
+                c.tx_frames,
+                c.error_frames,
+                c.rx_dropped,
+                c.overruns,
+                c.bus_off,
+                if c.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", c.detail)
+                }
+            );
+        }
+        if let Some(d) = &self.doip {
+            let reach = match d.reachable {
+                Some(true) => "reachable",
+                Some(false) => "unreachable",
+                None => "not tried",
+            };
+            let _ = writeln!(
+                o,
+                "doip     {} {reach} vin {}",
+                d.address,
+                d.vin.as_deref().unwrap_or("-")
+            );
+        }
+        let _ = writeln!(
+            o,
+            "router   {} ports {} routes, {} frames, {} shed",
+            self.router.ports, self.router.routes, self.router.frames, self.router.shed
+        );
+        for c in &self.components {
+            if c.stalled || c.state == ComponentState::Degraded {
+                let _ = writeln!(
+                    o,
+                    "problem  {}: {}{}",
+                    c.name,
+                    if c.stalled {
+                        format!("no heartbeat for {} ms; ", c.last_beat_ms)
+                    } else {
+                        String::new()
+                    },
+                    c.detail
+                );
+            }
+        }
+        o
+    }
+}
+
+/// `3d 4h`, `5m 2s`.
+pub fn human_duration(s: u64) -> String {
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86400 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d {}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn unix_time(t: u64) -> String {
+    let days = (t / 86400) as i64;
+    let secs = t % 86400;
+    // Civil from days (Howard Hinnant's algorithm, public domain description).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        (secs % 3600) / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_render() {
+        assert_eq!(unix_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(unix_time(1_796_688_000), "2026-12-08 00:00:00 UTC");
+        assert_eq!(unix_time(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(human_duration(59), "59s");
+        assert_eq!(human_duration(3725), "1h 2m");
+        assert_eq!(human_duration(90_000), "1d 1h");
+    }
+}
