@@ -1,6 +1,8 @@
 //! Helpers shared by integration tests.
 #![allow(dead_code)]
 
+pub mod procs;
+
 use std::path::PathBuf;
 
 /// The Python of the interop environment (`tests/interop/setup-venv.sh`), from

@@ -1,0 +1,479 @@
+//! The product path as separate processes: `obdgw run` in cloud-driven mode does the box's
+//! whole job by itself. The test plays only the garage (it creates the ticket through the
+//! Customer API) and the vendor's back office (the simulator's admin join and close); it
+//! never touches the daemon except through `obdgw status`, `obdgw reload` and its config file.
+//!
+//! ```text
+//! tester ─▶ obdgw operator ─▶ obdgw sim cloud (API, status socket, relay) ◀─ obdgw run ─▶ obdgw sim vehicle
+//! ```
+
+mod common;
+
+use common::procs::{Procs, READY, addr_after, python, value};
+use obdgw::cloud::Credentials;
+use obdgw::cloud::client::{Client, ClientSettings};
+use obdgw::cloud::model::{NewTicket, PrerequisiteAnswer, default_metadata};
+use obdgw::config::Secret;
+use obdgw::sim::cloud::{DEMO_CONNECTOR_ID, DEMO_CONNECTOR_UUID, DEMO_PINCODE};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const VIN: &str = "WVWZZZ1KZAW000042";
+const OTHER_VIN: &str = "WDB1234561A000001";
+const DOWNLOAD: usize = 1 << 20;
+
+/// The tests take turns: each runs four or five processes on a 2-core machine.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct World {
+    procs: Procs,
+    base_url: String,
+    relay_url: String,
+    socket: PathBuf,
+    config: PathBuf,
+    /// Index of `obdgw run` in `procs`.
+    daemon: usize,
+    /// The daemon's configuration text (for reload tests).
+    config_text: String,
+}
+
+/// The cloud simulator, a simulated car and the daemon in cloud-driven mode. With
+/// `can_only` the car has no DoIP entity: the daemon reads its VIN over CAN and serves it
+/// through the address map.
+async fn world(bus: &str, can_only: bool, pincode: &str) -> World {
+    let mut procs = Procs::new();
+    let state = procs.path("cloud-state.json");
+    let cloud = procs.spawn(
+        "sim cloud",
+        &[
+            "sim",
+            "cloud",
+            "--listen",
+            "127.0.0.1:0",
+            "--relay-listen",
+            "127.0.0.1:0",
+            "--state",
+            state.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let base_url = procs
+        .line(cloud, "its base URL", |l| {
+            l.starts_with("http://").then(|| l.trim().to_string())
+        })
+        .await;
+    let relay_url = procs
+        .line(cloud, "its relay URL", |l| {
+            l.strip_prefix("relay ").map(|u| u.trim().to_string())
+        })
+        .await;
+    let bus_spec = format!("sim:{bus}");
+    let mut car_args = vec!["sim", "vehicle", "--can", &bus_spec, "--vin", VIN];
+    if !can_only {
+        car_args.extend(["--doip-listen", "127.0.0.1:0"]);
+    }
+    let car = procs.spawn("sim vehicle", &car_args, &[]);
+    let vehicle_side = if can_only {
+        let vehicle = obdgw::sim::ecu::Vehicle::standard(
+            obdgw::vehicle::uds::Vin::parse(VIN).unwrap(),
+            std::time::Instant::now(),
+        );
+        obdgw::demo::doip_map(&vehicle, "car")
+            .iter()
+            .map(|m| {
+                format!(
+                    "\n[[tunnel.doip_map]]\naddress = 0x{:04X}\ninterface = \"{}\"\ntx_id = 0x{:03X}\nrx_id = 0x{:03X}\n",
+                    m.address, m.interface, m.tx_id, m.rx_id
+                )
+            })
+            .collect::<String>()
+    } else {
+        let car_doip = procs
+            .line(car, "its DoIP address", |l| {
+                addr_after(l, "obdgw sim vehicle: DoIP on ")
+            })
+            .await;
+        format!("doip_vehicle = \"{car_doip}\"\n")
+    };
+    procs
+        .line(car, "its ready line", |l| {
+            (l == "obdgw sim vehicle: ready").then_some(())
+        })
+        .await;
+    let socket = procs.path("control.sock");
+    let config = procs.path("obdgw.toml");
+    let config_text = format!(
+        r#"[log]
+level = "info"
+format = "text"
+
+[daemon]
+state_dir = "{state_dir}"
+control_socket = "{socket}"
+
+[cloud]
+base_url = "{base_url}"
+connector_uuid = "{DEMO_CONNECTOR_UUID}"
+pincode = "{pincode}"
+
+[cloud.status]
+reconnect_min_ms = 500
+reconnect_max_ms = 2000
+
+[[can]]
+name = "car"
+interface = "{bus_spec}"
+
+[tunnel]
+relay_url = "{relay_url}"
+can_interfaces = ["car"]
+allow_can_tx = true
+{vehicle_side}"#,
+        state_dir = procs.path("gateway-state").display(),
+        socket = socket.display(),
+    );
+    std::fs::write(&config, &config_text).unwrap();
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_obdgw"))
+        .args(["config", "check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let check_err = String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "config check: {check_err}");
+    assert!(
+        check_err.contains("tunnel mode: cloud-driven"),
+        "config check names the mode: {check_err}"
+    );
+    let daemon = procs.spawn("run", &["run", "--config", config.to_str().unwrap()], &[]);
+    World {
+        procs,
+        base_url,
+        relay_url,
+        socket,
+        config,
+        daemon,
+        config_text,
+    }
+}
+
+/// `obdgw status --json`: exit code and report (`Null` when no daemon answered).
+async fn status(w: &World) -> (i32, Value) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_obdgw"))
+        .args(["status", "--json", "--socket", w.socket.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), v)
+}
+
+/// Poll the status until `pred` holds; fail with the processes' output after `within`.
+async fn until(
+    w: &mut World,
+    what: &str,
+    within: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> (Value, Duration) {
+    let start = tokio::time::Instant::now();
+    let mut last = Value::Null;
+    while start.elapsed() < within {
+        let (_, v) = status(w).await;
+        if pred(&v) {
+            return (v, start.elapsed());
+        }
+        last = v;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.procs.fail(&format!(
+        "status did not show {what} within {within:?}; last status:\n{last:#}"
+    ))
+}
+
+/// Create a ticket for `vin` as the garage would, then have an operator join it in the back
+/// office: returns (ticket id, connection UUID = session, operator token).
+async fn ticket_joined(w: &mut World, vin: &str) -> (i64, String, String) {
+    let api = Client::new(
+        ClientSettings::for_base_url(&w.base_url),
+        Some(Credentials::ConnectorUuid {
+            uuid: DEMO_CONNECTOR_UUID.into(),
+            pincode: Secret::new(DEMO_PINCODE),
+        }),
+        None,
+    )
+    .unwrap();
+    let ticket = match api
+        .create_ticket(&NewTicket {
+            vin: vin.into(),
+            vehicle_model_id: 200102,
+            vehicle_model_variant_id: 2001021,
+            connector_id: DEMO_CONNECTOR_ID,
+            product_ids: vec![52352],
+            product_prerequisites: vec![PrerequisiteAnswer {
+                definition_id: 4,
+                value: "true".into(),
+            }],
+            metadata: default_metadata(),
+            ..NewTicket::default()
+        })
+        .await
+    {
+        Ok(t) => t.id,
+        Err(e) => w.procs.fail(&format!("creating a ticket: {e}")),
+    };
+    let http = obdgw::cloud::tls::http_client(Duration::from_secs(10)).unwrap();
+    let joined: Value = match http
+        .post(format!("{}/admin/tickets/{ticket}/join", w.base_url))
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => r.json().await.unwrap(),
+        other => w
+            .procs
+            .fail(&format!("admin join of ticket {ticket}: {other:?}")),
+    };
+    (
+        ticket,
+        joined["connection_uuid"].as_str().unwrap().to_string(),
+        joined["operator_token"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn admin(w: &mut World, path: &str) {
+    let http = obdgw::cloud::tls::http_client(Duration::from_secs(10)).unwrap();
+    let url = format!("{}{path}", w.base_url);
+    match http.post(&url).send().await {
+        Ok(r) if r.status().is_success() => {}
+        other => w.procs.fail(&format!("POST {url}: {other:?}")),
+    }
+}
+
+/// Start the operator endpoint; returns its index and DoIP entity address.
+async fn operator(w: &mut World, session: &str, token: &str) -> (usize, SocketAddr) {
+    let relay = w.relay_url.clone();
+    let op = w.procs.spawn(
+        "operator",
+        &[
+            "operator",
+            "--relay",
+            &relay,
+            "--session",
+            session,
+            "--doip-listen",
+            "127.0.0.1:0",
+            "--socketcand-listen",
+            "127.0.0.1:0",
+            "--bus",
+            "car",
+        ],
+        &[("OBDGW_OPERATOR_TOKEN", token)],
+    );
+    let doip = w
+        .procs
+        .line(op, "its DoIP entity address", |l| {
+            addr_after(l, "DoIP entity on ")
+        })
+        .await;
+    (op, doip)
+}
+
+/// Read the VIN at the operator's DoIP entity with obdgw's own DoIP client.
+async fn read_vin(w: &mut World, doip: SocketAddr) {
+    use obdgw::vehicle::doip::{DoipClient, DoipClientConfig};
+    let cfg = DoipClientConfig {
+        response_timeout_ms: 10_000,
+        ..DoipClientConfig::default()
+    };
+    let mut client = DoipClient::new(doip, cfg);
+    let r = client.request(0x1000, bytes::Bytes::from_static(&[0x22, 0xF1, 0x90]));
+    match tokio::time::timeout(READY, r).await {
+        Ok(Ok(resp)) => assert_eq!(
+            &resp[..],
+            [&[0x62, 0xF1, 0x90][..], VIN.as_bytes()].concat(),
+            "VIN answer through the tunnel"
+        ),
+        Ok(Err(e)) => w.procs.fail(&format!("reading the VIN through the tunnel: {e}")),
+        Err(_) => w.procs.fail("no VIN through the tunnel within the time limit"),
+    }
+}
+
+/// The independent tester (python doipclient + udsoncan): VIN, DTCs, a 1 MiB download with
+/// its CRC checked. Skips loudly without the interop Python (fails with it required).
+async fn python_tester(w: &mut World, doip: SocketAddr) {
+    let Some(py) = common::interop_python("cloud_driven_session") else {
+        return;
+    };
+    let args = [
+        doip.ip().to_string(),
+        doip.port().to_string(),
+        "0x1000".into(),
+        DOWNLOAD.to_string(),
+    ];
+    let out = python(&mut w.procs, &py, "doip_sim_vehicle.py", &args).await;
+    assert_eq!(value(&out, "UDS_VIN"), VIN, "{out}");
+    let dtcs = value(&out, "DTCS");
+    assert!(
+        dtcs.starts_with("2 ") && dtcs.contains("030100:") && dtcs.contains("042000:"),
+        "{dtcs}"
+    );
+    assert_eq!(
+        value(&out, "DOWNLOADED"),
+        format!("{DOWNLOAD} {}", DOWNLOAD.div_ceil(4093)),
+        "{out}"
+    );
+    let local = value(&out, "LOCAL_CRC");
+    assert_eq!(value(&out, "EXIT_CRC"), local, "{out}");
+    assert_eq!(value(&out, "DONE"), "", "{out}");
+}
+
+async fn reload(w: &World) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_obdgw"))
+        .args(["reload", "--socket", w.socket.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+async fn cloud_driven(bus: &str, can_only: bool) {
+    let mut w = world(bus, can_only, DEMO_PINCODE).await;
+    // Logged in and following the connector, with no ticket yet: healthy.
+    let (v, _) = until(&mut w, "logged in, no ticket", READY, |v| {
+        v["cloud"]["logged_in"] == true
+            && v["cloud"]["status_socket"] == "up"
+            && v["mode"] == "cloud-driven"
+    })
+    .await;
+    assert!(v["ticket"].is_null() && v["session"].is_null(), "{v:#}");
+    assert_eq!(v["can"][0]["state"], "open", "{v:#}");
+    assert!(v["status_line"].as_str().unwrap().contains("no active ticket"), "{v:#}");
+
+    // The garage creates a ticket; the back office joins: the daemon opens the session.
+    let (ticket, session, token) = ticket_joined(&mut w, VIN).await;
+    let (v, _) = until(&mut w, "the session", READY, |v| {
+        v["session"]["id"] == session.as_str()
+    })
+    .await;
+    assert_eq!(v["ticket"]["id"], ticket, "{v:#}");
+    let (op, doip) = operator(&mut w, &session, &token).await;
+    let (v, _) = until(&mut w, "the session up", READY, |v| {
+        v["session"]["state"] == "up"
+    })
+    .await;
+    assert_eq!(v["vin_check"]["result"], "match", "{v:#}");
+    assert_eq!(v["vin_check"]["car_vin"], VIN, "{v:#}");
+    read_vin(&mut w, doip).await;
+    python_tester(&mut w, doip).await;
+
+    // Reload: a new log level applies live and the session is not cut; an invalid file is
+    // refused with its problems and the running configuration stays.
+    let before = status(&w).await.1;
+    let text = w.config_text.replace("level = \"info\"", "level = \"debug\"");
+    std::fs::write(&w.config, &text).unwrap();
+    let (code, out, err) = reload(&w).await;
+    assert_eq!(code, 0, "reload: {out}{err}");
+    assert!(out.contains("applied: log.level"), "{out}");
+    std::fs::write(&w.config, text.replace("[tunnel]", "[tunnel]\nbogus_key = 1")).unwrap();
+    let (code, out, err) = reload(&w).await;
+    assert_eq!(code, 1, "an invalid configuration is refused: {out}{err}");
+    assert!(err.contains("bogus_key"), "the problem is named: {err}");
+    read_vin(&mut w, doip).await;
+    let after = status(&w).await.1;
+    assert_eq!(after["session"]["state"], "up", "{after:#}");
+    assert_eq!(
+        after["session"]["reconnects"], before["session"]["reconnects"],
+        "the reload cut the session: {after:#}"
+    );
+    assert_eq!(after["session"]["restarts"], 0, "{after:#}");
+
+    // The ticket closes: the session is gone within 2 s, the operator is refused.
+    admin(&mut w, &format!("/admin/tickets/{ticket}/close")).await;
+    let (v, took) = until(&mut w, "no session after the close", Duration::from_secs(5), |v| {
+        v["session"].is_null() && v["ticket"].is_null()
+    })
+    .await;
+    assert!(
+        took <= Duration::from_secs(2),
+        "the session took {took:?} to close"
+    );
+    assert!(v["status_line"].as_str().unwrap().contains("no active ticket"), "{v:#}");
+    let st = w.procs.exit(op, "after its ticket was closed").await;
+    assert!(!st.success(), "the operator is refused once the ticket is closed");
+    // Stop the daemon: it exits 0 and removes its socket.
+    let pid = w.procs.procs[w.daemon].child.id() as i32;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let d = w.daemon;
+    let st = w.procs.exit(d, "after SIGTERM").await;
+    assert!(st.success(), "obdgw run exits 0 on SIGTERM: {st}");
+    assert!(!w.socket.exists(), "the control socket is removed");
+    assert_eq!(status(&w).await.0, 3, "no daemon: exit 3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_driven_session_for_a_doip_car() {
+    let _turn = TURN.lock().await;
+    cloud_driven("dc-doip", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_driven_session_for_a_can_only_car() {
+    let _turn = TURN.lock().await;
+    cloud_driven("dc-can", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_for_another_car_opens_no_session() {
+    let _turn = TURN.lock().await;
+    let mut w = world("dc-vin", false, DEMO_PINCODE).await;
+    until(&mut w, "logged in", READY, |v| v["cloud"]["logged_in"] == true).await;
+    let (_ticket, session, _token) = ticket_joined(&mut w, OTHER_VIN).await;
+    let (v, _) = until(&mut w, "the session refused", READY, |v| {
+        v["session"]["state"] == "refused"
+    })
+    .await;
+    assert_eq!(v["session"]["id"], session.as_str(), "{v:#}");
+    assert_eq!(v["vin_check"]["result"], "mismatch", "{v:#}");
+    assert_eq!(v["vin_check"]["car_vin"], VIN, "{v:#}");
+    assert_eq!(v["vin_check"]["ticket_vin"], OTHER_VIN, "{v:#}");
+    let line = v["status_line"].as_str().unwrap();
+    assert!(line.contains("VIN mismatch"), "{line}");
+    // Never reached the relay.
+    assert_eq!(v["session"]["records_sent"], 0, "{v:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_pincode_is_shown_and_retried_slowly() {
+    let _turn = TURN.lock().await;
+    let mut w = world("dc-pin", false, "000000").await;
+    let (v, _) = until(&mut w, "the login failure", READY, |v| {
+        v["cloud"]["login_error"].is_string()
+    })
+    .await;
+    assert_eq!(v["cloud"]["logged_in"], false, "{v:#}");
+    let err = v["cloud"]["login_error"].as_str().unwrap();
+    assert!(err.contains("refused"), "{err}");
+    assert!(
+        v["status_line"]
+            .as_str()
+            .unwrap()
+            .starts_with("Logging in failed"),
+        "{v:#}"
+    );
+    assert_eq!(status(&w).await.0, 1, "degraded: exit 1");
+    // Backoff: in 8 more seconds, no second attempt (the first wait is 24-36 s).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let log = std::fs::read_to_string(&w.procs.procs[w.daemon].stderr).unwrap_or_default();
+    let attempts = log
+        .matches("logging in to the Customer API failed")
+        .count();
+    assert_eq!(attempts, 1, "login retried too fast:\n{log}");
+    assert!(
+        log.contains("pincode is wrong"),
+        "the log names the pincode:\n{log}"
+    );
+}
