@@ -32,9 +32,11 @@ fn root() -> PathBuf {
 
 #[test]
 fn run_starts_logs_and_stops_on_sigterm_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
     let mut child = obdgw()
         .args(["run", "--config"])
         .arg(root().join("config/obdgw.toml"))
+        .env("OBDGW_DAEMON__CONTROL_SOCKET", dir.path().join("control.sock"))
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -53,7 +55,7 @@ fn run_starts_logs_and_stops_on_sigterm_within_a_second() {
     });
     let mut lines = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !lines.iter().any(|l: &String| l.contains("started")) {
+    while !lines.iter().any(|l: &String| l.contains("obdgw ready")) {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(l) => lines.push(l),
@@ -181,6 +183,7 @@ fn run_speaks_the_systemd_notify_protocol() {
     let mut child = obdgw()
         .args(["run", "--config"])
         .arg(root().join("config/obdgw.toml"))
+        .env("OBDGW_DAEMON__CONTROL_SOCKET", dir.path().join("control.sock"))
         .env("NOTIFY_SOCKET", &sock_path)
         // A 200 ms watchdog: the daemon must ping every 100 ms.
         .env("WATCHDOG_USEC", "200000")
@@ -216,4 +219,62 @@ fn run_speaks_the_systemd_notify_protocol() {
         }
     }
     assert!(child.wait().unwrap().success());
+}
+
+/// Every environment variable a command reads through clap (`env = "OBDGW_..."`) is a
+/// command-line option, not a configuration key: setting it must not break the commands that
+/// load the configuration ("unknown key").
+#[test]
+fn advertised_environment_variables_do_not_break_config_loading() {
+    use clap::CommandFactory as _;
+    fn walk(c: &clap::Command, out: &mut Vec<String>) {
+        for a in c.get_arguments() {
+            if let Some(e) = a.get_env() {
+                out.push(e.to_string_lossy().to_string());
+            }
+        }
+        for s in c.get_subcommands() {
+            walk(s, out);
+        }
+    }
+    let mut envs = Vec::new();
+    walk(&obdgw::cli::Cli::command(), &mut envs);
+    envs.sort();
+    envs.dedup();
+    assert!(envs.len() >= 5, "{envs:?}");
+    for e in &envs {
+        let rest = e.strip_prefix("OBDGW_").expect("OBDGW_ prefix");
+        assert!(
+            obdgw::config::ENV_NOT_KEYS.contains(&rest),
+            "{e} is read by a command but would be taken as a configuration key; add it to ENV_NOT_KEYS"
+        );
+    }
+    let mut c = obdgw();
+    c.args(["config", "check", "--config"])
+        .arg(root().join("config/obdgw.toml"));
+    for e in envs.iter().filter(|e| *e != "OBDGW_CONFIG") {
+        c.env(e, "x");
+    }
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "config check with {envs:?} set: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn status_and_reload_without_a_daemon_exit_3_with_advice() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("none.sock");
+    for cmd in ["status", "reload"] {
+        let out = obdgw()
+            .args([cmd, "--socket"])
+            .arg(&sock)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("is obdgw running?"), "{cmd}: {err}");
+    }
 }

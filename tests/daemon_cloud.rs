@@ -292,8 +292,12 @@ async fn read_vin(w: &mut World, doip: SocketAddr) {
             [&[0x62, 0xF1, 0x90][..], VIN.as_bytes()].concat(),
             "VIN answer through the tunnel"
         ),
-        Ok(Err(e)) => w.procs.fail(&format!("reading the VIN through the tunnel: {e}")),
-        Err(_) => w.procs.fail("no VIN through the tunnel within the time limit"),
+        Ok(Err(e)) => w
+            .procs
+            .fail(&format!("reading the VIN through the tunnel: {e}")),
+        Err(_) => w
+            .procs
+            .fail("no VIN through the tunnel within the time limit"),
     }
 }
 
@@ -350,7 +354,13 @@ async fn cloud_driven(bus: &str, can_only: bool) {
     .await;
     assert!(v["ticket"].is_null() && v["session"].is_null(), "{v:#}");
     assert_eq!(v["can"][0]["state"], "open", "{v:#}");
-    assert!(v["status_line"].as_str().unwrap().contains("no active ticket"), "{v:#}");
+    assert!(
+        v["status_line"]
+            .as_str()
+            .unwrap()
+            .contains("no active ticket"),
+        "{v:#}"
+    );
 
     // The garage creates a ticket; the back office joins: the daemon opens the session.
     let (ticket, session, token) = ticket_joined(&mut w, VIN).await;
@@ -372,12 +382,18 @@ async fn cloud_driven(bus: &str, can_only: bool) {
     // Reload: a new log level applies live and the session is not cut; an invalid file is
     // refused with its problems and the running configuration stays.
     let before = status(&w).await.1;
-    let text = w.config_text.replace("level = \"info\"", "level = \"debug\"");
+    let text = w
+        .config_text
+        .replace("level = \"info\"", "level = \"debug\"");
     std::fs::write(&w.config, &text).unwrap();
     let (code, out, err) = reload(&w).await;
     assert_eq!(code, 0, "reload: {out}{err}");
     assert!(out.contains("applied: log.level"), "{out}");
-    std::fs::write(&w.config, text.replace("[tunnel]", "[tunnel]\nbogus_key = 1")).unwrap();
+    std::fs::write(
+        &w.config,
+        text.replace("[tunnel]", "[tunnel]\nbogus_key = 1"),
+    )
+    .unwrap();
     let (code, out, err) = reload(&w).await;
     assert_eq!(code, 1, "an invalid configuration is refused: {out}{err}");
     assert!(err.contains("bogus_key"), "the problem is named: {err}");
@@ -392,17 +408,29 @@ async fn cloud_driven(bus: &str, can_only: bool) {
 
     // The ticket closes: the session is gone within 2 s, the operator is refused.
     admin(&mut w, &format!("/admin/tickets/{ticket}/close")).await;
-    let (v, took) = until(&mut w, "no session after the close", Duration::from_secs(5), |v| {
-        v["session"].is_null() && v["ticket"].is_null()
-    })
+    let (v, took) = until(
+        &mut w,
+        "no session after the close",
+        Duration::from_secs(5),
+        |v| v["session"].is_null() && v["ticket"].is_null(),
+    )
     .await;
     assert!(
         took <= Duration::from_secs(2),
         "the session took {took:?} to close"
     );
-    assert!(v["status_line"].as_str().unwrap().contains("no active ticket"), "{v:#}");
+    assert!(
+        v["status_line"]
+            .as_str()
+            .unwrap()
+            .contains("no active ticket"),
+        "{v:#}"
+    );
     let st = w.procs.exit(op, "after its ticket was closed").await;
-    assert!(!st.success(), "the operator is refused once the ticket is closed");
+    assert!(
+        !st.success(),
+        "the operator is refused once the ticket is closed"
+    );
     // Stop the daemon: it exits 0 and removes its socket.
     let pid = w.procs.procs[w.daemon].child.id() as i32;
     // SAFETY: kill(2) on our own child.
@@ -430,7 +458,10 @@ async fn cloud_driven_session_for_a_can_only_car() {
 async fn a_ticket_for_another_car_opens_no_session() {
     let _turn = TURN.lock().await;
     let mut w = world("dc-vin", false, DEMO_PINCODE).await;
-    until(&mut w, "logged in", READY, |v| v["cloud"]["logged_in"] == true).await;
+    until(&mut w, "logged in", READY, |v| {
+        v["cloud"]["logged_in"] == true
+    })
+    .await;
     let (_ticket, session, _token) = ticket_joined(&mut w, OTHER_VIN).await;
     let (v, _) = until(&mut w, "the session refused", READY, |v| {
         v["session"]["state"] == "refused"
@@ -468,9 +499,7 @@ async fn a_wrong_pincode_is_shown_and_retried_slowly() {
     // Backoff: in 8 more seconds, no second attempt (the first wait is 24-36 s).
     tokio::time::sleep(Duration::from_secs(8)).await;
     let log = std::fs::read_to_string(&w.procs.procs[w.daemon].stderr).unwrap_or_default();
-    let attempts = log
-        .matches("logging in to the Customer API failed")
-        .count();
+    let attempts = log.matches("logging in to the Customer API failed").count();
     assert_eq!(attempts, 1, "login retried too fast:\n{log}");
     assert!(
         log.contains("pincode is wrong"),

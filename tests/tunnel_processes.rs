@@ -201,6 +201,7 @@ format = "text"
 
 [daemon]
 state_dir = "{state_dir}"
+control_socket = "{socket}"
 
 [[can]]
 name = "car"
@@ -214,6 +215,7 @@ can_interfaces = ["car"]
 allow_can_tx = true
 {vehicle_side}"#,
         state_dir = procs.path("gateway-state").display(),
+        socket = procs.path("control.sock").display(),
     );
     std::fs::write(&config, text).unwrap();
     let check = Command::new(env!("CARGO_BIN_EXE_obdgw"))

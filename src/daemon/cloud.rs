@@ -32,7 +32,9 @@ const UNREACHABLE: (Duration, Duration) = (Duration::from_secs(5), Duration::fro
 /// Check that the follower can run at all: `Err` is a configuration the daemon cannot heal.
 pub fn preflight(cloud: &CloudConfig) -> Result<(), String> {
     if cloud.connector_uuid.is_none() {
-        return Err("cloud.connector_uuid is not set; it is printed on the connector's label".into());
+        return Err(
+            "cloud.connector_uuid is not set; it is printed on the connector's label".into(),
+        );
     }
     match cloud.resolve_pincode() {
         Ok(Some(_)) => Ok(()),
@@ -87,7 +89,8 @@ pub async fn run(
             Ok(_) => break,
             Err(e) => {
                 let (first, max) = if refused(&e) { REFUSED } else { UNREACHABLE };
-                let wait = super::ports::jitter(first.saturating_mul(1 << failures.min(10)).min(max));
+                let wait =
+                    super::ports::jitter(first.saturating_mul(1 << failures.min(10)).min(max));
                 failures += 1;
                 tracing::warn!(
                     "logging in to the Customer API failed: {e}; retrying in {} s",
@@ -103,7 +106,10 @@ pub async fn run(
                     c.login_error = Some(why.clone());
                     c.login_retry_at = Some(now_unix() + wait.as_secs());
                 });
-                hb.set(ComponentState::Degraded, format!("logging in failed: {why}"));
+                hb.set(
+                    ComponentState::Degraded,
+                    format!("logging in failed: {why}"),
+                );
                 if !sleep_beating(&hb, wait, &stop).await {
                     return Ok(());
                 }

@@ -123,9 +123,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
 /// What the server asks the daemon.
 pub trait ControlApi: Send + Sync + 'static {
     fn status(&self) -> StatusReport;
-    fn reload(
-        &self,
-    ) -> impl std::future::Future<Output = Result<ReloadOutcome, ErrorBody>> + Send;
+    fn reload(&self) -> impl std::future::Future<Output = Result<ReloadOutcome, ErrorBody>> + Send;
 }
 
 /// Bind the control socket: its directory is created when missing, a stale socket file
@@ -137,8 +135,9 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         && !dir.as_os_str().is_empty()
         && !dir.exists()
     {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating the control socket's directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!("creating the control socket's directory {}", dir.display())
+        })?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -529,7 +528,9 @@ mod tests {
             Command::Status
         );
         assert_eq!(
-            parse_request(b"{\"v\":1,\"cmd\":\"reload\"}\n").unwrap().cmd,
+            parse_request(b"{\"v\":1,\"cmd\":\"reload\"}\n")
+                .unwrap()
+                .cmd,
             Command::Reload
         );
         assert_eq!(

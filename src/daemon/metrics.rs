@@ -181,9 +181,11 @@ impl Collector for DaemonCollector {
                 "Frames received on a CAN interface",
                 (|c: &super::report::CanReport| c.rx_frames) as fn(&_) -> u64,
             ),
-            ("obdgw_can_tx_frames", "Frames sent on a CAN interface", |c| {
-                c.tx_frames
-            }),
+            (
+                "obdgw_can_tx_frames",
+                "Frames sent on a CAN interface",
+                |c| c.tx_frames,
+            ),
             (
                 "obdgw_can_error_frames",
                 "Error frames on a CAN interface",

@@ -211,7 +211,10 @@ impl Supervisor {
         });
     }
 
-    fn start_port(&mut self, cfg: crate::vehicle::can::CanInterfaceConfig) -> oneshot::Receiver<()> {
+    fn start_port(
+        &mut self,
+        cfg: crate::vehicle::can::CanInterfaceConfig,
+    ) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
         let stop = self.shutdown.child_token();
         self.port_stops.insert(cfg.name.clone(), stop.clone());
@@ -373,6 +376,9 @@ pub async fn run(
         "obdgw {} starting",
         env!("CARGO_PKG_VERSION")
     );
+    for r in &handle.snapshot().routes {
+        tracing::info!(route = %r.name, from = %r.source, to = ?r.sinks, overflow = %r.overflow, "route");
+    }
     // Checked before anything runs: what no retry can heal.
     if mode == "cloud-driven"
         && let Err(e) = cloud::preflight(&config.cloud)
@@ -418,8 +424,11 @@ pub async fn run(
                     _ = tick.tick() => {}
                 }
                 let h2 = h.clone();
-                if let Ok(Ok(snap)) =
-                    tokio::time::timeout(BEAT_EVERY, tokio::task::spawn_blocking(move || h2.snapshot())).await
+                if let Ok(Ok(snap)) = tokio::time::timeout(
+                    BEAT_EVERY,
+                    tokio::task::spawn_blocking(move || h2.snapshot()),
+                )
+                .await
                 {
                     hb.set(
                         ComponentState::Ok,
@@ -540,14 +549,19 @@ pub async fn run(
         }
     };
     if let Some(why) = &failure {
-        tracing::error!("a component failed for good: {why}; exiting so that systemd restarts the service");
+        tracing::error!(
+            "a component failed for good: {why}; exiting so that systemd restarts the service"
+        );
     }
     systemd::notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
     handle.close();
     sup.tasks.close();
     let timeout = Duration::from_millis(config.daemon.shutdown_timeout_ms);
-    if tokio::time::timeout(timeout, sup.tasks.wait()).await.is_err() {
+    if tokio::time::timeout(timeout, sup.tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             "tasks still running after {} ms; exiting anyway",
             config.daemon.shutdown_timeout_ms

@@ -72,9 +72,15 @@ pub async fn run(
                         last = st;
                     }
                     if st == BusState::BusOff {
-                        hb.set(ComponentState::Degraded, format!("{} is bus-off", cfg.interface));
+                        hb.set(
+                            ComponentState::Degraded,
+                            format!("{} is bus-off", cfg.interface),
+                        );
                     } else {
-                        hb.set(ComponentState::Ok, format!("{} open, {}", cfg.interface, st.name()));
+                        hb.set(
+                            ComponentState::Ok,
+                            format!("{} open, {}", cfg.interface, st.name()),
+                        );
                     }
                 }
             }

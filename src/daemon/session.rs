@@ -69,7 +69,11 @@ impl Decider {
                             id: *ticket_id,
                             ..TicketReport::default()
                         };
-                        if self.wanted.as_ref().is_some_and(|w| w.ticket_id != Some(*ticket_id)) {
+                        if self
+                            .wanted
+                            .as_ref()
+                            .is_some_and(|w| w.ticket_id != Some(*ticket_id))
+                        {
                             self.wanted = None;
                         }
                     }
@@ -111,7 +115,11 @@ impl Decider {
                 {
                     t.connection = None;
                 }
-                if self.wanted.as_ref().is_some_and(|w| &w.id == connection_uuid) {
+                if self
+                    .wanted
+                    .as_ref()
+                    .is_some_and(|w| &w.id == connection_uuid)
+                {
                     self.wanted = None;
                 }
             }
@@ -243,10 +251,15 @@ async fn session_task(shared: Arc<Shared>, w: Wanted, stop: CancellationToken) {
         };
         // The right car first.
         if w.token.is_none() && tunnel.vin_check != VinCheck::Off {
-            shared.set(&shared.session, Some(slot(Some("vin-check"), restarts, None)));
+            shared.set(
+                &shared.session,
+                Some(slot(Some("vin-check"), restarts, None)),
+            );
             let verdict = vin_check(&shared, &tunnel, &w).await;
             if let Err(why) = verdict {
-                shared.vin_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                shared
+                    .vin_refusals
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::error!(session = %w.id, "session refused: {why}; checking again in 30 s");
                 shared.set(
                     &shared.session,
@@ -267,7 +280,16 @@ async fn session_task(shared: Arc<Shared>, w: Wanted, stop: CancellationToken) {
             ..LinkView::default()
         };
         let started = tokio::time::Instant::now();
-        let r = run_once(&shared, &cfg, &tunnel, &w, view.clone(), channels.clone(), stop.clone()).await;
+        let r = run_once(
+            &shared,
+            &cfg,
+            &tunnel,
+            &w,
+            view.clone(),
+            channels.clone(),
+            stop.clone(),
+        )
+        .await;
         if stop.is_cancelled() {
             return;
         }
@@ -321,7 +343,9 @@ async fn run_once(
             let source: TokenSource = Arc::new(move || {
                 let sh = sh.clone();
                 Box::pin(async move {
-                    let client = sh.get(&sh.client).ok_or("not logged in to the Customer API")?;
+                    let client = sh
+                        .get(&sh.client)
+                        .ok_or("not logged in to the Customer API")?;
                     client.bearer().await.map_err(|e| e.to_string())
                 })
             });
@@ -370,13 +394,21 @@ async fn vin_check(shared: &Shared, tunnel: &TunnelConfig, w: &Wanted) -> Result
             format!("the ticket carries no VIN, and the car's VIN could not be read: {e}"),
             None,
         ),
-        (Some(_), Err(e)) => ("unreadable", format!("cannot read the car's VIN: {e}"), None),
-        (Some(t), Ok((v, how))) if norm(t) == norm(v) => {
-            ("match", format!("the car's VIN ({how}) is the ticket's"), Some(v.clone()))
-        }
+        (Some(_), Err(e)) => (
+            "unreadable",
+            format!("cannot read the car's VIN: {e}"),
+            None,
+        ),
+        (Some(t), Ok((v, how))) if norm(t) == norm(v) => (
+            "match",
+            format!("the car's VIN ({how}) is the ticket's"),
+            Some(v.clone()),
+        ),
         (Some(t), Ok((v, how))) => (
             "mismatch",
-            format!("VIN mismatch: the ticket is for {t}, but the car says {v} ({how}); wrong car plugged in?"),
+            format!(
+                "VIN mismatch: the ticket is for {t}, but the car says {v} ({how}); wrong car plugged in?"
+            ),
             Some(v.clone()),
         ),
     };
@@ -425,7 +457,9 @@ async fn read_car_vin(shared: &Shared, tunnel: &TunnelConfig) -> Result<(String,
                 vin: r.as_ref().ok().map(|(v, _)| v.to_string()),
             }),
         );
-        return r.map(|(v, how)| (v.to_string(), how)).map_err(|e| e.to_string());
+        return r
+            .map(|(v, how)| (v.to_string(), how))
+            .map_err(|e| e.to_string());
     }
     let Some((name, port)) = usable_ports(shared, tunnel).into_iter().next() else {
         return Err(
@@ -463,9 +497,7 @@ mod tests {
         assert_eq!(d.wanted().unwrap().id, "c-1");
         assert_eq!(d.wanted().unwrap().ticket_vin.as_deref(), Some("VIN1"));
         // Link flaps change nothing.
-        assert!(!d.apply(&StatusEvent::LinkDown {
-            reason: "x".into()
-        }));
+        assert!(!d.apply(&StatusEvent::LinkDown { reason: "x".into() }));
         assert!(!d.apply(&StatusEvent::LinkUp));
         assert_eq!(d.wanted().unwrap().id, "c-1");
         // A new connection replaces the old one.

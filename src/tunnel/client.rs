@@ -440,18 +440,24 @@ where
             wrote = true;
             if ws.feed(m).await.is_err() {
                 session.disconnected(Instant::now().into_std());
-                return Ok(Some(Ended::Retry { reached_peer: *reached_peer }));
+                return Ok(Some(Ended::Retry {
+                    reached_peer: *reached_peer,
+                }));
             }
         }
         if wrote && ws.flush().await.is_err() {
             session.disconnected(Instant::now().into_std());
-            return Ok(Some(Ended::Retry { reached_peer: *reached_peer }));
+            return Ok(Some(Ended::Retry {
+                reached_peer: *reached_peer,
+            }));
         }
         while let Some(ev) = session.poll_event() {
             match ev {
                 Event::Dead => {
                     tracing::info!("tunnel peer silent: reconnecting");
-                    return Ok(Some(Ended::Retry { reached_peer: *reached_peer }));
+                    return Ok(Some(Ended::Retry {
+                        reached_peer: *reached_peer,
+                    }));
                 }
                 Event::Up { .. } => {
                     *reached_peer = true;

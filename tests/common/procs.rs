@@ -225,4 +225,3 @@ pub fn value<'a>(stdout: &'a str, key: &str) -> &'a str {
         .find_map(|l| l.strip_prefix(key).map(str::trim))
         .unwrap_or_else(|| panic!("no {key} line in:\n{stdout}"))
 }
-
