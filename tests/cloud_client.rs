@@ -732,7 +732,9 @@ async fn server_side_failures_are_typed() {
     let before = requests(&r);
     let e = wrong.makes(all).await.unwrap_err();
     assert_eq!(e.status(), Some(401));
-    assert!(e.to_string().contains("obdgw login"), "{e}");
+    // A refused login names the credentials, not "log in again".
+    assert!(e.to_string().contains("pincode is wrong"), "{e}");
+    assert!(!e.to_string().contains("obdgw login"), "{e}");
     assert_eq!(
         requests(&r) - before,
         1,
