@@ -27,8 +27,23 @@ const DOWNLOAD: usize = 1 << 20;
 /// The tests take turns: each runs four or five processes on a 2-core machine.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// How a test's world differs from the plain one.
+#[derive(Default)]
+struct Opts {
+    /// The car has no DoIP entity: VIN over CAN, DoIP through the address map.
+    can_only: bool,
+    /// A wrong pincode instead of the demo connector's.
+    pincode: Option<&'static str>,
+    /// The simulator's token lifetime (`--token-ttl-s`).
+    token_ttl_s: Option<u64>,
+    /// The daemon reaches the relay through a proxy the test can cut.
+    wan: bool,
+}
+
 struct World {
     procs: Procs,
+    /// The daemon's way to the relay, when `Opts::wan`.
+    wan: Option<common::wan::Wan>,
     base_url: String,
     relay_url: String,
     socket: PathBuf,
@@ -42,23 +57,26 @@ struct World {
 /// The cloud simulator, a simulated car and the daemon in cloud-driven mode. With
 /// `can_only` the car has no DoIP entity: the daemon reads its VIN over CAN and serves it
 /// through the address map.
-async fn world(bus: &str, can_only: bool, pincode: &str) -> World {
+async fn world(bus: &str, opts: Opts) -> World {
+    let can_only = opts.can_only;
+    let pincode = opts.pincode.unwrap_or(DEMO_PINCODE);
     let mut procs = Procs::new();
     let state = procs.path("cloud-state.json");
-    let cloud = procs.spawn(
-        "sim cloud",
-        &[
-            "sim",
-            "cloud",
-            "--listen",
-            "127.0.0.1:0",
-            "--relay-listen",
-            "127.0.0.1:0",
-            "--state",
-            state.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let ttl = opts.token_ttl_s.map(|t| t.to_string());
+    let mut cloud_args = vec![
+        "sim",
+        "cloud",
+        "--listen",
+        "127.0.0.1:0",
+        "--relay-listen",
+        "127.0.0.1:0",
+        "--state",
+        state.to_str().unwrap(),
+    ];
+    if let Some(t) = &ttl {
+        cloud_args.extend(["--token-ttl-s", t]);
+    }
+    let cloud = procs.spawn("sim cloud", &cloud_args, &[]);
     let base_url = procs
         .line(cloud, "its base URL", |l| {
             l.starts_with("http://").then(|| l.trim().to_string())
@@ -102,6 +120,20 @@ async fn world(bus: &str, can_only: bool, pincode: &str) -> World {
             (l == "obdgw sim vehicle: ready").then_some(())
         })
         .await;
+    let wan = if opts.wan {
+        let relay: SocketAddr = relay_url
+            .trim_start_matches("ws://")
+            .trim_end_matches('/')
+            .parse()
+            .expect("the relay URL is ws://ADDR/");
+        Some(common::wan::Wan::to(relay).await)
+    } else {
+        None
+    };
+    let gateway_relay = match &wan {
+        Some(w) => format!("ws://{}/", w.addr),
+        None => relay_url.clone(),
+    };
     let socket = procs.path("control.sock");
     let config = procs.path("obdgw.toml");
     let config_text = format!(
@@ -127,7 +159,7 @@ name = "car"
 interface = "{bus_spec}"
 
 [tunnel]
-relay_url = "{relay_url}"
+relay_url = "{gateway_relay}"
 can_interfaces = ["car"]
 allow_can_tx = true
 {vehicle_side}"#,
@@ -148,6 +180,7 @@ allow_can_tx = true
     let daemon = procs.spawn("run", &["run", "--config", config.to_str().unwrap()], &[]);
     World {
         procs,
+        wan,
         base_url,
         relay_url,
         socket,
@@ -344,7 +377,14 @@ async fn reload(w: &World) -> (i32, String, String) {
 }
 
 async fn cloud_driven(bus: &str, can_only: bool) {
-    let mut w = world(bus, can_only, DEMO_PINCODE).await;
+    let mut w = world(
+        bus,
+        Opts {
+            can_only,
+            ..Opts::default()
+        },
+    )
+    .await;
     // Logged in and following the connector, with no ticket yet: healthy.
     let (v, _) = until(&mut w, "logged in, no ticket", READY, |v| {
         v["cloud"]["logged_in"] == true
@@ -457,7 +497,7 @@ async fn cloud_driven_session_for_a_can_only_car() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ticket_for_another_car_opens_no_session() {
     let _turn = TURN.lock().await;
-    let mut w = world("dc-vin", false, DEMO_PINCODE).await;
+    let mut w = world("dc-vin", Opts::default()).await;
     until(&mut w, "logged in", READY, |v| {
         v["cloud"]["logged_in"] == true
     })
@@ -480,7 +520,14 @@ async fn a_ticket_for_another_car_opens_no_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_pincode_is_shown_and_retried_slowly() {
     let _turn = TURN.lock().await;
-    let mut w = world("dc-pin", false, "000000").await;
+    let mut w = world(
+        "dc-pin",
+        Opts {
+            pincode: Some("000000"),
+            ..Opts::default()
+        },
+    )
+    .await;
     let (v, _) = until(&mut w, "the login failure", READY, |v| {
         v["cloud"]["login_error"].is_string()
     })
@@ -505,4 +552,189 @@ async fn a_wrong_pincode_is_shown_and_retried_slowly() {
         log.contains("pincode is wrong"),
         "the log names the pincode:\n{log}"
     );
+}
+
+/// A session, joined and up, with the operator's DoIP entity.
+async fn session_up(w: &mut World) -> (i64, String, usize, SocketAddr) {
+    until(w, "logged in", READY, |v| {
+        v["cloud"]["logged_in"] == true && v["cloud"]["status_socket"] == "up"
+    })
+    .await;
+    let (ticket, session, token) = ticket_joined(w, VIN).await;
+    let (op, doip) = operator(w, &session, &token).await;
+    until(w, "the session up", READY, |v| v["session"]["state"] == "up").await;
+    (ticket, session, op, doip)
+}
+
+/// The python tester in the background (None without the interop Python).
+fn python_in_background(w: &World, doip: SocketAddr) -> Option<tokio::task::JoinHandle<String>> {
+    let py = common::interop_python("cloud_driven_faults")?;
+    let args = [
+        doip.ip().to_string(),
+        doip.port().to_string(),
+        "0x1000".into(),
+        DOWNLOAD.to_string(),
+    ];
+    let _ = w;
+    Some(tokio::spawn(async move {
+        let out = tokio::process::Command::new(py)
+            .arg(common::interop_script("doip_sim_vehicle.py"))
+            .args(args)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("running the python tester");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "python tester failed:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }))
+}
+
+fn check_download(out: &str) {
+    assert_eq!(
+        value(out, "DOWNLOADED"),
+        format!("{DOWNLOAD} {}", DOWNLOAD.div_ceil(4093)),
+        "{out}"
+    );
+    let local = value(out, "LOCAL_CRC");
+    assert_eq!(value(out, "EXIT_CRC"), local, "{out}");
+}
+
+/// The daemon stopped and started again mid-ticket: the session is back within 3 s, the
+/// tester's TCP connection to the operator's entity stays up and its next request works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_resumes_the_ticket_session_within_3_s() {
+    use obdgw::vehicle::doip::{Connection, DoipClientConfig};
+    let _turn = TURN.lock().await;
+    let mut w = world("dc-restart", Opts::default()).await;
+    let (_ticket, session, _op, doip) = session_up(&mut w).await;
+    let cfg = DoipClientConfig {
+        response_timeout_ms: 10_000,
+        ..DoipClientConfig::default()
+    };
+    let conn = match Connection::open(doip, cfg).await {
+        Ok(c) => c,
+        Err(e) => w.procs.fail(&format!("tester connection: {e}")),
+    };
+    let vin_req = || bytes::Bytes::from_static(&[0x22, 0xF1, 0x90]);
+    let expect = [&[0x62, 0xF1, 0x90][..], VIN.as_bytes()].concat();
+    match conn.request(0x1000, vin_req()).await {
+        Ok(r) => assert_eq!(&r[..], expect),
+        Err(e) => w.procs.fail(&format!("VIN before the restart: {e}")),
+    }
+    let pid = w.procs.procs[w.daemon].child.id() as i32;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let d = w.daemon;
+    let st = w.procs.exit(d, "after SIGTERM").await;
+    assert!(st.success(), "{st}");
+    let config = w.config.to_str().unwrap().to_string();
+    let t0 = tokio::time::Instant::now();
+    w.daemon = w.procs.spawn("run (again)", &["run", "--config", &config], &[]);
+    let (v, _) = until(&mut w, "the session up again", READY, |v| {
+        v["session"]["state"] == "up" && v["session"]["id"] == session.as_str()
+    })
+    .await;
+    let took = t0.elapsed();
+    assert!(took <= Duration::from_secs(3), "back after {took:?}: {v:#}");
+    assert!(!conn.is_closed(), "the tester's connection to the operator dropped");
+    match tokio::time::timeout(READY, conn.request(0x1000, vin_req())).await {
+        Ok(Ok(r)) => assert_eq!(&r[..], expect),
+        other => w.procs.fail(&format!("VIN after the restart: {other:?}")),
+    }
+}
+
+/// 2 s tokens and three killed websockets during one session: every reconnect presents a
+/// fresh token (an expired one is refused at the hello, which would restart the session and
+/// lose its stream), and the download is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_tokens_and_killed_websockets_lose_nothing() {
+    let _turn = TURN.lock().await;
+    let mut w = world(
+        "dc-tokens",
+        Opts {
+            token_ttl_s: Some(2),
+            wan: true,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let (_ticket, _session, _op, doip) = session_up(&mut w).await;
+    let tester = python_in_background(&w, doip);
+    for kill in 1..=3u64 {
+        // Older than the token's lifetime: a reconnect with the first token would fail.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        w.wan.as_ref().unwrap().cut();
+        until(&mut w, "the session resumed", READY, |v| {
+            v["session"]["state"] == "up" && v["session"]["reconnects"].as_u64() >= Some(kill)
+        })
+        .await;
+        read_vin(&mut w, doip).await;
+    }
+    if let Some(t) = tester {
+        match tokio::time::timeout(common::procs::CLIENT, t).await {
+            Ok(Ok(out)) => check_download(&out),
+            other => w.procs.fail(&format!("python tester: {other:?}")),
+        }
+    }
+    let v = status(&w).await.1;
+    assert_eq!(v["session"]["restarts"], 0, "a reconnect was refused: {v:#}");
+    assert!(v["session"]["reconnects"].as_u64() >= Some(3), "{v:#}");
+}
+
+/// The cloud (API and status websocket) down for 30 s while a download runs: the session
+/// is not touched, the download completes, and the daemon reconnects afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_30_s_cloud_outage_leaves_the_session_alone() {
+    let _turn = TURN.lock().await;
+    let mut w = world("dc-outage", Opts::default()).await;
+    let (_ticket, session, _op, doip) = session_up(&mut w).await;
+    let tester = python_in_background(&w, doip);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let http = obdgw::cloud::tls::http_client(Duration::from_secs(10)).unwrap();
+    let fault = serde_json::json!({"status": 503, "count": 1_000_000, "path_prefix": "/v1"});
+    let r = http
+        .post(format!("{}/admin/faults", w.base_url))
+        .json(&fault)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{r:?}");
+    let outage = tokio::time::Instant::now();
+    admin(&mut w, "/admin/websockets/drop").await;
+    until(&mut w, "the status socket down", READY, |v| {
+        v["cloud"]["status_socket"] == "down"
+    })
+    .await;
+    if let Some(t) = tester {
+        match tokio::time::timeout(common::procs::CLIENT, t).await {
+            Ok(Ok(out)) => check_download(&out),
+            other => w.procs.fail(&format!("python tester: {other:?}")),
+        }
+    }
+    while outage.elapsed() < Duration::from_secs(30) {
+        let v = status(&w).await.1;
+        assert_eq!(v["session"]["id"], session.as_str(), "{v:#}");
+        assert_eq!(v["session"]["restarts"], 0, "{v:#}");
+        assert_eq!(v["cloud"]["status_socket"], "down", "{v:#}");
+        read_vin(&mut w, doip).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let r = http
+        .delete(format!("{}/admin/faults", w.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{r:?}");
+    let (v, _) = until(&mut w, "the status socket up again", READY, |v| {
+        v["cloud"]["status_socket"] == "up"
+    })
+    .await;
+    assert_eq!(v["session"]["state"], "up", "{v:#}");
+    assert_eq!(v["session"]["restarts"], 0, "{v:#}");
+    read_vin(&mut w, doip).await;
 }

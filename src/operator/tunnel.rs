@@ -369,6 +369,11 @@ impl DiagHandler for TunnelDiag {
         let state = self.target(req.target);
         // One request per target at a time, as UDS requires.
         let mut st = state.lock().await;
+        // A channel the gateway lost (it restarted: its channels are gone) is opened anew,
+        // so the tester's next request works on the same TCP connection.
+        if st.channel.as_ref().is_some_and(|(_, rx)| rx.is_closed()) {
+            st.channel = None;
+        }
         if st.channel.is_none() {
             let (tx, rx) = mpsc::channel(DOIP_QUEUE);
             let params = ChannelParams::Doip {
@@ -447,7 +452,11 @@ impl DiagHandler for TunnelDiag {
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => {
+                    // The channel died with the request in flight (the gateway restarted
+                    // or the session ended): whether it reached the ECU is unknown, so the
+                    // tester gets a clear refusal rather than silence.
                     st.channel = None;
+                    let _ = replies.send(Bytes::from(vec![0x7F, sid, 0x10])).await;
                     return;
                 }
                 Err(_) => {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod procs;
+pub mod wan;
 
 use std::path::PathBuf;
 
