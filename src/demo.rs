@@ -1,34 +1,43 @@
-//! `obdgw demo`: the main job on the built-in simulators, in one process.
+//! `obdgw demo`: the product path on the built-in simulators, in one process.
 //!
-//! Owns: wiring a simulated CAN-only car (the standard vehicle's four ECUs on an in-process
-//! virtual bus), the gateway side (`tunnel::gateway`, the ECUs reached through its
-//! DoIP-to-ISO-TP address map and its raw mirror), a relay on loopback, and the operator
-//! endpoint (`operator::tunnel`) whose local DoIP entity and socketcand server a tester uses
-//! as if the car were on the desk.
+//! Owns: wiring the cloud simulator (the Customer API, its status websocket and its relay)
+//! on loopback, a simulated CAN-only car (the standard vehicle's four ECUs on a `sim:` CAN
+//! bus), **the daemon's own [`crate::daemon::run`]** in cloud-driven mode with a generated
+//! configuration (it logs in, follows the connector, checks the car's VIN and opens the
+//! session by itself), the garage's and the back office's part (a ticket created through the
+//! API and joined by an operator), and the operator endpoint whose local DoIP entity and
+//! socketcand server a tester uses as if the car were on the desk. It prints the story as it
+//! happens and where a tester connects; `obdgw status --socket PATH` reads its daemon.
 //!
-//! Does not own: any of those parts (it only starts them) or the vendor cloud (`obdgw sim
-//! cloud` with `--relay-listen` runs the same path as separate processes, see README).
+//! Does not own: any of those parts (it only starts them).
 
+use crate::cloud::Credentials;
+use crate::cloud::client::{Client, ClientSettings};
+use crate::cloud::model::{NewTicket, PrerequisiteAnswer, default_metadata};
+use crate::config::{Config, Secret};
+use crate::daemon::control::{self, Command};
 use crate::operator::tunnel::{DiagTiming, DoipServe, start};
-use crate::relay::{RelayConfig, SessionTokens, StaticTokens};
+use crate::sim::cloud::{DEMO_CONNECTOR_ID, DEMO_CONNECTOR_UUID, DEMO_PINCODE};
 use crate::sim::ecu::{DEFAULT_VIN, Vehicle};
 use crate::sim::vehicle::{CanEcus, SimVehicle};
 use crate::tunnel::client::ClientConfig;
-use crate::tunnel::gateway::{self, DoipMapEntry, Gateway};
-use crate::vehicle::can::vbus::{PortOptions, VirtualBus};
+use crate::tunnel::gateway::{DoipMapEntry, TunnelConfig, VinCheck};
+use crate::vehicle::can::CanInterfaceConfig;
 use crate::vehicle::doip::entity::EntityConfig;
 use crate::vehicle::uds::Vin;
 use crate::wire::tunnel::Token;
 use anyhow::Context;
+use serde_json::Value;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
-/// The demo's session id and tokens (loopback only).
-const SESSION: &str = "00000000-0000-4000-8000-00000000d3e0";
+/// How long each step of the story may take before the demo gives up.
+const STEP: Duration = Duration::from_secs(30);
 
 /// The gateway's address map for a simulated car on `interface`: each ECU at the DoIP
 /// address the simulator gives it, over ISO-TP on its request and response ids.
@@ -89,74 +98,183 @@ fn run_inner(args: DemoArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    rt.block_on(demo(args, vin))
+    let dir = std::env::temp_dir().join(format!("obdgw-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let r = rt.block_on(demo(args, vin, &dir));
+    rt.shutdown_timeout(Duration::from_millis(200));
+    let _ = std::fs::remove_dir_all(&dir);
+    r
 }
 
-async fn demo(args: DemoArgs, vin: Vin) -> anyhow::Result<()> {
-    let stop = CancellationToken::new();
-
-    // The relay, on loopback.
-    let rl = TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("binding the relay")?;
-    let relay = rl.local_addr()?;
-    let tokens = Arc::new(StaticTokens::new([SessionTokens {
-        id: SESSION.into(),
-        gateway_token: "demo-gateway".into(),
-        operator_token: "demo-operator".into(),
-    }]));
-    tokio::spawn(crate::relay::run(
-        rl,
-        None,
-        tokens,
-        RelayConfig::default(),
-        stop.clone(),
-    ));
-    let url = format!("ws://{relay}/");
-
-    // The car: the standard vehicle's ECUs on a CAN bus, channels open before anything runs.
-    let bus = VirtualBus::new("can0");
-    // A virtual bus has no bit rate: room for a whole ISO-TP block per port.
-    let roomy = || PortOptions {
-        rx_capacity: 8192,
-        loopback: false,
-    };
-    let vehicle = Vehicle::standard(vin, std::time::Instant::now());
-    let map = doip_map(&vehicle, "can0");
-    let sim = SimVehicle::new(vehicle);
-    tokio::spawn(sim.clone().run_timers(stop.clone()));
-    let ecus = CanEcus::open(sim.clone(), Arc::new(bus.port_with(roomy())))
-        .map_err(|e| anyhow::anyhow!("opening the simulated ECUs' ISO-TP channels: {e}"))?;
-    let s = stop.clone();
-    tokio::spawn(async move { ecus.serve(s).await });
-
-    // The gateway side: the ECUs as DoIP addresses through the address map.
-    let mut gw = Gateway::new(
-        None,
-        vec![("can0".into(), Arc::new(bus.port_with(roomy())))],
-        true,
-    );
-    for entry in &map {
-        gw.doip_map
-            .push(entry.resolve().map_err(|e| anyhow::anyhow!(e))?);
-    }
-    let s = stop.clone();
-    let gurl = url.clone();
-    tokio::spawn(async move {
-        if let Err(e) = gateway::run(
-            ClientConfig::new(gurl),
-            SESSION,
-            &crate::config::Secret::new("demo-gateway"),
-            gw,
-            s,
-        )
-        .await
-        {
-            tracing::error!("demo gateway side stopped: {e}");
-        }
+/// The daemon's configuration for the demo: cloud-driven, the simulator's demo connector,
+/// the car's bus, the address map of its ECUs.
+fn daemon_config(
+    dir: &Path,
+    base_url: &str,
+    relay_url: &str,
+    bus: &str,
+    map: Vec<DoipMapEntry>,
+) -> Config {
+    let mut c = Config::default();
+    c.log.level = "warn".into();
+    c.daemon.state_dir = dir.join("state");
+    c.daemon.control_socket = dir.join("control.sock");
+    c.cloud.base_url = base_url.into();
+    c.cloud.connector_uuid = Some(DEMO_CONNECTOR_UUID.into());
+    c.cloud.pincode = Some(Secret::new(DEMO_PINCODE));
+    c.can = vec![CanInterfaceConfig::new("car", bus)];
+    c.tunnel = Some(TunnelConfig {
+        relay_url: relay_url.into(),
+        session: None,
+        token: None,
+        vin_check: VinCheck::Refuse,
+        doip_vehicle: None,
+        can_interfaces: vec!["car".into()],
+        allow_can_tx: true,
+        doip_map: map,
+        keepalive_every_ms: 2_000,
+        keepalive_for_ms: 60_000,
     });
+    c
+}
 
-    // The operator endpoint on the addresses a tester uses.
+/// Poll the daemon's status until `pred` holds.
+async fn until_status(
+    socket: &Path,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + STEP;
+    let mut last = Value::Null;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(r) = control::call(socket, Command::Status, Duration::from_secs(2)).await
+            && let Some(s) = r.status
+        {
+            let v = serde_json::to_value(&s).unwrap_or(Value::Null);
+            if pred(&v) {
+                return Ok(v);
+            }
+            last = v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!(
+        "the daemon did not reach `{what}` within {STEP:?}; its status: {}",
+        last.get("status_line")
+            .and_then(Value::as_str)
+            .unwrap_or("(none)")
+    )
+}
+
+async fn demo(args: DemoArgs, vin: Vin, dir: &Path) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    let vin_text = std::str::from_utf8(vin.as_bytes())
+        .unwrap_or("?")
+        .to_string();
+
+    // 1. The vendor cloud: API, status websocket and relay, on loopback.
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the cloud simulator")?;
+    let base_url = format!("http://{}", listener.local_addr()?);
+    let sim = crate::sim::cloud::Shared::new(
+        crate::sim::cloud::load_data(None, None).map_err(anyhow::Error::msg)?,
+        crate::sim::cloud::SimOptions::default(),
+    );
+    let (relay_url, _relay) =
+        crate::sim::cloud::relay::start("127.0.0.1:0".parse()?, None, sim.clone(), stop.clone())
+            .await
+            .context("starting the simulator's relay")?;
+    {
+        let (sim, stop) = (sim.clone(), stop.clone());
+        tokio::spawn(async move { crate::sim::cloud::serve(listener, sim, stop).await });
+    }
+    println!("obdgw demo: cloud simulator on {base_url}, relay {relay_url}");
+
+    // 2. The car: four ECUs on a CAN bus of their own, channels open before anything runs.
+    let bus = format!("sim:obdgw-demo-{}", std::process::id());
+    let vehicle = Vehicle::standard(vin, std::time::Instant::now());
+    let map = doip_map(&vehicle, "car");
+    let car = SimVehicle::new(vehicle);
+    tokio::spawn(car.clone().run_timers(stop.clone()));
+    let port = crate::vehicle::can::open_port(&bus)
+        .await
+        .with_context(|| format!("opening the car's bus {bus}"))?;
+    let ecus = CanEcus::open(car.clone(), Arc::new(port))
+        .map_err(|e| anyhow::anyhow!("opening the simulated ECUs' ISO-TP channels: {e}"))?;
+    {
+        let s = stop.clone();
+        tokio::spawn(async move { ecus.serve(s).await });
+    }
+    println!("obdgw demo: simulated car {vin_text}: 4 ECUs on CAN bus {bus}");
+
+    // 3. The daemon, exactly as `obdgw run` runs it, in cloud-driven mode.
+    let config = daemon_config(dir, &base_url, &relay_url, &bus, map.clone());
+    let issues = crate::config::validate(&config);
+    if !issues.is_empty() {
+        anyhow::bail!("the demo's daemon configuration is invalid: {issues:?}");
+    }
+    let socket: PathBuf = config.daemon.control_socket.clone();
+    let daemon = {
+        let s = stop.clone();
+        tokio::spawn(async move {
+            crate::daemon::run(config, crate::daemon::RunOptions::new(None), s).await
+        })
+    };
+    until_status(&socket, "logged in", |v| v["cloud"]["logged_in"] == true).await?;
+    println!(
+        "obdgw demo: daemon logged in as connector {DEMO_CONNECTOR_UUID}; try `obdgw status --socket {}`",
+        socket.display()
+    );
+
+    // 4. The garage creates a ticket for the car; the back office has an operator join it.
+    let api = Client::new(
+        ClientSettings::for_base_url(&base_url),
+        Some(Credentials::ConnectorUuid {
+            uuid: DEMO_CONNECTOR_UUID.into(),
+            pincode: Secret::new(DEMO_PINCODE),
+        }),
+        None,
+    )?;
+    let ticket = api
+        .create_ticket(&NewTicket {
+            vin: vin_text.clone(),
+            vehicle_model_id: 200102,
+            vehicle_model_variant_id: 2001021,
+            connector_id: DEMO_CONNECTOR_ID,
+            product_ids: vec![52352],
+            product_prerequisites: vec![PrerequisiteAnswer {
+                definition_id: 4,
+                value: "true".into(),
+            }],
+            metadata: default_metadata(),
+            ..NewTicket::default()
+        })
+        .await
+        .context("creating the demo ticket")?;
+    println!("obdgw demo: ticket {} created for {vin_text}", ticket.id);
+    let http =
+        crate::cloud::tls::http_client(Duration::from_secs(10)).map_err(anyhow::Error::msg)?;
+    let joined: Value = http
+        .post(format!("{base_url}/admin/tickets/{}/join", ticket.id))
+        .send()
+        .await
+        .context("joining the ticket")?
+        .error_for_status()
+        .context("joining the ticket")?
+        .json()
+        .await?;
+    let session = joined["connection_uuid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let token = joined["operator_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    println!("obdgw demo: operator joined: session {session}");
+
+    // 5. The operator endpoint on the addresses a tester uses.
     let dl = TcpListener::bind(args.doip_listen).await.with_context(|| {
         format!(
             "binding the DoIP entity on {}; choose another --doip-listen",
@@ -177,55 +295,56 @@ async fn demo(args: DemoArgs, vin: Vin) -> anyhow::Result<()> {
                 args.socketcand_listen
             )
         })?;
-    let config = EntityConfig {
+    let entity = EntityConfig {
         vin: *vin.as_bytes(),
         targets: map.iter().map(|e| e.address).collect(),
         announce_to: None,
         ..EntityConfig::default()
     };
     let served = start(
-        ClientConfig::new(url.clone()),
-        SESSION,
-        Token("demo-operator".into()),
+        ClientConfig::new(relay_url.clone()),
+        &session,
+        Token(token),
         Some(DoipServe {
             listener: dl,
             udp: Some(du),
-            config,
+            config: entity,
             fetch_vin: true,
         }),
-        Some((cl, vec!["can0".into()])),
+        Some((cl, vec!["car".into()])),
         DiagTiming::default(),
         stop.clone(),
     )
     .await?;
-    tokio::time::timeout(Duration::from_secs(30), served.remote.wait_up())
+    tokio::time::timeout(STEP, served.remote.wait_up())
         .await
-        .map_err(|_| anyhow::anyhow!("the operator did not reach the gateway within 30 s"))?;
+        .map_err(|_| anyhow::anyhow!("the operator did not reach the gateway within {STEP:?}"))?;
+    let v = until_status(&socket, "session up", |v| v["session"]["state"] == "up").await?;
+    println!(
+        "obdgw demo: session up ({}; VIN check: {})",
+        v["status_line"].as_str().unwrap_or(""),
+        v["vin_check"]["result"].as_str().unwrap_or("-")
+    );
     let doip = served.doip.unwrap_or(args.doip_listen);
     let cand = served.socketcand.unwrap_or(args.socketcand_listen);
-    println!(
-        "obdgw demo: simulated car {} (4 ECUs on CAN) -> gateway -> tunnel (relay {url}) -> operator",
-        std::str::from_utf8(vin.as_bytes()).unwrap_or("?")
-    );
     let targets: Vec<String> = map.iter().map(|e| format!("0x{:04X}", e.address)).collect();
     println!(
         "  DoIP entity on {doip} (TCP+UDP), ECUs {}: try `obdgw vin --doip {doip}`",
         targets.join(" ")
     );
-    println!("  socketcand on {cand}, bus can0");
+    println!("  socketcand on {cand}, bus car");
     println!("obdgw demo: ready (Ctrl-C stops)");
 
-    let s2 = stop.clone();
-    tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
-        s2.cancel();
-    });
-    let _ = served.done.await;
+    let (s2, _) = (stop.clone(), ());
+    let signals = crate::daemon::spawn_signal_handler(s2, None)?;
+    tokio::select! {
+        _ = served.done => {}
+        _ = stop.cancelled() => {}
+    }
     stop.cancel();
-    Ok(())
+    signals.abort();
+    match tokio::time::timeout(Duration::from_secs(5), daemon).await {
+        Ok(Ok(Err(e))) => Err(e.context("the demo's daemon")),
+        _ => Ok(()),
+    }
 }

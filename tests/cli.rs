@@ -36,7 +36,10 @@ fn run_starts_logs_and_stops_on_sigterm_within_a_second() {
     let mut child = obdgw()
         .args(["run", "--config"])
         .arg(root().join("config/obdgw.toml"))
-        .env("OBDGW_DAEMON__CONTROL_SOCKET", dir.path().join("control.sock"))
+        .env(
+            "OBDGW_DAEMON__CONTROL_SOCKET",
+            dir.path().join("control.sock"),
+        )
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -183,7 +186,10 @@ fn run_speaks_the_systemd_notify_protocol() {
     let mut child = obdgw()
         .args(["run", "--config"])
         .arg(root().join("config/obdgw.toml"))
-        .env("OBDGW_DAEMON__CONTROL_SOCKET", dir.path().join("control.sock"))
+        .env(
+            "OBDGW_DAEMON__CONTROL_SOCKET",
+            dir.path().join("control.sock"),
+        )
         .env("NOTIFY_SOCKET", &sock_path)
         // A 200 ms watchdog: the daemon must ping every 100 ms.
         .env("WATCHDOG_USEC", "200000")
@@ -268,11 +274,7 @@ fn status_and_reload_without_a_daemon_exit_3_with_advice() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("none.sock");
     for cmd in ["status", "reload"] {
-        let out = obdgw()
-            .args([cmd, "--socket"])
-            .arg(&sock)
-            .output()
-            .unwrap();
+        let out = obdgw().args([cmd, "--socket"]).arg(&sock).output().unwrap();
         assert_eq!(out.status.code(), Some(3), "{cmd}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("is obdgw running?"), "{cmd}: {err}");

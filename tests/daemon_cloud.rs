@@ -562,7 +562,10 @@ async fn session_up(w: &mut World) -> (i64, String, usize, SocketAddr) {
     .await;
     let (ticket, session, token) = ticket_joined(w, VIN).await;
     let (op, doip) = operator(w, &session, &token).await;
-    until(w, "the session up", READY, |v| v["session"]["state"] == "up").await;
+    until(w, "the session up", READY, |v| {
+        v["session"]["state"] == "up"
+    })
+    .await;
     (ticket, session, op, doip)
 }
 
@@ -634,14 +637,19 @@ async fn a_restarted_daemon_resumes_the_ticket_session_within_3_s() {
     assert!(st.success(), "{st}");
     let config = w.config.to_str().unwrap().to_string();
     let t0 = tokio::time::Instant::now();
-    w.daemon = w.procs.spawn("run (again)", &["run", "--config", &config], &[]);
+    w.daemon = w
+        .procs
+        .spawn("run (again)", &["run", "--config", &config], &[]);
     let (v, _) = until(&mut w, "the session up again", READY, |v| {
         v["session"]["state"] == "up" && v["session"]["id"] == session.as_str()
     })
     .await;
     let took = t0.elapsed();
     assert!(took <= Duration::from_secs(3), "back after {took:?}: {v:#}");
-    assert!(!conn.is_closed(), "the tester's connection to the operator dropped");
+    assert!(
+        !conn.is_closed(),
+        "the tester's connection to the operator dropped"
+    );
     match tokio::time::timeout(READY, conn.request(0x1000, vin_req())).await {
         Ok(Ok(r)) => assert_eq!(&r[..], expect),
         other => w.procs.fail(&format!("VIN after the restart: {other:?}")),
@@ -682,7 +690,10 @@ async fn short_tokens_and_killed_websockets_lose_nothing() {
         }
     }
     let v = status(&w).await.1;
-    assert_eq!(v["session"]["restarts"], 0, "a reconnect was refused: {v:#}");
+    assert_eq!(
+        v["session"]["restarts"], 0,
+        "a reconnect was refused: {v:#}"
+    );
     assert!(v["session"]["reconnects"].as_u64() >= Some(3), "{v:#}");
 }
 

@@ -468,7 +468,7 @@ async fn read_car_vin(shared: &Shared, tunnel: &TunnelConfig) -> Result<(String,
     };
     crate::vehicle::vin::read_vin_on_port(port, TIMEOUT)
         .await
-        .map(|(v, how)| (v.to_string(), format!("{how} on {name}")))
+        .map(|(v, how)| (v.to_string(), format!("{how}, interface `{name}`")))
         .map_err(|e| e.to_string())
 }
 

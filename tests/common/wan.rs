@@ -61,4 +61,3 @@ impl Wan {
         self.blocked.store(on, Ordering::SeqCst);
     }
 }
-
