@@ -14,6 +14,7 @@
 //!
 //! Does not own: what the components do inside.
 
+pub mod bench;
 pub mod cloud;
 pub mod control;
 pub mod health;

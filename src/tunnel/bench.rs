@@ -43,6 +43,9 @@ pub struct BenchArgs {
 pub enum BenchWhat {
     /// The tunnel end to end on loopback (relay, gateway side, operator endpoint).
     Tunnel(TunnelBench),
+    /// The daemon as separate processes: idle CPU and memory, and the time from a
+    /// ticket's connection to the first answered diagnostic request.
+    Daemon(crate::daemon::bench::DaemonBench),
 }
 
 /// `obdgw bench tunnel` settings.
@@ -76,7 +79,29 @@ const CAN_REMOTE_SCRIPT: &str = include_str!("../../tests/interop/can_remote_ben
 
 /// Run `obdgw bench ...`.
 pub fn run_bench(args: BenchArgs) -> ExitCode {
-    let BenchWhat::Tunnel(t) = args.what;
+    let t = match args.what {
+        BenchWhat::Tunnel(t) => t,
+        BenchWhat::Daemon(d) => {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("obdgw bench: starting the tokio runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            return match rt.block_on(crate::daemon::bench::run(d)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("obdgw bench daemon: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    };
     let rt = if t.threads == 0 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
