@@ -154,6 +154,9 @@ pincode = "{pincode}"
 reconnect_min_ms = 500
 reconnect_max_ms = 2000
 
+[metrics]
+listen = "127.0.0.1:0"
+
 [[can]]
 name = "car"
 interface = "{bus_spec}"
@@ -418,6 +421,49 @@ async fn cloud_driven(bus: &str, can_only: bool) {
     assert_eq!(v["vin_check"]["car_vin"], VIN, "{v:#}");
     read_vin(&mut w, doip).await;
     python_tester(&mut w, doip).await;
+
+    // The status counts the traffic (within its 250 ms refresh), and the metrics tell the
+    // same story.
+    until(&mut w, "records counted", Duration::from_secs(5), |v| {
+        v["session"]["records_sent"].as_u64() > Some(0)
+            && v["session"]["bytes_received"].as_u64() > Some(0)
+    })
+    .await;
+    let addr = v["metrics"]
+        .as_str()
+        .expect("the metrics address")
+        .to_string();
+    let http = obdgw::cloud::tls::http_client(Duration::from_secs(10)).unwrap();
+    let text = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "obdgw_session_up 1",
+        "obdgw_cloud_logged_in 1",
+        "obdgw_ticket_active 1",
+        "obdgw_sessions_opened_total 1",
+        "obdgw_build_info{",
+        "obdgw_can_up{interface=\"car\"} 1",
+    ] {
+        assert!(text.contains(line), "metrics lack `{line}`:\n{text}");
+    }
+    let sent = text
+        .lines()
+        .find_map(|l| l.strip_prefix("obdgw_session_sent_bytes_total "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(sent > 0, "{text}");
+    let health = http
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
 
     // Reload: a new log level applies live and the session is not cut; an invalid file is
     // refused with its problems and the running configuration stays.

@@ -176,7 +176,18 @@ mod tests {
         };
         let s = e.to_string();
         assert!(
-            s.contains("409 Conflict") && s.contains("pending ticket"),
+            s.contains("409 Conflict") && s.contains("active ticket") && s.contains("no cancel"),
+            "{s}"
+        );
+        // A refused login names the credentials, not "log in again".
+        let e = ApiError::Status {
+            op: "auth_login_uuid".into(),
+            status: 401,
+            problem: Problem::from_body(401, b"{}"),
+        };
+        let s = e.to_string();
+        assert!(
+            s.contains("pincode is wrong") && !s.contains("obdgw login"),
             "{s}"
         );
     }

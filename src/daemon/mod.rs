@@ -261,6 +261,15 @@ impl Supervisor {
         })?;
         let new = loaded.config;
         let old = self.shared.config();
+        let restart_cloud = new.cloud != old.cloud && self.cloud_stop.is_some();
+        if restart_cloud && let Err(e) = cloud::preflight(&new.cloud) {
+            // Nothing is applied; the running follower keeps its credentials.
+            return Err(ErrorBody {
+                code: "invalid-config".into(),
+                message: format!("cloud: {e}"),
+                problems: vec![e],
+            });
+        }
         let mut o = ReloadOutcome::default();
         if new.log.level != old.log.level {
             match level {
@@ -292,8 +301,20 @@ impl Supervisor {
         let new_mode = new.tunnel.as_ref().map(|t| (t.mode(), t.session.clone()));
         if old_mode != new_mode {
             o.needs_restart.push("tunnel mode or session".into());
-        } else if new.tunnel != old.tunnel {
-            o.next_session.push("tunnel".into());
+        } else if let (Some(a), Some(b)) = (&old.tunnel, &new.tunnel) {
+            // The transmit policy applies at once, to open channels too.
+            if a.allow_can_tx != b.allow_can_tx {
+                self.shared
+                    .allow_can_tx
+                    .store(b.allow_can_tx, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(allow_can_tx = b.allow_can_tx, "transmit policy changed");
+                o.applied.push("tunnel.allow_can_tx".into());
+            }
+            let mut a2 = a.clone();
+            a2.allow_can_tx = b.allow_can_tx;
+            if a2 != *b {
+                o.next_session.push("tunnel".into());
+            }
         }
         if new.doip != old.doip {
             o.next_session.push("doip".into());
@@ -330,15 +351,7 @@ impl Supervisor {
         if can_changed {
             o.applied.push("can".into());
         }
-        if new.cloud != old.cloud && self.cloud_stop.is_some() {
-            if let Err(e) = cloud::preflight(&new.cloud) {
-                // Keep the running follower; the problem is named.
-                return Err(ErrorBody {
-                    code: "invalid-config".into(),
-                    message: format!("cloud: {e}"),
-                    problems: vec![e],
-                });
-            }
+        if restart_cloud {
             if let Some(s) = self.cloud_stop.take() {
                 s.cancel();
             }
@@ -485,7 +498,10 @@ pub async fn run(
     }
     if let Some(l) = metrics_listener {
         let addr = l.local_addr().ok();
-        tracing::info!(listen = ?addr, "metrics on /metrics");
+        if let Some(a) = addr {
+            tracing::info!(listen = %a, "metrics on http://{a}/metrics");
+            shared.set(&shared.metrics, Some(a.to_string()));
+        }
         let (sh, stop) = (shared.clone(), shutdown.clone());
         sup.spawn("metrics", async move {
             metrics::serve(l, sh, stop).await;

@@ -34,6 +34,9 @@ pub struct StatusReport {
     pub doip: Option<DoipReport>,
     pub router: RouterReport,
     pub components: Vec<ComponentView>,
+    /// Where `/metrics` is served (`[metrics]`), if anywhere.
+    #[serde(default)]
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -227,6 +227,7 @@ async fn close(shared: &Shared, r: Running) {
 async fn session_task(shared: Arc<Shared>, w: Wanted, stop: CancellationToken) {
     let view = Arc::new(Mutex::new(LinkView::default()));
     let channels = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let opened_at = now_unix();
     let slot = |phase: Option<&'static str>, restarts: u64, err: Option<String>| SessionSlot {
         id: w.id.clone(),
         relay: shared
@@ -238,7 +239,7 @@ async fn session_task(shared: Arc<Shared>, w: Wanted, stop: CancellationToken) {
         phase,
         view: view.clone(),
         restarts,
-        opened_at: now_unix(),
+        opened_at,
         last_error: err,
         channels: Some(channels.clone()),
     };
@@ -327,6 +328,7 @@ async fn run_once(
 ) -> Result<(), String> {
     let mut gw = gateway::build(tunnel, &cfg.doip, usable_ports(shared, tunnel))
         .map_err(|e| e.to_string())?;
+    gw.allow_can_tx = shared.allow_can_tx.clone();
     gw.counters = Arc::new(gateway::GatewayCounters {
         channels,
         ..Default::default()

@@ -61,10 +61,15 @@ pub struct Shared {
     pub ports: Mutex<BTreeMap<String, PortSlot>>,
     pub doip: Mutex<Option<DoipReport>>,
     pub router: crate::router::RouterHandle,
+    /// The transmit policy every session's gateway reads (per frame): a reload changes it
+    /// for open channels too.
+    pub allow_can_tx: Arc<std::sync::atomic::AtomicBool>,
     /// Sessions opened, refused by the VIN check, and reloads, for metrics.
     pub sessions_opened: AtomicU64,
     pub vin_refusals: AtomicU64,
     pub reloads: AtomicU64,
+    /// The bound metrics address.
+    pub metrics: Mutex<Option<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -77,7 +82,9 @@ impl Shared {
         mode: &'static str,
         router: crate::router::RouterHandle,
     ) -> Shared {
+        let tx = config.tunnel.as_ref().is_some_and(|t| t.allow_can_tx);
         Shared {
+            allow_can_tx: Arc::new(std::sync::atomic::AtomicBool::new(tx)),
             started: std::time::Instant::now(),
             mode,
             health: Health::new(),
@@ -93,6 +100,7 @@ impl Shared {
             sessions_opened: AtomicU64::new(0),
             vin_refusals: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
+            metrics: Mutex::new(None),
         }
     }
 
@@ -196,6 +204,7 @@ impl Shared {
             doip: self.get(&self.doip),
             router,
             components: self.health.views(now),
+            metrics: self.get(&self.metrics),
         };
         r.status_line = status_line(&r);
         r

@@ -370,11 +370,19 @@ where
     };
     publish(view, session, state(false, session), None);
     let mut published = Instant::now();
+    let mut last_stats = session.stats();
     let result = loop {
-        if view.is_some() && published.elapsed() >= VIEW_EVERY {
+        // Counters that moved are published at most every VIEW_EVERY, and at the latest
+        // VIEW_EVERY after they moved (the loop wakes for it), so a status read lags by
+        // no more than that.
+        let dirty = view.is_some() && session.stats() != last_stats;
+        if dirty && published.elapsed() >= VIEW_EVERY {
             publish(view, session, state(reached_peer, session), None);
             published = Instant::now();
+            last_stats = session.stats();
         }
+        let publish_at =
+            (view.is_some() && session.stats() != last_stats).then_some(published + VIEW_EVERY);
         let r = drive_once(
             &mut ws,
             session,
@@ -384,6 +392,7 @@ where
             held,
             app_open,
             &mut reached_peer,
+            publish_at,
         )
         .await;
         match r {
@@ -420,6 +429,7 @@ async fn drive_once<S>(
     held: &mut Option<Outgoing>,
     app_open: &mut bool,
     reached_peer: &mut bool,
+    publish_at: Option<Instant>,
 ) -> Result<Option<Ended>, ClientError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -483,6 +493,7 @@ where
             .poll_at()
             .map(Instant::from_std)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let wake = publish_at.map_or(wake, |p| p.min(wake));
         tokio::select! {
             _ = shutdown.cancelled() => {
                 let _ = ws.close(None).await;

@@ -394,8 +394,9 @@ pub struct Gateway<P> {
     pub doip: Option<(SocketAddr, DoipClientConfig)>,
     /// CAN ports by interface name (raw mirror and ISO-TP channels, the address map).
     pub can: Vec<(String, Arc<P>)>,
-    /// Whether `allow_tx` mirror channels are accepted.
-    pub allow_can_tx: bool,
+    /// Whether `allow_tx` mirror channels are accepted, and whether their frames are still
+    /// sent: shared, so the daemon's reload changes it for open channels too.
+    pub allow_can_tx: Arc<std::sync::atomic::AtomicBool>,
     /// CAN-only ECUs served as DoIP logical addresses (they take precedence over the car's
     /// DoIP entity for their address).
     pub doip_map: Vec<MappedEcu>,
@@ -427,7 +428,7 @@ impl<P> Gateway<P> {
         Gateway {
             doip,
             can,
-            allow_can_tx,
+            allow_can_tx: Arc::new(std::sync::atomic::AtomicBool::new(allow_can_tx)),
             doip_map: Vec::new(),
             keepalive: Keepalive::default(),
             counters: Arc::new(GatewayCounters::default()),
@@ -836,7 +837,7 @@ impl<P: CanPort> Gateway<P> {
                         format!("interface {interface} is already mirrored on another channel"),
                     ));
                 }
-                if *allow_tx && !self.allow_can_tx {
+                if *allow_tx && !self.allow_can_tx.load(Ordering::Relaxed) {
                     return Err(open_err(
                         ErrorCode::BAD_CHANNEL_PARAMS,
                         "this gateway does not let operators transmit (tunnel.allow_can_tx = false)",
@@ -852,7 +853,7 @@ impl<P: CanPort> Gateway<P> {
                     tap,
                     filters.clone(),
                     *fd,
-                    *allow_tx,
+                    allow_tx.then(|| self.allow_can_tx.clone()),
                     rx,
                     out.clone(),
                     stop.clone(),
@@ -1123,14 +1124,16 @@ fn closed(channel: u16, reason: &str) -> Outgoing {
 }
 
 /// One raw CAN mirror channel: the port's frames (filtered) go out as sheddable records;
-/// frames from the operator go on the bus when `allow_tx`.
+/// frames from the operator go on the bus when the channel was opened with `allow_tx`
+/// (`Some`) and the gateway's policy still allows it (checked per frame: a reload that
+/// turns transmit off stops open channels too).
 #[allow(clippy::too_many_arguments)]
 async fn mirror_channel<P: CanPort>(
     channel: u16,
     port: Arc<Tap<P>>,
     filters: Vec<IdFilter>,
     fd: bool,
-    allow_tx: bool,
+    allow_tx: Option<Arc<std::sync::atomic::AtomicBool>>,
     mut input: mpsc::Receiver<RecordBody>,
     out: mpsc::Sender<Outgoing>,
     stop: CancellationToken,
@@ -1155,12 +1158,14 @@ async fn mirror_channel<P: CanPort>(
                     continue;
                 }
             };
-            if !allow_tx {
-                let e = error_record(
-                    channel,
-                    ErrorCode::BAD_CHANNEL_PARAMS,
-                    "this channel was opened without allow_tx: frame not sent".into(),
-                );
+            let allowed = allow_tx.as_ref().map(|a| a.load(Ordering::Relaxed));
+            if allowed != Some(true) {
+                let why = if allowed.is_none() {
+                    "this channel was opened without allow_tx: frame not sent"
+                } else {
+                    "transmit is off at this gateway (tunnel.allow_can_tx = false): frame not sent"
+                };
+                let e = error_record(channel, ErrorCode::BAD_CHANNEL_PARAMS, why.into());
                 if tx_out.send(e).await.is_err() {
                     return;
                 }
@@ -1624,6 +1629,72 @@ can_interfaces = ["can0"]"#,
     ) -> Outgoing {
         tx.send(ev).await.unwrap();
         rx.recv().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn turning_transmit_off_stops_open_channels_at_once() {
+        let bus = crate::vehicle::can::vbus::VirtualBus::new("can0");
+        let car = bus.port();
+        let gw = Gateway::new(None, vec![("can0".to_string(), Arc::new(bus.port()))], true);
+        let policy = gw.allow_can_tx.clone();
+        let (ev_tx, ev_rx) = mpsc::channel(8);
+        let (out_tx, mut out_rx) = mpsc::channel(8);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(gw.serve(ev_rx, out_tx, stop.clone()));
+        let params = ChannelParams::CanMirror {
+            interface: "can0".into(),
+            filters: vec![],
+            fd: false,
+            allow_tx: true,
+        };
+        let o = answer(
+            &ev_tx,
+            &mut out_rx,
+            Event::Control(Control::Open { channel: 1, params }),
+        )
+        .await;
+        assert!(
+            matches!(o, Outgoing::Control(Control::Opened { channel: 1 })),
+            "{o:?}"
+        );
+        let frame = |b: u8| {
+            Event::Record(can_record(
+                1,
+                CanFrame::new(CanId::from_raw(0x123), &[b]).unwrap(),
+            ))
+        };
+        // Allowed: the car sees the frame.
+        ev_tx.send(frame(1)).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), car.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.data(), [1]);
+        // The policy changes (a reload): the next frame is refused, and nothing reaches the car.
+        policy.store(false, Ordering::Relaxed);
+        ev_tx.send(frame(2)).await.unwrap();
+        let o = tokio::time::timeout(Duration::from_secs(5), out_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        match o {
+            Outgoing::Record { rec, .. } => match rec.body {
+                RecordBody::Error(e) => {
+                    assert_eq!(e.code, ErrorCode::BAD_CHANNEL_PARAMS);
+                    assert!(e.message.contains("transmit is off"), "{}", e.message);
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), car.recv())
+                .await
+                .is_err(),
+            "a refused frame reached the bus"
+        );
+        stop.cancel();
+        let _ = task.await;
     }
 
     #[tokio::test]

@@ -1,0 +1,246 @@
+//! `obdgw run`'s honest health, as systemd and a person see it: READY with a missing CAN
+//! interface (retried, degraded), a failure no retry heals (exit non-zero, one clear line),
+//! SIGHUP reload, and `config check` on the tunnel's modes.
+
+use std::io::BufRead;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary with a clean environment (no OBDGW_*, systemd or RUST_LOG variables).
+fn obdgw() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_obdgw"));
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("OBDGW_")
+            || [
+                "RUST_LOG",
+                "JOURNAL_STREAM",
+                "NOTIFY_SOCKET",
+                "WATCHDOG_USEC",
+                "WATCHDOG_PID",
+                "CREDENTIALS_DIRECTORY",
+            ]
+            .contains(&k.as_ref())
+        {
+            c.env_remove(k.as_ref());
+        }
+    }
+    c
+}
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let p = dir.join("obdgw.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[log]\nformat = \"text\"\n\n[daemon]\nstate_dir = \"{}\"\ncontrol_socket = \"{}\"\n\n{body}",
+            dir.join("state").display(),
+            dir.join("control.sock").display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn status_json(dir: &Path) -> (Option<i32>, serde_json::Value) {
+    let out = obdgw()
+        .args(["status", "--json", "--socket"])
+        .arg(dir.join("control.sock"))
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[test]
+fn a_missing_can_interface_does_not_hold_start_up_and_shows_as_degraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[[can]]\nname = \"obd\"\ninterface = \"vcan97\"\n",
+    );
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut run = Kill(
+        obdgw()
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &sock_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut buf = [0u8; 1024];
+    let mut msgs = String::new();
+    while !msgs.contains("READY=1") {
+        let n = sock.recv(&mut buf).expect("READY within 30 s");
+        msgs.push_str(&String::from_utf8_lossy(&buf[..n]));
+        msgs.push('\n');
+    }
+    assert!(
+        msgs.contains("STATUS=") && msgs.contains("can:obd: cannot open vcan97"),
+        "STATUS names the missing interface: {msgs}"
+    );
+    let (code, v) = status_json(dir.path());
+    assert_eq!(code, Some(1), "degraded: {v:#}");
+    assert_eq!(v["health"], "degraded", "{v:#}");
+    assert_eq!(v["can"][0]["state"], "missing", "{v:#}");
+    assert!(
+        v["can"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("retrying in"),
+        "{v:#}"
+    );
+    // Still serving: SIGTERM ends it with 0.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(run.0.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(st) = run.0.try_wait().unwrap() {
+            assert!(st.success(), "{st}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn cloud_driven_mode_without_a_pincode_exits_non_zero_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[cloud]\nbase_url = \"http://127.0.0.1:9\"\nconnector_uuid = \"0b6f1c52-8d3e-4f0a-9c1d-2e7a5b4c3d21\"\n\n[tunnel]\nrelay_url = \"ws://127.0.0.1:9/\"\n",
+    );
+    let check = obdgw()
+        .args(["config", "check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    assert!(String::from_utf8_lossy(&check.stderr).contains("tunnel mode: cloud-driven"));
+    let out = obdgw()
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "exit status");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains("no pincode") && lines[0].contains("pincode_file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sighup_reloads_the_log_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let mut run = Kill(
+        obdgw()
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = run.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(l) if l.contains(what) => return l,
+                Ok(l) => seen.push(l),
+                Err(_) => panic!("no `{what}` line; got {seen:#?}"),
+            }
+        }
+    };
+    wait_for("obdgw ready");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[log]\n", "[log]\nlevel = \"debug\"\n");
+    std::fs::write(&config, text).unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(run.0.id() as i32, libc::SIGHUP) };
+    wait_for("log level changed");
+    wait_for("configuration reloaded");
+    // An invalid file on SIGHUP: refused, still running.
+    std::fs::write(&config, "[log]\nlevel = \"loud\"\n").unwrap();
+    unsafe { libc::kill(run.0.id() as i32, libc::SIGHUP) };
+    let l = wait_for("reload refused");
+    assert!(l.contains("log.level"), "{l}");
+    let (code, v) = status_json(dir.path());
+    assert_eq!(code, Some(0), "{v:#}");
+}
+
+#[test]
+fn config_check_refuses_a_mix_of_the_tunnel_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    for (body, key) in [
+        (
+            "[tunnel]\nrelay_url = \"ws://127.0.0.1:9/\"\nsession = \"s-1\"\n",
+            "tunnel.token",
+        ),
+        (
+            "[tunnel]\nrelay_url = \"ws://127.0.0.1:9/\"\ntoken = \"t\"\n",
+            "tunnel.token",
+        ),
+        (
+            "[tunnel]\nrelay_url = \"ws://127.0.0.1:9/\"\n",
+            "cloud.connector_uuid",
+        ),
+    ] {
+        let config = write_config(dir.path(), body);
+        let out = obdgw()
+            .args(["config", "check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{body}: {err}");
+        assert!(err.contains(key), "{body}: {err}");
+    }
+    let config = write_config(
+        dir.path(),
+        "[tunnel]\nrelay_url = \"ws://127.0.0.1:9/\"\nsession = \"s-1\"\ntoken = \"t\"\n",
+    );
+    let out = obdgw()
+        .args(["config", "check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tunnel mode: manual"));
+}
