@@ -125,18 +125,8 @@ async fn every_operation_succeeds() {
     let ids: Vec<i64> = by_group.iter().map(|p| p.id).collect();
     assert_eq!(ids, vec![52351, 52352]);
     assert!(
-        by_group[0]
-            .gross_price
-            .as_ref()
-            .unwrap()
-            .value
-            .unwrap()
-            > by_group[0]
-                .net_price
-                .as_ref()
-                .unwrap()
-                .value
-                .unwrap()
+        by_group[0].gross_price.as_ref().unwrap().value.unwrap()
+            > by_group[0].net_price.as_ref().unwrap().value.unwrap()
     );
     let by_bundle = c
         .all_products(GOLF8.0, GOLF8.1, None, Some(&bundles.result[0].id))

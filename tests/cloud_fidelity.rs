@@ -100,10 +100,11 @@ async fn a_service_that_ignores_offset_is_walked_once() {
     // Seven product groups announced, but every request answers the same first three.
     let page = json!({"result": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}],
         "total": 7, "offset": 0, "limit": 20});
-    let (base, counts) =
-        fixed_service(vec![("/v1/product-groups", 200, page.to_string())]).await;
+    let (base, counts) = fixed_service(vec![("/v1/product-groups", 200, page.to_string())]).await;
     let c = client(&base);
-    let walked = collect_pages(3, |p| c.product_groups(1, 2, p)).await.unwrap();
+    let walked = collect_pages(3, |p| c.product_groups(1, 2, p))
+        .await
+        .unwrap();
     assert_eq!(
         walked.items.iter().map(|g| g.id).collect::<Vec<_>>(),
         [1, 2, 3],

@@ -453,7 +453,9 @@ fn setup(common: &CloudCliArgs, watch: Option<&WatchArgs>) -> Result<Env, (ExitC
             if !super::validate::is_uuid(u) {
                 return Err((
                     ExitCode::from(2),
-                    format!("--connector-uuid: `{u}` is not a UUID (8-4-4-4-12 hexadecimal digits, as printed on the connector's label)"),
+                    format!(
+                        "--connector-uuid: `{u}` is not a UUID (8-4-4-4-12 hexadecimal digits, as printed on the connector's label)"
+                    ),
                 ));
             }
             cloud.connector_uuid = Some(u.to_ascii_lowercase());
@@ -874,7 +876,11 @@ fn run_watch(common: &CloudCliArgs, w: &WatchArgs) -> ExitCode {
             ExitCode::from(2),
             "no connector to watch: give --connector-uuid UUID or set cloud.connector_uuid (OBDGW_CLOUD__CONNECTOR_UUID)".to_string(),
         ))?;
-        if env.cloud.resolve_pincode().map_err(|e| (ExitCode::from(2), e))?.is_none()
+        if env
+            .cloud
+            .resolve_pincode()
+            .map_err(|e| (ExitCode::from(2), e))?
+            .is_none()
             && !env.store.as_ref().is_some_and(|p| p.exists())
         {
             return Err(no_pincode());
@@ -901,12 +907,10 @@ async fn watch(env: Env, uuid: String, as_json: bool) -> Result<(), (ExitCode, S
         .bearer()
         .await
         .map_err(|e| (exit_for(&e), e.to_string()))?;
-    let connector = client.connector_by_uuid(&uuid).await.map_err(|e| {
-        (
-            exit_for(&e),
-            format!("looking up connector {uuid}: {e}"),
-        )
-    })?;
+    let connector = client
+        .connector_by_uuid(&uuid)
+        .await
+        .map_err(|e| (exit_for(&e), format!("looking up connector {uuid}: {e}")))?;
     let settings = StatusSettings::from_config(&cloud);
     eprintln!(
         "obdgw api watch: following connector {} ({uuid}) at {}; Ctrl-C ends",
@@ -921,7 +925,8 @@ async fn watch(env: Env, uuid: String, as_json: bool) -> Result<(), (ExitCode, S
         tokio::spawn(async move { c.keep_fresh(stop).await })
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-    let follower = tokio::spawn(StatusClient::new(client, settings, uuid).run(tx, shutdown.clone()));
+    let follower =
+        tokio::spawn(StatusClient::new(client, settings, uuid).run(tx, shutdown.clone()));
     let mut out = std::io::stdout();
     while let Some(ev) = rx.recv().await {
         let time = now_rfc3339();
@@ -1252,7 +1257,9 @@ mod tests {
         );
         let relative_xdg = env(&[("HOME", "/home/jan"), ("XDG_STATE_HOME", "rel")]);
         assert_eq!(
-            resolve_state_dir(None, conf, false, relative_xdg).unwrap().1,
+            resolve_state_dir(None, conf, false, relative_xdg)
+                .unwrap()
+                .1,
             Home,
             "a relative XDG_STATE_HOME is ignored, as the spec says"
         );

@@ -604,8 +604,9 @@ impl Client {
     pub async fn add_favorite(&self, product: &Product) -> Result<(), ApiError> {
         let mut body = to_value(product);
         if let Value::Object(m) = &mut body {
-            // Absent optional fields are left out rather than sent as null.
-            m.retain(|_, v| !v.is_null());
+            // Fields the product lacks (null, or an empty string where the model has no
+            // Option) are left out rather than sent empty.
+            m.retain(|_, v| !v.is_null() && v.as_str() != Some(""));
         }
         self.nothing(Op::ProductsAddFavorite, ApiRequest::new().body(body))
             .await

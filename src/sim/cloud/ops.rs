@@ -310,10 +310,7 @@ pub fn private(
                 .ok_or_else(|| not_found("product"))?;
             p.is_favorite = op == Op::ProductsAddFavorite;
             // The reference answers add-favorite with `null`; remove-favorite with nothing.
-            changed(
-                op,
-                (op == Op::ProductsAddFavorite).then_some(Value::Null),
-            )
+            changed(op, (op == Op::ProductsAddFavorite).then_some(Value::Null))
         }
         Op::ProductsPrerequisites => {
             require_vehicle(d, req)?;
