@@ -227,6 +227,20 @@ fn every_operation_has_help() {
         let text = String::from_utf8_lossy(&o.stdout);
         assert!(text.contains(s.summary), "{} {}: {text}", s.group, s.name);
     }
+    let o = obdgw(&["api", "watch", "--help"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}");
+    for want in [
+        "status websocket",
+        "--json",
+        "--connector-uuid",
+        "--pincode-file",
+        "Ctrl-C",
+    ] {
+        assert!(text.contains(want), "`{want}` missing: {text}");
+    }
+    let o = obdgw(&["api", "--help"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Follow the connector's status websocket"));
 }
 
 /// `obdgw login` with only the given environment (of the variables that matter here).

@@ -88,7 +88,7 @@ pub struct CallArgs {
     pub all: bool,
 }
 
-/// `obdgw api watch`.
+/// `obdgw api watch` (its help text: [`WATCH_ABOUT`], [`WATCH_LONG`]).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct WatchArgs {
     /// The connector to follow, overriding cloud.connector_uuid.
@@ -222,11 +222,11 @@ impl clap::Args for ApiArgs {
             }
             cmd = cmd.subcommand(gc);
         }
-        cmd.subcommand(<WatchArgs as clap::Args>::augment_args(
-            Command::new("watch")
+        cmd.subcommand(
+            <WatchArgs as clap::Args>::augment_args(Command::new("watch"))
                 .about(WATCH_ABOUT)
                 .long_about(WATCH_LONG),
-        ))
+        )
     }
 
     fn augment_args_for_update(cmd: Command) -> Command {
