@@ -103,50 +103,56 @@ async fn every_operation_succeeds() {
     assert_eq!(bundles.result.len(), 1);
     assert_eq!(bundles.result[0].blocks[0].product_ids, vec![52355]);
     seen.insert(Op::ProductsBundles);
-    let by_group = c
+    // The favorite filter defaults to true (the reference): without it, favorites only.
+    let favorites = c
         .products(GOLF8.0, GOLF8.1, Some(2690), None, None, all)
         .await
         .unwrap();
-    let ids: Vec<i64> = by_group.result.iter().map(|p| p.id).collect();
-    assert_eq!(ids, vec![52351, 52352]);
-    assert!(
-        by_group.result[0]
-            .gross_price
-            .as_ref()
-            .unwrap()
-            .value
-            .unwrap()
-            > by_group.result[0]
-                .net_price
-                .as_ref()
-                .unwrap()
-                .value
-                .unwrap()
-    );
-    let by_bundle = c
-        .products(
-            GOLF8.0,
-            GOLF8.1,
-            None,
-            Some(&bundles.result[0].id),
-            None,
-            all,
-        )
+    let ids: Vec<i64> = favorites.result.iter().map(|p| p.id).collect();
+    assert_eq!(ids, vec![52351]);
+    let others = c
+        .products(GOLF8.0, GOLF8.1, Some(2690), None, Some(false), all)
         .await
         .unwrap();
     assert_eq!(
-        by_bundle.result.iter().map(|p| p.id).collect::<Vec<_>>(),
-        vec![52351, 52355]
+        others.result.iter().map(|p| p.id).collect::<Vec<_>>(),
+        vec![52352]
     );
+    let by_group = c
+        .all_products(GOLF8.0, GOLF8.1, Some(2690), None)
+        .await
+        .unwrap();
+    let ids: Vec<i64> = by_group.iter().map(|p| p.id).collect();
+    assert_eq!(ids, vec![52351, 52352]);
+    assert!(
+        by_group[0].gross_price.as_ref().unwrap().value.unwrap()
+            > by_group[0].net_price.as_ref().unwrap().value.unwrap()
+    );
+    let by_bundle = c
+        .all_products(GOLF8.0, GOLF8.1, None, Some(&bundles.result[0].id))
+        .await
+        .unwrap();
+    let mut bundle_ids: Vec<i64> = by_bundle.iter().map(|p| p.id).collect();
+    bundle_ids.sort_unstable();
+    assert_eq!(bundle_ids, vec![52351, 52355]);
     seen.insert(Op::ProductsList);
-    c.add_favorite(52357).await.unwrap();
+    // Add-favorite sends the whole product, as listed (the reference's body).
+    let camera = c
+        .products(GOLF8.0, GOLF8.1, Some(2695), None, Some(false), all)
+        .await
+        .unwrap()
+        .result
+        .into_iter()
+        .find(|p| p.id == 52357)
+        .unwrap();
+    c.add_favorite(&camera).await.unwrap();
     let favs = c
         .products(GOLF8.0, GOLF8.1, None, None, Some(true), all)
         .await
         .unwrap();
     assert!(favs.result.iter().any(|p| p.id == 52357 && p.is_favorite));
     seen.insert(Op::ProductsAddFavorite);
-    c.remove_favorite(52357).await.unwrap();
+    c.remove_favorite("52357").await.unwrap();
     let favs = c
         .products(GOLF8.0, GOLF8.1, None, None, Some(true), all)
         .await
@@ -215,6 +221,20 @@ async fn every_operation_succeeds() {
     let notes = c.ticket_notes(7014044, all).await.unwrap();
     assert_eq!(notes.result.len(), 1);
     assert!(notes.result[0].value.contains("Battery"));
+    // "Notes with attachments" (the reference).
+    assert_eq!(
+        notes.result[0]
+            .attachments
+            .iter()
+            .map(|a| a.file_name.as_str())
+            .collect::<Vec<_>>(),
+        ["bms-report.pdf"]
+    );
+    assert!(
+        notes.result[0].attachments[0]
+            .file_reference
+            .ends_with("/bms-report.pdf")
+    );
     assert!(c.ticket_notes(t.id, all).await.unwrap().result.is_empty());
     seen.insert(Op::TicketsNotes);
     let hist = c
@@ -639,8 +659,14 @@ async fn server_side_failures_are_typed() {
     )
     .await
     .unwrap_err());
-    nf(c.add_favorite(1).await.unwrap_err());
-    nf(c.remove_favorite(1).await.unwrap_err());
+    nf(c.add_favorite(&Product {
+        id: 1,
+        ..Product::default()
+    })
+    .await
+    .unwrap_err());
+    nf(c.remove_favorite("1").await.unwrap_err());
+    nf(c.remove_favorite("not-a-number").await.unwrap_err());
     nf(c.prerequisites(GOLF8.0, GOLF8.1, &[1], all)
         .await
         .unwrap_err());
@@ -1053,7 +1079,12 @@ async fn fixture_file_and_state_file() {
     .await
     .unwrap();
     let c = client(&r);
-    c.add_favorite(52357).await.unwrap();
+    c.add_favorite(&Product {
+        id: 52357,
+        ..Product::default()
+    })
+    .await
+    .unwrap();
     r.stop().await;
     let r = sim::start(sim::load_data(None, Some(&state)).unwrap(), opts, None)
         .await

@@ -1,20 +1,26 @@
-//! `obdgw login` and `obdgw api <group> <operation> [...]`.
+//! `obdgw login`, `obdgw api <group> <operation> [...]` and `obdgw api watch`.
 //!
 //! Owns: the command line of every API operation, generated from the operation table (one
 //! subcommand per operation, one flag per parameter), turning flags into a request, paging
-//! (`--offset`, `--limit`, `--all`), and printing answers as tables or `--json`.
+//! (`--offset`, `--limit`, `--all`), printing answers as tables or `--json`, following the
+//! status websocket as one line per event (`watch`), and where a person's tokens are kept
+//! (the state directory rule, [`resolve_state_dir`]).
 //! Tokens in answers are shortened, never printed whole; the pincode is never printed.
+//!
+//! Does not own: the status websocket itself (`status`), the client (`client`).
 
 use super::client::Client;
 use super::config::CloudConfig;
 use super::error::ApiError;
 use super::spec::{Loc, OPS, Op, OpSpec, Ty};
+use super::status::{StatusEvent, TicketState};
 use super::token::Credentials;
 use super::validate::{ApiRequest, MAX_LIMIT};
 use crate::config::{ConfigSource, Secret};
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use serde_json::{Map, Value, json};
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Options shared by `login` and `api`.
@@ -32,7 +38,9 @@ pub struct CloudCliArgs {
     /// REST base URL, overriding cloud.base_url (e.g. the simulator's printed URL).
     #[arg(long, value_name = "URL", env = "OBDGW_BASE_URL", global = true)]
     pub base_url: Option<String>,
-    /// Where tokens are kept, overriding daemon.state_dir.
+    /// Where tokens are kept. Default: daemon.state_dir when configured (file or
+    /// OBDGW_DAEMON__STATE_DIR), $STATE_DIRECTORY under systemd, else
+    /// $XDG_STATE_HOME/obdgw or ~/.local/state/obdgw.
     #[arg(long, value_name = "DIR", global = true)]
     pub state_dir: Option<PathBuf>,
     /// Print JSON instead of a table.
@@ -53,10 +61,25 @@ pub struct LoginArgs {
     pub connector_id: Option<i64>,
 }
 
-/// `obdgw api <group> <operation>`: generated from the operation table.
+/// `obdgw api ...`: an operation of the table, or `watch`.
 #[derive(Debug, Clone)]
 pub struct ApiArgs {
     pub common: CloudCliArgs,
+    pub command: ApiCommand,
+}
+
+/// What `obdgw api` does.
+#[derive(Debug, Clone)]
+pub enum ApiCommand {
+    /// `obdgw api <group> <operation>`: generated from the operation table.
+    Call(CallArgs),
+    /// `obdgw api watch`: follow the status websocket.
+    Watch(WatchArgs),
+}
+
+/// One operation with its flags.
+#[derive(Debug, Clone)]
+pub struct CallArgs {
     pub op: Op,
     /// (parameter name, raw value) as given.
     pub values: Vec<(&'static str, String)>,
@@ -64,6 +87,21 @@ pub struct ApiArgs {
     pub limit: Option<u32>,
     pub all: bool,
 }
+
+/// `obdgw api watch` (its help text: [`WATCH_ABOUT`], [`WATCH_LONG`]).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct WatchArgs {
+    /// The connector to follow, overriding cloud.connector_uuid.
+    #[arg(long, value_name = "UUID")]
+    pub connector_uuid: Option<String>,
+    /// A file holding the connector's pincode, overriding cloud.pincode and
+    /// cloud.pincode_file (never give the pincode itself on the command line).
+    #[arg(long, value_name = "PATH")]
+    pub pincode_file: Option<PathBuf>,
+}
+
+const WATCH_ABOUT: &str = "Follow the connector's status websocket and print connector, ticket and connection events, one line each";
+const WATCH_LONG: &str = "Follow the connector's status websocket (REST polling while it is down) and print connector, ticket and connection events, one line each; with --json one JSON object per line (fields in docs/cloud.md). Logs in like `obdgw login` (connector UUID and pincode from the configuration, the environment or the flags). Ctrl-C ends it (exit 0). Exit 1 when the first login or the connector lookup fails, 2 on invalid input.";
 
 /// Kebab-case flag of a parameter name (`connectorUUID` -> `connector-uuid`,
 /// `message.original` -> `message-original`).
@@ -184,7 +222,11 @@ impl clap::Args for ApiArgs {
             }
             cmd = cmd.subcommand(gc);
         }
-        cmd
+        cmd.subcommand(
+            <WatchArgs as clap::Args>::augment_args(Command::new("watch"))
+                .about(WATCH_ABOUT)
+                .long_about(WATCH_LONG),
+        )
     }
 
     fn augment_args_for_update(cmd: Command) -> Command {
@@ -198,6 +240,14 @@ impl clap::FromArgMatches for ApiArgs {
         let (group, gm) = m
             .subcommand()
             .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::MissingSubcommand))?;
+        if group == "watch" {
+            return Ok(ApiArgs {
+                common,
+                command: ApiCommand::Watch(<WatchArgs as clap::FromArgMatches>::from_arg_matches(
+                    gm,
+                )?),
+            });
+        }
         let (name, om) = gm
             .subcommand()
             .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::MissingSubcommand))?;
@@ -214,14 +264,16 @@ impl clap::FromArgMatches for ApiArgs {
         let paged = |k: &str| spec.paged.then(|| om.get_one::<u64>(k).copied()).flatten();
         Ok(ApiArgs {
             common,
-            op: spec.op,
-            values,
-            offset: paged("offset"),
-            limit: spec
-                .paged
-                .then(|| om.get_one::<u32>("limit").copied())
-                .flatten(),
-            all: spec.paged && om.get_flag("all"),
+            command: ApiCommand::Call(CallArgs {
+                op: spec.op,
+                values,
+                offset: paged("offset"),
+                limit: spec
+                    .paged
+                    .then(|| om.get_one::<u32>("limit").copied())
+                    .flatten(),
+                all: spec.paged && om.get_flag("all"),
+            }),
         })
     }
 
@@ -299,13 +351,85 @@ pub fn build_request(spec: &OpSpec, values: &[(&str, String)]) -> Result<ApiRequ
     Ok(req)
 }
 
+/// Where a state directory setting came from (see [`resolve_state_dir`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateDirSource {
+    /// `--state-dir`.
+    Flag,
+    /// `OBDGW_DAEMON__STATE_DIR` (the systemd unit sets it).
+    Environment,
+    /// `daemon.state_dir` in the configuration file.
+    File,
+    /// `$STATE_DIRECTORY`, set by systemd for a unit with `StateDirectory=`.
+    Systemd,
+    /// `$XDG_STATE_HOME/obdgw`.
+    XdgStateHome,
+    /// `~/.local/state/obdgw` (XDG's default).
+    Home,
+}
+
+/// Where `obdgw login` and `obdgw api` keep tokens. The service is told explicitly (the
+/// systemd unit sets `OBDGW_DAEMON__STATE_DIR=/var/lib/obdgw` and, through
+/// `StateDirectory=`, `$STATE_DIRECTORY`); a person's shell sets neither, so a person gets
+/// the XDG state directory instead of a silently created `/var/lib/obdgw`. In order:
+/// `--state-dir`; `OBDGW_DAEMON__STATE_DIR`; `daemon.state_dir` written in the
+/// configuration file; the first path of `$STATE_DIRECTORY`; `$XDG_STATE_HOME/obdgw` (when
+/// absolute); `$HOME/.local/state/obdgw`. `configured` is the loaded `daemon.state_dir`,
+/// `file_sets_it` whether the file read names it, `env` reads the process environment.
+pub fn resolve_state_dir(
+    flag: Option<&Path>,
+    configured: &Path,
+    file_sets_it: bool,
+    env: impl Fn(&str) -> Option<OsString>,
+) -> Result<(PathBuf, StateDirSource), String> {
+    let set = |k: &str| env(k).filter(|v| !v.is_empty());
+    if let Some(f) = flag {
+        return Ok((f.to_path_buf(), StateDirSource::Flag));
+    }
+    if set("OBDGW_DAEMON__STATE_DIR").is_some() {
+        return Ok((configured.to_path_buf(), StateDirSource::Environment));
+    }
+    if file_sets_it {
+        return Ok((configured.to_path_buf(), StateDirSource::File));
+    }
+    if let Some(dirs) = set("STATE_DIRECTORY")
+        && let Some(first) = std::env::split_paths(&dirs).find(|p| p.is_absolute())
+    {
+        return Ok((first, StateDirSource::Systemd));
+    }
+    if let Some(x) = set("XDG_STATE_HOME").map(PathBuf::from)
+        && x.is_absolute()
+    {
+        return Ok((x.join("obdgw"), StateDirSource::XdgStateHome));
+    }
+    match set("HOME").map(PathBuf::from) {
+        Some(h) if h.is_absolute() => Ok((
+            h.join(".local").join("state").join("obdgw"),
+            StateDirSource::Home,
+        )),
+        _ => Err("no directory for the tokens: neither $XDG_STATE_HOME nor $HOME is set; give --state-dir DIR (or set daemon.state_dir)".into()),
+    }
+}
+
+/// Whether the configuration file names `daemon.state_dir` (a person's explicit choice).
+fn file_sets_state_dir(file: Option<&Path>) -> bool {
+    let Some(text) = file.and_then(|f| std::fs::read_to_string(f).ok()) else {
+        return false;
+    };
+    text.parse::<toml::Table>().is_ok_and(|t| {
+        t.get("daemon")
+            .and_then(|d| d.as_table())
+            .is_some_and(|d| d.contains_key("state_dir"))
+    })
+}
+
 struct Env {
     client: Client,
     cloud: CloudConfig,
     store: Option<PathBuf>,
 }
 
-fn setup(common: &CloudCliArgs) -> Result<Env, (ExitCode, String)> {
+fn setup(common: &CloudCliArgs, watch: Option<&WatchArgs>) -> Result<Env, (ExitCode, String)> {
     let source = ConfigSource::from_arg(common.config.as_deref());
     let loaded = crate::config::load(&source).map_err(|e| {
         (
@@ -324,10 +448,31 @@ fn setup(common: &CloudCliArgs) -> Result<Env, (ExitCode, String)> {
             return Err((ExitCode::from(2), format!("--base-url: {}", i.message)));
         }
     }
-    let state = common
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| loaded.config.daemon.state_dir.clone());
+    if let Some(w) = watch {
+        if let Some(u) = &w.connector_uuid {
+            if !super::validate::is_uuid(u) {
+                return Err((
+                    ExitCode::from(2),
+                    format!(
+                        "--connector-uuid: `{u}` is not a UUID (8-4-4-4-12 hexadecimal digits, as printed on the connector's label)"
+                    ),
+                ));
+            }
+            cloud.connector_uuid = Some(u.to_ascii_lowercase());
+            cloud.connector_id = None;
+        }
+        if let Some(f) = &w.pincode_file {
+            cloud.pincode = None;
+            cloud.pincode_file = Some(f.clone());
+        }
+    }
+    let (state, _) = resolve_state_dir(
+        common.state_dir.as_deref(),
+        &loaded.config.daemon.state_dir,
+        file_sets_state_dir(loaded.file.as_deref()),
+        |k| std::env::var_os(k),
+    )
+    .map_err(|e| (ExitCode::from(2), e))?;
     let client = Client::from_config(&cloud, Some(&state))
         .map_err(|e| (ExitCode::FAILURE, e.to_string()))?;
     Ok(Env {
@@ -363,7 +508,7 @@ fn exit_for(e: &ApiError) -> ExitCode {
 /// `obdgw login`.
 pub fn run_login(args: LoginArgs) -> ExitCode {
     let result = (|| {
-        let env = setup(&args.common)?;
+        let env = setup(&args.common, None)?;
         let rt = runtime()?;
         rt.block_on(async {
             let info = match (&args.otp, args.connector_id) {
@@ -421,9 +566,16 @@ fn no_pincode() -> (ExitCode, String) {
 
 /// `obdgw api ...`.
 pub fn run_api(args: ApiArgs) -> ExitCode {
+    match args.command {
+        ApiCommand::Call(call) => run_call(&args.common, call),
+        ApiCommand::Watch(w) => run_watch(&args.common, &w),
+    }
+}
+
+fn run_call(common: &CloudCliArgs, args: CallArgs) -> ExitCode {
     let spec = args.op.spec();
     let result = (|| {
-        let env = setup(&args.common)?;
+        let env = setup(common, None)?;
         let mut values = args.values.clone();
         if spec.op == Op::TicketsCreate && !values.iter().any(|(n, _)| *n == "metadata") {
             values.push(("metadata", super::model::default_metadata().to_string()));
@@ -460,9 +612,17 @@ pub fn run_api(args: ApiArgs) -> ExitCode {
                 env.client.call(spec.op, req).await
             }
         });
+        let answer = match answer {
+            // The client's reading (`Client::active_ticket`): 404 means "no active ticket".
+            Err(e) if spec.op == Op::ConnectorsActiveTicket && e.is_not_found() => {
+                eprintln!("obdgw api connectors active-ticket: read as no active ticket: {e}");
+                Ok(None)
+            }
+            other => other,
+        };
         let answer = answer.map_err(|e| (exit_for(&e), e.to_string()))?;
         let answer = answer.map(|v| redact_tokens(spec.op, v));
-        print!("{}", render(spec, answer.as_ref(), args.common.json));
+        print!("{}", render(spec, answer.as_ref(), common.json));
         Ok(())
     })();
     match result {
@@ -474,13 +634,327 @@ pub fn run_api(args: ApiArgs) -> ExitCode {
     }
 }
 
+// ---- obdgw api watch ----
+
+/// The name `watch` prints for a ticket state (`unknown(42)` for a number without a name in
+/// cloud.ticket_states).
+pub fn state_name(s: TicketState) -> String {
+    match s {
+        TicketState::Prepared => "prepared".into(),
+        TicketState::Pending => "pending".into(),
+        TicketState::InProgress => "in_progress".into(),
+        TicketState::Outsourced => "outsourced".into(),
+        TicketState::Closed => "closed".into(),
+        TicketState::Cancelled => "cancelled".into(),
+        TicketState::Unknown(n) => format!("unknown({n})"),
+    }
+}
+
+/// Wall-clock time as RFC 3339 UTC with milliseconds.
+fn now_rfc3339() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let s = crate::sim::cloud::data::rfc3339(d.as_secs());
+    format!("{}.{:03}Z", s.get(..19).unwrap_or(&s), d.subsec_millis())
+}
+
+/// The connector fields that differ between two snapshots (all known ones for the first).
+fn changed_fields(
+    before: Option<&super::status::ConnectorSnapshot>,
+    after: &super::status::ConnectorSnapshot,
+) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let b = before.cloned().unwrap_or_default();
+    let first = before.is_none();
+    let mut check = |name, differs: bool, known: bool| {
+        if (first && known) || (!first && differs) {
+            out.push(name);
+        }
+    };
+    check(
+        "is_online",
+        b.is_online != after.is_online,
+        after.is_online.is_some(),
+    );
+    check(
+        "voltage",
+        b.voltage != after.voltage,
+        after.voltage.is_some(),
+    );
+    check(
+        "vin",
+        b.vin_number != after.vin_number,
+        after.vin_number.is_some(),
+    );
+    check(
+        "round_trip_time",
+        b.round_trip_time != after.round_trip_time,
+        after.round_trip_time.is_some(),
+    );
+    check(
+        "active_ticket_id",
+        b.active_ticket_id != after.active_ticket_id,
+        after.active_ticket_id.is_some(),
+    );
+    out
+}
+
+/// One event as the JSON object `watch --json` prints (fields in docs/cloud.md).
+pub fn event_json(ev: &StatusEvent, time: &str) -> Value {
+    let mut v = match ev {
+        StatusEvent::LinkUp => json!({ "event": "link_up" }),
+        StatusEvent::LinkDown { reason } => json!({ "event": "link_down", "reason": reason }),
+        StatusEvent::ConnectorChanged { before, after } => json!({
+            "event": "connector",
+            "connector_id": after.connector_id,
+            "is_online": after.is_online,
+            "voltage": after.voltage,
+            "vin": after.vin_number,
+            "round_trip_time": after.round_trip_time,
+            "active_ticket_id": after.active_ticket_id,
+            "changed": changed_fields(before.as_ref(), after),
+        }),
+        StatusEvent::TicketStateChanged {
+            ticket_id,
+            from,
+            to,
+        } => json!({
+            "event": "ticket",
+            "ticket_id": ticket_id,
+            "from": from.map(state_name),
+            "to": state_name(*to),
+            "final": to.is_final(),
+        }),
+        StatusEvent::TicketGone { ticket_id } => {
+            json!({ "event": "ticket_gone", "ticket_id": ticket_id })
+        }
+        StatusEvent::ConnectionStarted {
+            ticket_id,
+            connection_uuid,
+            vin,
+        } => json!({
+            "event": "connection_started",
+            "ticket_id": ticket_id,
+            "connection_uuid": connection_uuid,
+            "vin": vin,
+        }),
+        StatusEvent::ConnectionEnded {
+            ticket_id,
+            connection_uuid,
+        } => json!({
+            "event": "connection_ended",
+            "ticket_id": ticket_id,
+            "connection_uuid": connection_uuid,
+        }),
+        StatusEvent::ConnectionUpdated(c) => json!({
+            "event": "connection_updated",
+            "connection_uuid": c.connection_uuid,
+            "script_ui_available": c.script_ui_available,
+            // Without its query, which may carry a token.
+            "script_ui_wss_url": c.script_ui_wss_url.as_deref().map(|u| u.split('?').next().unwrap_or(u)),
+            "is_autonomous": c.is_autonomous,
+        }),
+    };
+    v["time"] = json!(time);
+    v
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// One event as the line `watch` prints for a person.
+pub fn event_line(ev: &StatusEvent, time: &str) -> String {
+    let what = match ev {
+        StatusEvent::LinkUp => "status websocket connected".to_string(),
+        StatusEvent::LinkDown { reason } => {
+            format!("status websocket down ({reason}); polling REST until it is back")
+        }
+        StatusEvent::ConnectorChanged { after, .. } => {
+            let mut parts = vec![match after.is_online {
+                Some(true) => "online".to_string(),
+                Some(false) => "offline".to_string(),
+                None => "online: unknown".to_string(),
+            }];
+            if let Some(v) = after.voltage {
+                parts.push(format!("{v:.1} V"));
+            }
+            if let Some(v) = after.vin_number.as_deref().filter(|v| !v.is_empty()) {
+                parts.push(format!("VIN {v}"));
+            }
+            if let Some(r) = after.round_trip_time {
+                parts.push(format!("round trip time {r}"));
+            }
+            parts.push(match after.active_ticket_id {
+                Some(t) => format!("active ticket {t}"),
+                None => "no active ticket".to_string(),
+            });
+            format!("connector {}: {}", after.connector_id, parts.join(", "))
+        }
+        StatusEvent::TicketStateChanged {
+            ticket_id,
+            from: None,
+            to,
+        } => format!("ticket {ticket_id}: {}", state_name(*to)),
+        StatusEvent::TicketStateChanged {
+            ticket_id,
+            from: Some(from),
+            to,
+        } => format!(
+            "ticket {ticket_id}: {} -> {}",
+            state_name(*from),
+            state_name(*to)
+        ),
+        StatusEvent::TicketGone { ticket_id } => {
+            format!("ticket {ticket_id}: no longer active (final state unknown)")
+        }
+        StatusEvent::ConnectionStarted {
+            ticket_id,
+            connection_uuid,
+            vin,
+        } => format!(
+            "connection {connection_uuid} started for ticket {ticket_id}{}",
+            vin.as_deref()
+                .map(|v| format!(" (VIN {v})"))
+                .unwrap_or_default()
+        ),
+        StatusEvent::ConnectionEnded {
+            ticket_id,
+            connection_uuid,
+        } => format!("connection {connection_uuid} ended (ticket {ticket_id})"),
+        StatusEvent::ConnectionUpdated(c) => {
+            let mut parts = Vec::new();
+            if let Some(a) = c.script_ui_available {
+                parts.push(format!("script UI available: {}", yes_no(a)));
+            }
+            if let Some(a) = c.is_autonomous {
+                parts.push(format!("autonomous: {}", yes_no(a)));
+            }
+            if let Some(u) = &c.script_ui_wss_url {
+                parts.push(format!("script UI at {}", u.split('?').next().unwrap_or(u)));
+            }
+            format!(
+                "connection {}: {}",
+                c.connection_uuid.as_deref().unwrap_or("?"),
+                if parts.is_empty() {
+                    "updated".to_string()
+                } else {
+                    parts.join(", ")
+                }
+            )
+        }
+    };
+    format!("{time}  {what}")
+}
+
+/// Cancel `stop` on Ctrl-C (SIGINT) or SIGTERM.
+async fn stop_on_signal(stop: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    async fn wait(kind: SignalKind) {
+        match signal(kind) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot install a handler for signal {kind:?}: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+    tokio::select! {
+        _ = wait(SignalKind::interrupt()) => {}
+        _ = wait(SignalKind::terminate()) => {}
+    }
+    stop.cancel();
+}
+
+fn run_watch(common: &CloudCliArgs, w: &WatchArgs) -> ExitCode {
+    let result = (|| {
+        let env = setup(common, Some(w))?;
+        let uuid = env.cloud.connector_uuid.clone().ok_or((
+            ExitCode::from(2),
+            "no connector to watch: give --connector-uuid UUID or set cloud.connector_uuid (OBDGW_CLOUD__CONNECTOR_UUID)".to_string(),
+        ))?;
+        if env
+            .cloud
+            .resolve_pincode()
+            .map_err(|e| (ExitCode::from(2), e))?
+            .is_none()
+            && !env.store.as_ref().is_some_and(|p| p.exists())
+        {
+            return Err(no_pincode());
+        }
+        let rt = runtime()?;
+        rt.block_on(watch(env, uuid, common.json))
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, msg)) => {
+            eprintln!("obdgw api watch: {msg}");
+            code
+        }
+    }
+}
+
+async fn watch(env: Env, uuid: String, as_json: bool) -> Result<(), (ExitCode, String)> {
+    use super::status::{StatusClient, StatusSettings};
+    use std::io::Write as _;
+    let Env { client, cloud, .. } = env;
+    // Log in and find the connector first, so a wrong pincode or UUID ends the command with
+    // the reason instead of being retried in the background.
+    client
+        .bearer()
+        .await
+        .map_err(|e| (exit_for(&e), e.to_string()))?;
+    let connector = client
+        .connector_by_uuid(&uuid)
+        .await
+        .map_err(|e| (exit_for(&e), format!("looking up connector {uuid}: {e}")))?;
+    let settings = StatusSettings::from_config(&cloud);
+    eprintln!(
+        "obdgw api watch: following connector {} ({uuid}) at {}; Ctrl-C ends",
+        connector.id,
+        settings.url.split('?').next().unwrap_or_default()
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let signals = tokio::spawn(stop_on_signal(shutdown.clone()));
+    let refresher = {
+        let c = client.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move { c.keep_fresh(stop).await })
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let follower =
+        tokio::spawn(StatusClient::new(client, settings, uuid).run(tx, shutdown.clone()));
+    let mut out = std::io::stdout();
+    while let Some(ev) = rx.recv().await {
+        let time = now_rfc3339();
+        let line = if as_json {
+            event_json(&ev, &time).to_string()
+        } else {
+            event_line(&ev, &time)
+        };
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            // Whoever read the lines went away (`| head`): end quietly.
+            break;
+        }
+    }
+    shutdown.cancel();
+    drop(rx);
+    let _ = follower.await;
+    let _ = refresher.await;
+    signals.abort();
+    Ok(())
+}
+
 async fn fetch_all(
     client: &Client,
     op: Op,
     req: ApiRequest,
     limit: u32,
 ) -> Result<Option<Value>, ApiError> {
-    let items = super::client::collect_all(limit, |page| {
+    let walked = super::client::collect_pages(limit, |page| {
         let mut r = req.clone();
         r.query
             .push(("offset".into(), page.offset.unwrap_or(0).to_string()));
@@ -495,9 +969,21 @@ async fn fetch_all(
         }
     })
     .await?;
-    let n = items.len();
+    let n = walked.items.len();
+    if let Some(at) = walked.repeated_at {
+        let spec = op.spec();
+        eprintln!(
+            "obdgw api {} {}: warning: the page at offset {at} repeated the previous one (the service seems to ignore --offset); showing {n} of the {} items it announced",
+            spec.group, spec.name, walked.total
+        );
+    }
+    let total = if walked.repeated_at.is_some() {
+        walked.total
+    } else {
+        n as i64
+    };
     Ok(Some(
-        json!({ "result": items, "total": n, "offset": 0, "limit": n }),
+        json!({ "result": walked.items, "total": total, "offset": 0, "limit": n }),
     ))
 }
 
@@ -555,9 +1041,11 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>, depth: u8) 
 
 /// Render an answer: JSON, or a table (lists) / key-value lines (objects).
 pub fn render(spec: &OpSpec, v: Option<&Value>, as_json: bool) -> String {
-    let Some(v) = v else {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
         return if as_json {
             "null\n".into()
+        } else if spec.op == Op::ConnectorsActiveTicket {
+            "no active ticket\n".into()
         } else {
             "done\n".into()
         };
@@ -583,10 +1071,12 @@ pub fn render(spec: &OpSpec, v: Option<&Value>, as_json: bool) -> String {
             }
         }
         cols.retain(|c| !nested.contains(&c.as_str()));
+        // Identifiers first (a connector is addressed by its UUID), then the name.
         cols.sort_by_key(|c| match c.as_str() {
             "id" => 0,
-            "name" => 1,
-            _ => 2,
+            "uuid" => 1,
+            "name" => 2,
+            _ => 3,
         });
         cols.truncate(8);
         let rows: Vec<Vec<String>> = items
@@ -699,6 +1189,208 @@ mod tests {
                 s.name
             );
         }
+    }
+
+    #[test]
+    fn watch_is_a_subcommand_of_api() {
+        let cmd = <ApiArgs as clap::Args>::augment_args(Command::new("api"));
+        assert!(
+            OPS.iter().all(|s| s.group != "watch"),
+            "no operation group may be called watch"
+        );
+        let m = cmd
+            .clone()
+            .try_get_matches_from([
+                "api",
+                "watch",
+                "--json",
+                "--connector-uuid",
+                "0b6f1c52-8d3e-4f0a-9c1d-2e7a5b4c3d21",
+                "--pincode-file",
+                "/p",
+            ])
+            .unwrap();
+        let a = <ApiArgs as clap::FromArgMatches>::from_arg_matches(&m).unwrap();
+        assert!(a.common.json);
+        match a.command {
+            ApiCommand::Watch(w) => {
+                assert_eq!(
+                    w.connector_uuid.as_deref(),
+                    Some("0b6f1c52-8d3e-4f0a-9c1d-2e7a5b4c3d21")
+                );
+                assert_eq!(w.pincode_file, Some(PathBuf::from("/p")));
+            }
+            other => panic!("{other:?}"),
+        }
+        let m = cmd
+            .try_get_matches_from(["api", "vehicles", "makes", "--limit", "3"])
+            .unwrap();
+        match <ApiArgs as clap::FromArgMatches>::from_arg_matches(&m)
+            .unwrap()
+            .command
+        {
+            ApiCommand::Call(c) => assert_eq!((c.op, c.limit), (Op::VehiclesMakes, Some(3))),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn state_dir_rule_tells_the_service_from_a_person() {
+        use StateDirSource::*;
+        let conf = Path::new("/var/lib/obdgw");
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        let person = env(&[("HOME", "/home/jan")]);
+        assert_eq!(
+            resolve_state_dir(None, conf, false, person).unwrap(),
+            (PathBuf::from("/home/jan/.local/state/obdgw"), Home)
+        );
+        let xdg = env(&[("HOME", "/home/jan"), ("XDG_STATE_HOME", "/x/state")]);
+        assert_eq!(
+            resolve_state_dir(None, conf, false, xdg).unwrap(),
+            (PathBuf::from("/x/state/obdgw"), XdgStateHome)
+        );
+        let relative_xdg = env(&[("HOME", "/home/jan"), ("XDG_STATE_HOME", "rel")]);
+        assert_eq!(
+            resolve_state_dir(None, conf, false, relative_xdg)
+                .unwrap()
+                .1,
+            Home,
+            "a relative XDG_STATE_HOME is ignored, as the spec says"
+        );
+        // The systemd unit: OBDGW_DAEMON__STATE_DIR and STATE_DIRECTORY.
+        let service = env(&[
+            ("HOME", "/"),
+            ("OBDGW_DAEMON__STATE_DIR", "/var/lib/obdgw"),
+            ("STATE_DIRECTORY", "/var/lib/obdgw"),
+        ]);
+        assert_eq!(
+            resolve_state_dir(None, conf, false, service).unwrap(),
+            (conf.to_path_buf(), Environment)
+        );
+        let unit = env(&[("HOME", "/"), ("STATE_DIRECTORY", "/var/lib/a:/var/lib/b")]);
+        assert_eq!(
+            resolve_state_dir(None, conf, false, unit).unwrap(),
+            (PathBuf::from("/var/lib/a"), Systemd)
+        );
+        assert_eq!(
+            resolve_state_dir(None, conf, true, person).unwrap(),
+            (conf.to_path_buf(), File)
+        );
+        assert_eq!(
+            resolve_state_dir(Some(Path::new("/tmp/t")), conf, true, person)
+                .unwrap()
+                .1,
+            Flag
+        );
+        let nobody = env(&[]);
+        let e = resolve_state_dir(None, conf, false, nobody).unwrap_err();
+        assert!(e.contains("--state-dir"), "{e}");
+    }
+
+    #[test]
+    fn connector_tables_show_the_uuid() {
+        let c = json!({"id": 910000001, "uuid": "0b6f1c52-8d3e-4f0a-9c1d-2e7a5b4c3d21", "is_online": true,
+            "has_wifi": true, "software_version": 2, "hardware_version": 0, "supports_doip": true,
+            "vehicle_path_string": "VW#GOLF", "vin_number": "WVWZZZCDZMW012345",
+            "product_description": "x", "hardware_type": "classic"});
+        let v = json!({"result": [c], "total": 1, "offset": 0, "limit": 20});
+        let t = render(Op::ConnectorsList.spec(), Some(&v), false);
+        let header = t.lines().next().unwrap();
+        assert!(header.starts_with("ID         UUID"), "{t}");
+        assert!(t.contains("0b6f1c52-8d3e-4f0a-9c1d-2e7a5b4c3d21"), "{t}");
+        assert_eq!(
+            render(Op::ConnectorsActiveTicket.spec(), Some(&Value::Null), false),
+            "no active ticket\n"
+        );
+        assert_eq!(
+            render(Op::ProductsAddFavorite.spec(), Some(&Value::Null), false),
+            "done\n"
+        );
+    }
+
+    #[test]
+    fn watch_lines() {
+        use crate::cloud::status::{ConnectionSnapshot, ConnectorSnapshot};
+        let t = "2026-12-08T00:00:00.000Z";
+        let ev = StatusEvent::TicketStateChanged {
+            ticket_id: 17,
+            from: Some(TicketState::Pending),
+            to: TicketState::InProgress,
+        };
+        assert_eq!(
+            event_line(&ev, t),
+            format!("{t}  ticket 17: pending -> in_progress")
+        );
+        let j = event_json(&ev, t);
+        assert_eq!(
+            j,
+            json!({"time": t, "event": "ticket", "ticket_id": 17, "from": "pending", "to": "in_progress", "final": false})
+        );
+        let ev = StatusEvent::TicketStateChanged {
+            ticket_id: 17,
+            from: None,
+            to: TicketState::Unknown(42),
+        };
+        assert_eq!(event_json(&ev, t)["to"], "unknown(42)");
+        assert_eq!(event_json(&ev, t)["from"], Value::Null);
+        let after = ConnectorSnapshot {
+            connector_id: 9,
+            voltage: Some(12.61),
+            is_online: Some(true),
+            active_ticket_id: Some(17),
+            ..ConnectorSnapshot::default()
+        };
+        let ev = StatusEvent::ConnectorChanged {
+            before: None,
+            after: after.clone(),
+        };
+        assert_eq!(
+            event_line(&ev, t),
+            format!("{t}  connector 9: online, 12.6 V, active ticket 17")
+        );
+        assert_eq!(
+            event_json(&ev, t)["changed"],
+            json!(["is_online", "voltage", "active_ticket_id"])
+        );
+        let ev = StatusEvent::ConnectorChanged {
+            before: Some(after.clone()),
+            after: ConnectorSnapshot {
+                voltage: Some(11.9),
+                ..after
+            },
+        };
+        assert_eq!(event_json(&ev, t)["changed"], json!(["voltage"]));
+        let ev = StatusEvent::ConnectionStarted {
+            ticket_id: 17,
+            connection_uuid: "c-1".into(),
+            vin: Some("WVWZZZ1KZAW000042".into()),
+        };
+        assert_eq!(
+            event_line(&ev, t),
+            format!("{t}  connection c-1 started for ticket 17 (VIN WVWZZZ1KZAW000042)")
+        );
+        assert_eq!(event_json(&ev, t)["event"], "connection_started");
+        let ev = StatusEvent::ConnectionUpdated(ConnectionSnapshot {
+            connection_uuid: Some("c-1".into()),
+            script_ui_available: Some(true),
+            script_ui_wss_url: Some("wss://x/y?token=secret".into()),
+            ..ConnectionSnapshot::default()
+        });
+        let l = event_line(&ev, t);
+        assert!(
+            l.contains("script UI available: yes") && !l.contains("secret"),
+            "{l}"
+        );
+        assert_eq!(
+            event_json(&StatusEvent::LinkDown { reason: "x".into() }, t),
+            json!({"time": t, "event": "link_down", "reason": "x"})
+        );
     }
 
     #[test]

@@ -508,16 +508,17 @@ impl Client {
         .await
     }
 
-    /// The active ticket; `Ok(None)` when the connector has none (404).
+    /// The active ticket; `Ok(None)` when the connector has none. The reference does not
+    /// say how "none" looks, so a 404, a 200 with `null` and an empty answer all mean none.
+    /// (The reference types this `connectorId` as a string; it is the connector's id.)
     pub async fn active_ticket(&self, connector_id: i64) -> Result<Option<Ticket>, ApiError> {
+        let op = Op::ConnectorsActiveTicket;
         match self
-            .get(
-                Op::ConnectorsActiveTicket,
-                ApiRequest::new().path("connectorId", connector_id),
-            )
+            .call(op, ApiRequest::new().path("connectorId", connector_id))
             .await
         {
-            Ok(t) => Ok(Some(t)),
+            Ok(None | Some(Value::Null)) => Ok(None),
+            Ok(Some(v)) => decode(op, v).map(Some),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
@@ -566,15 +567,53 @@ impl Client {
         self.get(Op::ProductsList, paged(req, page)).await
     }
 
-    pub async fn add_favorite(&self, product_id: i64) -> Result<(), ApiError> {
-        self.nothing(
-            Op::ProductsAddFavorite,
-            ApiRequest::new().body(json!({ "id": product_id })),
-        )
-        .await
+    /// Every product for a vehicle, by group or bundle, whatever its favorite flag: the
+    /// products list answers favorites only unless asked otherwise (the reference's default),
+    /// so this walks the favorites and then the others, each to its last page.
+    pub async fn all_products(
+        &self,
+        model_id: i64,
+        variant_id: i64,
+        product_group_id: Option<i64>,
+        product_bundle_id: Option<&str>,
+    ) -> Result<Vec<Product>, ApiError> {
+        let mut out: Vec<Product> = Vec::new();
+        for favorite in [true, false] {
+            let page = collect_all(MAX_LIMIT, |p| {
+                self.products(
+                    model_id,
+                    variant_id,
+                    product_group_id,
+                    product_bundle_id,
+                    Some(favorite),
+                    p,
+                )
+            })
+            .await?;
+            for p in page {
+                if !out.iter().any(|o| o.id == p.id) {
+                    out.push(p);
+                }
+            }
+        }
+        Ok(out)
     }
 
-    pub async fn remove_favorite(&self, product_id: i64) -> Result<(), ApiError> {
+    /// Flag a product as favorite. The reference's body is the whole Product (as listed by
+    /// [`Client::products`]) and its answer is `null`.
+    pub async fn add_favorite(&self, product: &Product) -> Result<(), ApiError> {
+        let mut body = to_value(product);
+        if let Value::Object(m) = &mut body {
+            // Fields the product lacks (null, or an empty string where the model has no
+            // Option) are left out rather than sent empty.
+            m.retain(|_, v| !v.is_null() && v.as_str() != Some(""));
+        }
+        self.nothing(Op::ProductsAddFavorite, ApiRequest::new().body(body))
+            .await
+    }
+
+    /// Remove a product from the favorites (the reference types this `id` as a string).
+    pub async fn remove_favorite(&self, product_id: &str) -> Result<(), ApiError> {
         self.nothing(
             Op::ProductsRemoveFavorite,
             ApiRequest::new().path("id", product_id),
@@ -967,26 +1006,72 @@ pub fn retry_delay(base: Duration, max: Duration, attempt: u32) -> Duration {
     Duration::from_millis(half + fastrand::u64(0..=full - half))
 }
 
+/// A walk over a paginated list (see [`collect_pages`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Collected<T> {
+    /// Every item, each once, in order.
+    pub items: Vec<T>,
+    /// The `total` the last page announced.
+    pub total: i64,
+    /// Set when the walk stopped before `total` because a page repeated the previous one:
+    /// the service ignores `offset` (six list operations do not document it).
+    pub repeated_at: Option<u64>,
+}
+
 /// Walk a paginated list to the end: call `fetch` with successive windows of `limit`
-/// (clamped to 1..=200) until `total` is reached or a page comes back empty.
-pub async fn collect_all<T, F, Fut>(limit: u32, mut fetch: F) -> Result<Vec<T>, ApiError>
+/// (clamped to 1..=200) until `total` is reached, a page comes back empty, or a page repeats
+/// the previous one. The last guards against a service that ignores `offset` (it is not
+/// documented on six list operations): such a service answers the first page again and
+/// again, which must neither loop nor duplicate items.
+pub async fn collect_pages<T, F, Fut>(limit: u32, mut fetch: F) -> Result<Collected<T>, ApiError>
 where
+    T: PartialEq,
     F: FnMut(Page) -> Fut,
     Fut: Future<Output = Result<List<T>, ApiError>>,
 {
     let limit = limit.clamp(1, MAX_LIMIT);
-    let mut out = Vec::new();
+    let mut out: Vec<T> = Vec::new();
     let mut offset: u64 = 0;
+    // Where the previous page starts in `out`.
+    let mut prev_start = 0usize;
     loop {
         let page = fetch(Page::new(offset, limit)).await?;
-        let n = page.result.len() as u64;
+        let n = page.result.len();
+        let total = page.total;
+        if n > 0 && offset > 0 && out[prev_start..] == page.result[..] {
+            tracing::warn!(
+                offset,
+                items = out.len(),
+                total,
+                "the page at offset {offset} repeats the previous one: the service seems to ignore `offset`; stopping"
+            );
+            return Ok(Collected {
+                items: out,
+                total,
+                repeated_at: Some(offset),
+            });
+        }
+        prev_start = out.len();
         out.extend(page.result);
-        offset += n;
-        let total = u64::try_from(page.total).unwrap_or(0);
-        if n == 0 || offset >= total {
-            return Ok(out);
+        offset += n as u64;
+        if n == 0 || offset >= u64::try_from(total).unwrap_or(0) {
+            return Ok(Collected {
+                items: out,
+                total,
+                repeated_at: None,
+            });
         }
     }
+}
+
+/// [`collect_pages`], items only.
+pub async fn collect_all<T, F, Fut>(limit: u32, fetch: F) -> Result<Vec<T>, ApiError>
+where
+    T: PartialEq,
+    F: FnMut(Page) -> Fut,
+    Fut: Future<Output = Result<List<T>, ApiError>>,
+{
+    collect_pages(limit, fetch).await.map(|c| c.items)
 }
 
 #[cfg(test)]
@@ -1036,5 +1121,55 @@ mod tests {
             })).unwrap();
             prop_assert_eq!(got, items);
         }
+
+        /// A service that ignores `offset` (answers the first window every time): the walk
+        /// ends after one repeated page, with no item twice, whatever `total` claims.
+        #[test]
+        fn collect_all_stops_when_offset_is_ignored(n in 1usize..700, limit in 1u32..=200, claimed in 0i64..100_000) {
+            let items: Vec<usize> = (0..n).collect();
+            let calls = std::cell::Cell::new(0u32);
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let got = rt.block_on(collect_pages(limit, |p: Page| {
+                calls.set(calls.get() + 1);
+                let lim = p.limit.unwrap_or(20) as usize;
+                let page: Vec<usize> = items.iter().copied().take(lim).collect();
+                let total = claimed.max(n as i64);
+                async move { Ok(List { result: page, total, offset: 0, limit: lim as i64 }) }
+            })).unwrap();
+            let first: Vec<usize> = items.iter().copied().take(limit as usize).collect();
+            prop_assert_eq!(&got.items, &first);
+            let whole = first.len() as i64 >= claimed.max(n as i64);
+            prop_assert_eq!(got.repeated_at.is_some(), !whole);
+            prop_assert!(calls.get() <= 2, "{} calls", calls.get());
+        }
+    }
+
+    #[test]
+    fn pages_that_differ_are_all_kept() {
+        // Distinct pages are all kept, even when the service's `offset` echo is missing.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let got = rt
+            .block_on(collect_pages(2, |p: Page| {
+                let off = p.offset.unwrap_or(0) as usize;
+                let page: Vec<u8> = [1u8, 1, 2, 2, 1, 1]
+                    .iter()
+                    .copied()
+                    .skip(off)
+                    .take(2)
+                    .collect();
+                async move {
+                    Ok(List {
+                        result: page,
+                        total: 6,
+                        offset: 0,
+                        limit: 2,
+                    })
+                }
+            }))
+            .unwrap();
+        assert_eq!(got.items, vec![1, 1, 2, 2, 1, 1]);
+        assert_eq!(got.repeated_at, None);
     }
 }

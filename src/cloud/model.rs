@@ -94,6 +94,28 @@ pub mod lenient {
         })
     }
 
+    /// Attachments of a note: a list of objects (`file_name`, `file_reference`, ...) or of
+    /// strings (taken as file references); `null`, absent or anything else gives none, and
+    /// items that are neither are skipped.
+    pub fn attachments<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<super::Attachment>, D::Error> {
+        let Value::Array(items) = Value::deserialize(d)? else {
+            return Ok(Vec::new());
+        };
+        Ok(items
+            .into_iter()
+            .filter_map(|v| match v {
+                Value::String(s) => Some(super::Attachment {
+                    file_reference: s,
+                    ..super::Attachment::default()
+                }),
+                v @ Value::Object(_) => serde_json::from_value(v).ok(),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Integers from any nesting of arrays (`[1, 2]`, `[[1], [2, 3]]`, `["4"]`), flattened.
     pub fn int_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
         fn walk(v: &Value, out: &mut Vec<i64>, depth: u8) {
@@ -279,13 +301,20 @@ resource!(Prerequisite {
     options: Vec<PrerequisiteOption>,
 });
 
-resource!(Note {
-    #[serde(deserialize_with = "lenient::string")] id: String,
-    #[serde(deserialize_with = "lenient::int")] ticket_id: i64,
-    #[serde(deserialize_with = "lenient::string")] value: String,
-    #[serde(deserialize_with = "lenient::opt_string")] created_at: Option<String>,
-    #[serde(deserialize_with = "lenient::opt_string")] updated_at: Option<String>,
-});
+resource!(
+    /// A note of a ticket. The reference calls them "notes with attachments" but its example
+    /// omits the attachment field: `attachments` is read as a list of [`Attachment`]s (an
+    /// object per file; a bare string is taken as the file reference), absent or `null` as
+    /// none.
+    Note {
+        #[serde(deserialize_with = "lenient::string")] id: String,
+        #[serde(deserialize_with = "lenient::int")] ticket_id: i64,
+        #[serde(deserialize_with = "lenient::string")] value: String,
+        #[serde(deserialize_with = "lenient::opt_string")] created_at: Option<String>,
+        #[serde(deserialize_with = "lenient::opt_string")] updated_at: Option<String>,
+        #[serde(deserialize_with = "lenient::attachments")] attachments: Vec<Attachment>,
+    }
+);
 
 resource!(
     /// Gross, net and discount of a set of products.
@@ -542,7 +571,7 @@ resource!(ControlMessage {
 resource!(Attachment {
     #[serde(deserialize_with = "lenient::string")] file_name: String,
     #[serde(deserialize_with = "lenient::string")] file_reference: String,
-    #[serde(deserialize_with = "lenient::opt_string")] upload_url: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_string", skip_serializing_if = "Option::is_none")] upload_url: Option<String>,
 });
 
 resource!(
@@ -645,6 +674,21 @@ mod tests {
         assert_eq!(t.vehicle_model_variant_id, 23423);
         assert_eq!(t.product_ids, vec![324234, 5]);
         assert_eq!(t.state, 1);
+    }
+
+    #[test]
+    fn notes_carry_attachments() {
+        let n: List<Note> = serde_json::from_str(
+            r#"{"result":[{"id":"a","ticket_id":"7","value":"v","attachments":[
+                {"file_name":"scan.pdf","file_reference":"/ticket/7/scan.pdf"},"/ticket/7/raw.bin",5]},
+                {"id":"b","ticket_id":7,"value":"w","attachments":null},{"id":"c","ticket_id":7}],"total":3}"#,
+        )
+        .unwrap();
+        let a = &n.result[0].attachments;
+        assert_eq!(a.len(), 2, "{a:?}");
+        assert_eq!(a[0].file_name, "scan.pdf");
+        assert_eq!(a[1].file_reference, "/ticket/7/raw.bin");
+        assert!(n.result[1].attachments.is_empty() && n.result[2].attachments.is_empty());
     }
 
     #[test]

@@ -165,7 +165,8 @@ pub struct OpSpec {
     pub paged: bool,
     /// Success status the simulator answers with.
     pub ok_status: u16,
-    /// Response schema name (`Connector`, `List<Connector>`) or `""` for no content.
+    /// Response schema name (`Connector`, `List<Connector>`), [`NULL_RESPONSE`] for a JSON
+    /// `null`, or `""` for no content.
     pub response: &'static str,
     pub summary: &'static str,
     pub params: &'static [Param],
@@ -246,6 +247,44 @@ const EMPLOYEE_BODY: [Param; 4] = [
 ];
 
 const LOGIN_RESPONSE: &str = "Tokens";
+
+/// Response "schema" of operations whose documented answer is the JSON literal `null`.
+pub const NULL_RESPONSE: &str = "null";
+
+/// A whole Product as the body of add-favorite (the reference sends every field; only the
+/// `id` matters to find the product, so only it is required here).
+const PRODUCT_BODY: [Param; 12] = [
+    p("id", Body, Int, true, "ID of the product"),
+    p("item_number", Body, Code, false, "item number (SKU)"),
+    p("name", Body, Str, false, "name of the product"),
+    p(
+        "internal_name",
+        Body,
+        Str,
+        false,
+        "universal (internal, English) name",
+    ),
+    p("description", Body, Str, false, "description"),
+    p("is_favorite", Body, Bool, false, "whether it is a favorite"),
+    p(
+        "is_unattended",
+        Body,
+        Bool,
+        false,
+        "whether an unattended process executes it",
+    ),
+    p("gross_price", Body, Object, false, "gross price (Money)"),
+    p("net_price", Body, Object, false, "net price (Money)"),
+    p("total_discount", Body, Object, false, "total discount"),
+    p(
+        "original_equipment_service_fee",
+        Body,
+        Object,
+        false,
+        "original equipment service fee (Money), null if none",
+    ),
+    p("price", Body, Object, false, "deprecated price block"),
+];
 
 /// The operations, indexed by `Op as usize`.
 pub static OPS: &[OpSpec] = &[
@@ -328,8 +367,15 @@ pub static OPS: &[OpSpec] = &[
         paged: false,
         ok_status: 200,
         response: "Ticket",
-        summary: "The active ticket on a connector (404 when there is none)",
-        params: &[p("connectorId", Path, Int, true, "ID of the connector")],
+        summary: "The active ticket on a connector (404, or 200 with null, when there is none)",
+        // The reference types this `connectorId` as a string (the others as integers).
+        params: &[p(
+            "connectorId",
+            Path,
+            Str,
+            true,
+            "ID of the connector (a string in the reference)",
+        )],
     },
     OpSpec {
         op: Op::ProductsGroups,
@@ -398,12 +444,14 @@ pub static OPS: &[OpSpec] = &[
                 false,
                 "only products of this bundle; excludes product_group_id",
             ),
+            // The reference documents this filter ("boolean or integer, default true") without
+            // its name: `is_favorite` is a guess (the name of the product's own flag).
             p(
                 "is_favorite",
                 Query,
                 Bool,
                 false,
-                "only products with this favorite flag",
+                "favorite flag to match: true or false (1 or 0); absent means true, favorites only (the reference's default); the parameter name is a guess",
             ),
         ],
     },
@@ -416,10 +464,10 @@ pub static OPS: &[OpSpec] = &[
         confirmed: false,
         auth: true,
         paged: false,
-        ok_status: 204,
-        response: "",
-        summary: "Flag a product as favorite",
-        params: &[p("id", Body, Int, true, "ID of the product")],
+        ok_status: 200,
+        response: NULL_RESPONSE,
+        summary: "Flag a product as favorite (the body is the whole product)",
+        params: &PRODUCT_BODY,
     },
     OpSpec {
         op: Op::ProductsRemoveFavorite,
@@ -433,7 +481,13 @@ pub static OPS: &[OpSpec] = &[
         ok_status: 204,
         response: "",
         summary: "Remove a product from the favorites",
-        params: &[p("id", Path, Int, true, "ID of the product")],
+        params: &[p(
+            "id",
+            Path,
+            Str,
+            true,
+            "ID of the product (a string in the reference)",
+        )],
     },
     OpSpec {
         op: Op::ProductsPrerequisites,
@@ -536,8 +590,8 @@ pub static OPS: &[OpSpec] = &[
         confirmed: false,
         auth: true,
         paged: false,
-        ok_status: 204,
-        response: "",
+        ok_status: 200,
+        response: NULL_RESPONSE,
         summary: "Add or update the satisfaction score (-1..=1) and comment of a ticket",
         params: &[
             p("ticketId", Path, Int, true, "ID of the ticket"),

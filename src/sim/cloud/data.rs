@@ -178,6 +178,16 @@ pub struct NoteRec {
     pub value: String,
     pub created_at: String,
     pub updated_at: String,
+    /// Files attached to the note ("notes with attachments" in the reference, whose example
+    /// omits the field; shaped like channel attachments).
+    pub attachments: Vec<NoteAttachmentRec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct NoteAttachmentRec {
+    pub file_name: String,
+    pub file_reference: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -5,7 +5,7 @@
 //! response schemas of every resource, and security. The admin interface and the
 //! websocket are not part of it (see `docs/cloud.md`): an API fuzzer must not inject faults.
 
-use crate::cloud::spec::{Loc, OPS, Op, OpSpec, Param, Ty};
+use crate::cloud::spec::{Loc, NULL_RESPONSE, OPS, Op, OpSpec, Param, Ty};
 use crate::cloud::validate::MAX_LIMIT;
 use serde_json::{Map, Value, json};
 
@@ -65,6 +65,11 @@ fn rules(op: Op, p: &Param) -> Vec<(&'static str, Value)> {
 /// Values from the built-in fixture, so generated requests reach existing resources.
 fn example(op: Op, name: &str) -> Option<Value> {
     Some(match (op, name) {
+        // Typed as strings by the reference.
+        (Op::ConnectorsActiveTicket, "connectorId") => {
+            json!(super::DEMO_CONNECTOR_ID.to_string())
+        }
+        (Op::ProductsRemoveFavorite, "id") => json!("52351"),
         (_, "connectorId" | "connector_id") => json!(super::DEMO_CONNECTOR_ID),
         (_, "connectorUUID" | "connector_uuid") => json!(super::DEMO_CONNECTOR_UUID),
         (_, "vehicle_model_id" | "modelId") => json!(200102),
@@ -110,6 +115,10 @@ fn param_schema(op: Op, p: &Param, in_body: bool) -> Value {
             &["definition_id"],
         )),
     };
+    if (op, p.name) == (Op::ProductsList, "is_favorite") {
+        // "boolean or integer, default true" in the reference.
+        s = json!({ "oneOf": [boolean(), { "type": "integer", "enum": [0, 1] }], "default": true });
+    }
     if let Value::Object(m) = &mut s {
         for (k, v) in rules(op, p) {
             m.insert(k.to_string(), v);
@@ -209,6 +218,8 @@ fn operation(spec: &OpSpec) -> Value {
     let mut responses = Map::new();
     let ok = if spec.response.is_empty() {
         json!({ "description": "done" })
+    } else if spec.response == NULL_RESPONSE {
+        json!({ "description": "done; the body is the JSON literal null", "content": { "application/json": { "schema": { "nullable": true, "enum": [null] } } } })
     } else {
         json!({ "description": "success", "content": { "application/json": { "schema": response_schema(spec.response) } } })
     };
@@ -390,7 +401,8 @@ fn schemas() -> Value {
             ("required", boolean()), ("type", string()),
             ("options", array(obj(&[("id", int()), ("productPrerequisiteId", int()), ("value", string())], &["id", "value"]))),
         ], &["id", "name", "required", "type", "options"]),
-        "Note": obj(&[("id", string()), ("ticket_id", int()), ("value", string()), ("created_at", string()), ("updated_at", string())], &["id", "ticket_id", "value"]),
+        "Note": obj(&[("id", string()), ("ticket_id", int()), ("value", string()), ("created_at", string()), ("updated_at", string()),
+            ("attachments", array(obj(&[("file_name", string()), ("file_reference", string())], &["file_reference"])))], &["id", "ticket_id", "value"]),
         "HistoricalTicket": obj(&[
             ("id", int()), ("connector_id", int()), ("state", int()), ("vin", string()),
             ("odometer_reading", json!({"type": "integer", "nullable": true})), ("reference", nstring()),

@@ -282,7 +282,8 @@ pub fn private(
                 ),
                 None => None,
             };
-            let fav = req.q_bool("is_favorite");
+            // The reference: "boolean or integer, default true" (favorites only).
+            let fav = req.q_bool("is_favorite").unwrap_or(true);
             let items = d
                 .products
                 .iter()
@@ -290,7 +291,7 @@ pub fn private(
                 .filter(|p| {
                     bundle.is_none_or(|b| b.blocks.iter().any(|k| k.product_ids.contains(&p.id)))
                 })
-                .filter(|p| fav.is_none_or(|f| f == p.is_favorite))
+                .filter(|p| p.is_favorite == fav)
                 .map(|p| d.show_product(p))
                 .collect();
             ok(op, page(items, req))
@@ -308,7 +309,8 @@ pub fn private(
                 .find(|p| p.id == id)
                 .ok_or_else(|| not_found("product"))?;
             p.is_favorite = op == Op::ProductsAddFavorite;
-            changed(op, None)
+            // The reference answers add-favorite with `null`; remove-favorite with nothing.
+            changed(op, (op == Op::ProductsAddFavorite).then_some(Value::Null))
         }
         Op::ProductsPrerequisites => {
             require_vehicle(d, req)?;
@@ -337,13 +339,14 @@ pub fn private(
             let id = req.p_int("ticketId").unwrap_or(-1);
             let score = req.b("score").and_then(Value::as_f64);
             let comment = req.b_str("comment").map(str::to_string);
+            // The reference answers `null`.
             if let Some(t) = d.tickets.iter_mut().find(|t| t.id == id) {
                 t.csat_score = score;
                 t.csat_comment = comment;
-                return changed(op, None);
+                return changed(op, Some(Value::Null));
             }
             if d.historical.iter().any(|h| h.id == id) {
-                return changed(op, None);
+                return changed(op, Some(Value::Null));
             }
             Err(not_found("ticket"))
         }
