@@ -13,11 +13,10 @@
 
 use crate::cloud::Credentials;
 use crate::cloud::client::{Client, ClientSettings};
-use crate::cloud::model::{NewTicket, PrerequisiteAnswer, default_metadata};
 use crate::config::{Config, Secret};
 use crate::daemon::control::{self, Command};
 use crate::operator::tunnel::{DiagTiming, DoipServe, start};
-use crate::sim::cloud::{DEMO_CONNECTOR_ID, DEMO_CONNECTOR_UUID, DEMO_PINCODE};
+use crate::sim::cloud::{DEMO_CONNECTOR_UUID, DEMO_PINCODE};
 use crate::sim::ecu::{DEFAULT_VIN, Vehicle};
 use crate::sim::vehicle::{CanEcus, SimVehicle};
 use crate::tunnel::client::ClientConfig;
@@ -237,41 +236,16 @@ async fn demo(args: DemoArgs, vin: Vin, dir: &Path) -> anyhow::Result<()> {
         None,
     )?;
     let ticket = api
-        .create_ticket(&NewTicket {
-            vin: vin_text.clone(),
-            vehicle_model_id: 200102,
-            vehicle_model_variant_id: 2001021,
-            connector_id: DEMO_CONNECTOR_ID,
-            product_ids: vec![52352],
-            product_prerequisites: vec![PrerequisiteAnswer {
-                definition_id: 4,
-                value: "true".into(),
-            }],
-            metadata: default_metadata(),
-            ..NewTicket::default()
-        })
+        .create_ticket(&crate::sim::cloud::demo_ticket(&vin_text))
         .await
         .context("creating the demo ticket")?;
     println!("obdgw demo: ticket {} created for {vin_text}", ticket.id);
     let http =
         crate::cloud::tls::http_client(Duration::from_secs(10)).map_err(anyhow::Error::msg)?;
-    let joined: Value = http
-        .post(format!("{base_url}/admin/tickets/{}/join", ticket.id))
-        .send()
+    let (session, token) = crate::sim::cloud::admin_join(&http, &base_url, ticket.id)
         .await
-        .context("joining the ticket")?
-        .error_for_status()
-        .context("joining the ticket")?
-        .json()
-        .await?;
-    let session = joined["connection_uuid"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let token = joined["operator_token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+        .map_err(anyhow::Error::msg)
+        .context("joining the ticket")?;
     println!("obdgw demo: operator joined: session {session}");
 
     // 5. The operator endpoint on the addresses a tester uses.

@@ -5,12 +5,9 @@
 use obdgw::cloud::Credentials;
 use obdgw::cloud::client::{Client, ClientSettings};
 use obdgw::cloud::config::{CloudConfig, TokenPlacement};
-use obdgw::cloud::model::{NewTicket, PrerequisiteAnswer, default_metadata};
 use obdgw::cloud::status::{StatusClient, StatusEvent, StatusSettings, TicketState};
 use obdgw::config::Secret;
-use obdgw::sim::cloud::{
-    self as sim, DEMO_CONNECTOR_ID, DEMO_CONNECTOR_UUID, DEMO_PINCODE, Running, SimOptions,
-};
+use obdgw::sim::cloud::{self as sim, DEMO_CONNECTOR_UUID, DEMO_PINCODE, Running, SimOptions};
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -114,19 +111,7 @@ impl Harness {
 
     async fn create_ticket(&self) -> i64 {
         self.api
-            .create_ticket(&NewTicket {
-                vin: "WVWZZZCDZMW012345".into(),
-                vehicle_model_id: 200102,
-                vehicle_model_variant_id: 2001021,
-                connector_id: DEMO_CONNECTOR_ID,
-                product_ids: vec![52352],
-                product_prerequisites: vec![PrerequisiteAnswer {
-                    definition_id: 4,
-                    value: "true".into(),
-                }],
-                metadata: default_metadata(),
-                ..NewTicket::default()
-            })
+            .create_ticket(&obdgw::sim::cloud::demo_ticket("WVWZZZCDZMW012345"))
             .await
             .unwrap()
             .id

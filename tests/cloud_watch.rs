@@ -10,7 +10,6 @@ mod common;
 use common::procs::Procs;
 use obdgw::cloud::Credentials;
 use obdgw::cloud::client::{Client, ClientSettings};
-use obdgw::cloud::model::{NewTicket, PrerequisiteAnswer, default_metadata};
 use obdgw::config::Secret;
 use obdgw::sim::cloud::{DEMO_CONNECTOR_ID, DEMO_CONNECTOR_UUID, DEMO_PINCODE};
 use serde_json::Value;
@@ -138,19 +137,7 @@ async fn watch_prints_a_tickets_life_and_ends_on_ctrl_c() {
     )
     .unwrap();
     let ticket = match api
-        .create_ticket(&NewTicket {
-            vin: VIN.into(),
-            vehicle_model_id: 200102,
-            vehicle_model_variant_id: 2001021,
-            connector_id: DEMO_CONNECTOR_ID,
-            product_ids: vec![52352],
-            product_prerequisites: vec![PrerequisiteAnswer {
-                definition_id: 4,
-                value: "true".into(),
-            }],
-            metadata: default_metadata(),
-            ..NewTicket::default()
-        })
+        .create_ticket(&obdgw::sim::cloud::demo_ticket(VIN))
         .await
     {
         Ok(t) => t.id,

@@ -12,9 +12,8 @@ mod common;
 use common::procs::{Procs, READY, addr_after, python, value};
 use obdgw::cloud::Credentials;
 use obdgw::cloud::client::{Client, ClientSettings};
-use obdgw::cloud::model::{NewTicket, PrerequisiteAnswer, default_metadata};
 use obdgw::config::Secret;
-use obdgw::sim::cloud::{DEMO_CONNECTOR_ID, DEMO_CONNECTOR_UUID, DEMO_PINCODE};
+use obdgw::sim::cloud::{DEMO_CONNECTOR_UUID, DEMO_PINCODE};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -239,40 +238,17 @@ async fn ticket_joined(w: &mut World, vin: &str) -> (i64, String, String) {
     )
     .unwrap();
     let ticket = match api
-        .create_ticket(&NewTicket {
-            vin: vin.into(),
-            vehicle_model_id: 200102,
-            vehicle_model_variant_id: 2001021,
-            connector_id: DEMO_CONNECTOR_ID,
-            product_ids: vec![52352],
-            product_prerequisites: vec![PrerequisiteAnswer {
-                definition_id: 4,
-                value: "true".into(),
-            }],
-            metadata: default_metadata(),
-            ..NewTicket::default()
-        })
+        .create_ticket(&obdgw::sim::cloud::demo_ticket(vin))
         .await
     {
         Ok(t) => t.id,
         Err(e) => w.procs.fail(&format!("creating a ticket: {e}")),
     };
     let http = obdgw::cloud::tls::http_client(Duration::from_secs(10)).unwrap();
-    let joined: Value = match http
-        .post(format!("{}/admin/tickets/{ticket}/join", w.base_url))
-        .send()
-        .await
-    {
-        Ok(r) if r.status().is_success() => r.json().await.unwrap(),
-        other => w
-            .procs
-            .fail(&format!("admin join of ticket {ticket}: {other:?}")),
-    };
-    (
-        ticket,
-        joined["connection_uuid"].as_str().unwrap().to_string(),
-        joined["operator_token"].as_str().unwrap().to_string(),
-    )
+    match obdgw::sim::cloud::admin_join(&http, &w.base_url, ticket).await {
+        Ok((session, token)) => (ticket, session, token),
+        Err(e) => w.procs.fail(&format!("admin join of ticket {ticket}: {e}")),
+    }
 }
 
 async fn admin(w: &mut World, path: &str) {

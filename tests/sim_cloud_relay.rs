@@ -7,7 +7,6 @@
 use futures_util::{SinkExt, StreamExt};
 use obdgw::cloud::Credentials;
 use obdgw::cloud::client::{Client, ClientSettings};
-use obdgw::cloud::model::{NewTicket, PrerequisiteAnswer, default_metadata};
 use obdgw::config::Secret;
 use obdgw::sim::cloud::{
     self as sim, DEMO_CONNECTOR_ID, DEMO_CONNECTOR_UUID, DEMO_PINCODE, Running, SimOptions,
@@ -69,19 +68,7 @@ async fn setup() -> Setup {
     .unwrap();
     let gateway_token = api.bearer().await.unwrap();
     let ticket = api
-        .create_ticket(&NewTicket {
-            vin: "WVWZZZCDZMW012345".into(),
-            vehicle_model_id: 200102,
-            vehicle_model_variant_id: 2001021,
-            connector_id: DEMO_CONNECTOR_ID,
-            product_ids: vec![52352],
-            product_prerequisites: vec![PrerequisiteAnswer {
-                definition_id: 4,
-                value: "true".into(),
-            }],
-            metadata: default_metadata(),
-            ..NewTicket::default()
-        })
+        .create_ticket(&obdgw::sim::cloud::demo_ticket("WVWZZZCDZMW012345"))
         .await
         .unwrap()
         .id;

@@ -28,10 +28,9 @@ use common::procs::{CLIENT, Procs, READY, addr_after, python, value};
 
 use obdgw::cloud::Credentials;
 use obdgw::cloud::client::{Client, ClientSettings};
-use obdgw::cloud::model::{NewTicket, PrerequisiteAnswer, default_metadata};
 use obdgw::config::Secret;
 use obdgw::router::frame::{CanFrame, CanId};
-use obdgw::sim::cloud::{DEMO_CONNECTOR_ID, DEMO_CONNECTOR_UUID, DEMO_PINCODE};
+use obdgw::sim::cloud::{DEMO_CONNECTOR_UUID, DEMO_PINCODE};
 use obdgw::vehicle::can::simbus::{SimBusOptions, SimPort};
 use obdgw::vehicle::can::{CanAnyFrame, CanPort};
 use serde_json::Value;
@@ -114,19 +113,7 @@ async fn world_of(bus: &str, can_only: bool) -> World {
         Err(e) => procs.fail(&format!("connector login at {base_url}: {e}")),
     };
     let ticket = match api
-        .create_ticket(&NewTicket {
-            vin: VIN.into(),
-            vehicle_model_id: 200102,
-            vehicle_model_variant_id: 2001021,
-            connector_id: DEMO_CONNECTOR_ID,
-            product_ids: vec![52352],
-            product_prerequisites: vec![PrerequisiteAnswer {
-                definition_id: 4,
-                value: "true".into(),
-            }],
-            metadata: default_metadata(),
-            ..NewTicket::default()
-        })
+        .create_ticket(&obdgw::sim::cloud::demo_ticket(VIN))
         .await
     {
         Ok(t) => t.id,

@@ -15,10 +15,9 @@
 use super::control::{self, Command};
 use crate::cloud::Credentials;
 use crate::cloud::client::{Client, ClientSettings};
-use crate::cloud::model::{NewTicket, PrerequisiteAnswer, default_metadata};
 use crate::config::Secret;
 use crate::operator::tunnel::{DiagTiming, DoipServe, start};
-use crate::sim::cloud::{DEMO_CONNECTOR_ID, DEMO_CONNECTOR_UUID, DEMO_PINCODE};
+use crate::sim::cloud::{DEMO_CONNECTOR_UUID, DEMO_PINCODE};
 use crate::tunnel::client::ClientConfig;
 use crate::vehicle::doip::entity::EntityConfig;
 use crate::wire::tunnel::Token;
@@ -284,37 +283,19 @@ can_interfaces = ["car"]
     let mut times = Vec::new();
     for i in 0..b.tickets {
         let ticket = api
-            .create_ticket(&NewTicket {
-                vin: VIN.into(),
-                vehicle_model_id: 200102,
-                vehicle_model_variant_id: 2001021,
-                connector_id: DEMO_CONNECTOR_ID,
-                product_ids: vec![52352],
-                product_prerequisites: vec![PrerequisiteAnswer {
-                    definition_id: 4,
-                    value: "true".into(),
-                }],
-                metadata: default_metadata(),
-                ..NewTicket::default()
-            })
+            .create_ticket(&crate::sim::cloud::demo_ticket(VIN))
             .await
             .with_context(|| format!("creating ticket {i}"))?;
         let stop = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let joined_at = Instant::now();
-        let joined: Value = http
-            .post(format!("{base_url}/admin/tickets/{}/join", ticket.id))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let session = joined["connection_uuid"].as_str().unwrap_or_default();
-        let token = joined["operator_token"].as_str().unwrap_or_default();
+        let (session, token) = crate::sim::cloud::admin_join(&http, &base_url, ticket.id)
+            .await
+            .map_err(anyhow::Error::msg)?;
         let served = start(
             ClientConfig::new(relay_url.clone()),
-            session,
-            Token(token.into()),
+            &session,
+            Token(token),
             Some(DoipServe {
                 listener,
                 udp: None,

@@ -313,24 +313,10 @@ pub fn human_duration(s: u64) -> String {
 
 /// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
 pub fn unix_time(t: u64) -> String {
-    let days = (t / 86400) as i64;
-    let secs = t % 86400;
-    // Civil from days (Howard Hinnant's algorithm, public domain description).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
+    let iso = crate::sim::cloud::data::rfc3339(t);
     format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        (secs % 3600) / 60,
-        secs % 60
+        "{} UTC",
+        iso.trim_end_matches("+00:00").replacen('T', " ", 1)
     )
 }
 

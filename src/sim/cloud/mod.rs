@@ -33,6 +33,50 @@ use tokio_util::sync::CancellationToken;
 pub const DEMO_CONNECTOR_ID: i64 = 910_000_001;
 pub const DEMO_CONNECTOR_UUID: &str = "0b6f1c52-8d3e-4f0a-9c1d-2e7a5b4c3d21";
 pub const DEMO_PINCODE: &str = "4711";
+/// A ticket for `vin` on the demo connector that the built-in fixture accepts (a product
+/// with its prerequisite answered): what the demo, the daemon bench and the tests create.
+pub fn demo_ticket(vin: &str) -> crate::cloud::model::NewTicket {
+    use crate::cloud::model::{NewTicket, PrerequisiteAnswer, default_metadata};
+    NewTicket {
+        vin: vin.into(),
+        vehicle_model_id: 200102,
+        vehicle_model_variant_id: 2001021,
+        connector_id: DEMO_CONNECTOR_ID,
+        product_ids: vec![52352],
+        product_prerequisites: vec![PrerequisiteAnswer {
+            definition_id: 4,
+            value: "true".into(),
+        }],
+        metadata: default_metadata(),
+        ..NewTicket::default()
+    }
+}
+
+/// The back office's part, through the simulator's admin interface: an operator joins
+/// ticket `id`. Returns the connection UUID (the tunnel session) and the operator's token.
+pub async fn admin_join(
+    http: &reqwest::Client,
+    base_url: &str,
+    id: i64,
+) -> Result<(String, String), String> {
+    let url = format!("{base_url}/admin/tickets/{id}/join");
+    let r = http
+        .post(&url)
+        .send()
+        .await
+        .map_err(|e| format!("POST {url}: {e}"))?;
+    if !r.status().is_success() {
+        return Err(format!("POST {url}: {}", r.status()));
+    }
+    let v: serde_json::Value = r.json().await.map_err(|e| format!("POST {url}: {e}"))?;
+    match (v["connection_uuid"].as_str(), v["operator_token"].as_str()) {
+        (Some(c), Some(t)) => Ok((c.to_string(), t.to_string())),
+        _ => Err(format!(
+            "POST {url}: no connection_uuid/operator_token in {v}"
+        )),
+    }
+}
+
 /// Default listen address (also the client's default base URL).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8780";
 
