@@ -11,8 +11,6 @@
 //!
 //! Does not own: any of those parts (it only starts them).
 
-use crate::cloud::Credentials;
-use crate::cloud::client::{Client, ClientSettings};
 use crate::config::{Config, Secret};
 use crate::daemon::control::{self, Command};
 use crate::operator::tunnel::{DiagTiming, DoipServe, start};
@@ -227,14 +225,7 @@ async fn demo(args: DemoArgs, vin: Vin, dir: &Path) -> anyhow::Result<()> {
     );
 
     // 4. The garage creates a ticket for the car; the back office has an operator join it.
-    let api = Client::new(
-        ClientSettings::for_base_url(&base_url),
-        Some(Credentials::ConnectorUuid {
-            uuid: DEMO_CONNECTOR_UUID.into(),
-            pincode: Secret::new(DEMO_PINCODE),
-        }),
-        None,
-    )?;
+    let api = crate::sim::cloud::demo_client(&base_url)?;
     let ticket = api
         .create_ticket(&crate::sim::cloud::demo_ticket(&vin_text))
         .await

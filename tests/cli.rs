@@ -1,29 +1,13 @@
 //! The `obdgw` binary as a user runs it.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The binary, with an environment free of anything that would change its behaviour
-/// (configuration variables, systemd variables, RUST_LOG).
 fn obdgw() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_obdgw"));
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy();
-        if k.starts_with("OBDGW_")
-            || [
-                "RUST_LOG",
-                "JOURNAL_STREAM",
-                "NOTIFY_SOCKET",
-                "WATCHDOG_USEC",
-                "WATCHDOG_PID",
-            ]
-            .contains(&k.as_ref())
-        {
-            c.env_remove(k.as_ref());
-        }
-    }
-    c
+    common::clean_obdgw()
 }
 
 fn root() -> PathBuf {

@@ -8,9 +8,6 @@
 mod common;
 
 use common::procs::Procs;
-use obdgw::cloud::Credentials;
-use obdgw::cloud::client::{Client, ClientSettings};
-use obdgw::config::Secret;
 use obdgw::sim::cloud::{DEMO_CONNECTOR_ID, DEMO_CONNECTOR_UUID, DEMO_PINCODE};
 use serde_json::Value;
 use std::time::Duration;
@@ -127,15 +124,7 @@ async fn watch_prints_a_tickets_life_and_ends_on_ctrl_c() {
     .await;
 
     // The garage creates a ticket.
-    let api = Client::new(
-        ClientSettings::for_base_url(&base),
-        Some(Credentials::ConnectorUuid {
-            uuid: DEMO_CONNECTOR_UUID.into(),
-            pincode: Secret::new(DEMO_PINCODE),
-        }),
-        None,
-    )
-    .unwrap();
+    let api = obdgw::sim::cloud::demo_client(&base).unwrap();
     let ticket = match api
         .create_ticket(&obdgw::sim::cloud::demo_ticket(VIN))
         .await

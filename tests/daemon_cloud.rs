@@ -9,10 +9,7 @@
 
 mod common;
 
-use common::procs::{Procs, READY, addr_after, python, value};
-use obdgw::cloud::Credentials;
-use obdgw::cloud::client::{Client, ClientSettings};
-use obdgw::config::Secret;
+use common::procs::{Procs, READY, addr_after, python, start_car, start_cloud, value};
 use obdgw::sim::cloud::{DEMO_CONNECTOR_UUID, DEMO_PINCODE};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -60,65 +57,14 @@ async fn world(bus: &str, opts: Opts) -> World {
     let can_only = opts.can_only;
     let pincode = opts.pincode.unwrap_or(DEMO_PINCODE);
     let mut procs = Procs::new();
-    let state = procs.path("cloud-state.json");
     let ttl = opts.token_ttl_s.map(|t| t.to_string());
-    let mut cloud_args = vec![
-        "sim",
-        "cloud",
-        "--listen",
-        "127.0.0.1:0",
-        "--relay-listen",
-        "127.0.0.1:0",
-        "--state",
-        state.to_str().unwrap(),
-    ];
-    if let Some(t) = &ttl {
-        cloud_args.extend(["--token-ttl-s", t]);
-    }
-    let cloud = procs.spawn("sim cloud", &cloud_args, &[]);
-    let base_url = procs
-        .line(cloud, "its base URL", |l| {
-            l.starts_with("http://").then(|| l.trim().to_string())
-        })
-        .await;
-    let relay_url = procs
-        .line(cloud, "its relay URL", |l| {
-            l.strip_prefix("relay ").map(|u| u.trim().to_string())
-        })
-        .await;
-    let bus_spec = format!("sim:{bus}");
-    let mut car_args = vec!["sim", "vehicle", "--can", &bus_spec, "--vin", VIN];
-    if !can_only {
-        car_args.extend(["--doip-listen", "127.0.0.1:0"]);
-    }
-    let car = procs.spawn("sim vehicle", &car_args, &[]);
-    let vehicle_side = if can_only {
-        let vehicle = obdgw::sim::ecu::Vehicle::standard(
-            obdgw::vehicle::uds::Vin::parse(VIN).unwrap(),
-            std::time::Instant::now(),
-        );
-        obdgw::demo::doip_map(&vehicle, "car")
-            .iter()
-            .map(|m| {
-                format!(
-                    "\n[[tunnel.doip_map]]\naddress = 0x{:04X}\ninterface = \"{}\"\ntx_id = 0x{:03X}\nrx_id = 0x{:03X}\n",
-                    m.address, m.interface, m.tx_id, m.rx_id
-                )
-            })
-            .collect::<String>()
-    } else {
-        let car_doip = procs
-            .line(car, "its DoIP address", |l| {
-                addr_after(l, "obdgw sim vehicle: DoIP on ")
-            })
-            .await;
-        format!("doip_vehicle = \"{car_doip}\"\n")
+    let extra: Vec<&str> = match &ttl {
+        Some(t) => vec!["--token-ttl-s", t],
+        None => Vec::new(),
     };
-    procs
-        .line(car, "its ready line", |l| {
-            (l == "obdgw sim vehicle: ready").then_some(())
-        })
-        .await;
+    let (_, base_url, relay_url) = start_cloud(&mut procs, &extra).await;
+    let bus_spec = format!("sim:{bus}");
+    let vehicle_side = start_car(&mut procs, bus, VIN, can_only).await;
     let wan = if opts.wan {
         let relay: SocketAddr = relay_url
             .trim_start_matches("ws://")
@@ -228,15 +174,7 @@ async fn until(
 /// Create a ticket for `vin` as the garage would, then have an operator join it in the back
 /// office: returns (ticket id, connection UUID = session, operator token).
 async fn ticket_joined(w: &mut World, vin: &str) -> (i64, String, String) {
-    let api = Client::new(
-        ClientSettings::for_base_url(&w.base_url),
-        Some(Credentials::ConnectorUuid {
-            uuid: DEMO_CONNECTOR_UUID.into(),
-            pincode: Secret::new(DEMO_PINCODE),
-        }),
-        None,
-    )
-    .unwrap();
+    let api = obdgw::sim::cloud::demo_client(&w.base_url).unwrap();
     let ticket = match api
         .create_ticket(&obdgw::sim::cloud::demo_ticket(vin))
         .await

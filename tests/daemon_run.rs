@@ -2,32 +2,16 @@
 //! interface (retried, degraded), a failure no retry heals (exit non-zero, one clear line),
 //! SIGHUP reload, and `config check` on the tunnel's modes.
 
+mod common;
+
 use std::io::BufRead;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The binary with a clean environment (no OBDGW_*, systemd or RUST_LOG variables).
 fn obdgw() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_obdgw"));
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy();
-        if k.starts_with("OBDGW_")
-            || [
-                "RUST_LOG",
-                "JOURNAL_STREAM",
-                "NOTIFY_SOCKET",
-                "WATCHDOG_USEC",
-                "WATCHDOG_PID",
-                "CREDENTIALS_DIRECTORY",
-            ]
-            .contains(&k.as_ref())
-        {
-            c.env_remove(k.as_ref());
-        }
-    }
-    c
+    common::clean_obdgw()
 }
 
 struct Kill(Child);

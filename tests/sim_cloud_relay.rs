@@ -5,12 +5,7 @@
 //! refused with the protocol's codes; closing the ticket ends the session.
 
 use futures_util::{SinkExt, StreamExt};
-use obdgw::cloud::Credentials;
-use obdgw::cloud::client::{Client, ClientSettings};
-use obdgw::config::Secret;
-use obdgw::sim::cloud::{
-    self as sim, DEMO_CONNECTOR_ID, DEMO_CONNECTOR_UUID, DEMO_PINCODE, Running, SimOptions,
-};
+use obdgw::sim::cloud::{self as sim, DEMO_CONNECTOR_ID, Running, SimOptions};
 use obdgw::wire::tunnel::{Control, ErrorCode, Hello, Limits, Resume, Role, SUBPROTOCOL, Token};
 use serde_json::Value;
 use std::time::Duration;
@@ -57,15 +52,7 @@ async fn setup() -> Setup {
     )
     .await
     .unwrap();
-    let api = Client::new(
-        ClientSettings::for_base_url(&sim.base_url),
-        Some(Credentials::ConnectorUuid {
-            uuid: DEMO_CONNECTOR_UUID.into(),
-            pincode: Secret::new(DEMO_PINCODE),
-        }),
-        None,
-    )
-    .unwrap();
+    let api = obdgw::sim::cloud::demo_client(&sim.base_url).unwrap();
     let gateway_token = api.bearer().await.unwrap();
     let ticket = api
         .create_ticket(&obdgw::sim::cloud::demo_ticket("WVWZZZCDZMW012345"))

@@ -24,13 +24,9 @@
 
 mod common;
 
-use common::procs::{CLIENT, Procs, READY, addr_after, python, value};
+use common::procs::{CLIENT, Procs, READY, addr_after, python, start_car, start_cloud, value};
 
-use obdgw::cloud::Credentials;
-use obdgw::cloud::client::{Client, ClientSettings};
-use obdgw::config::Secret;
 use obdgw::router::frame::{CanFrame, CanId};
-use obdgw::sim::cloud::{DEMO_CONNECTOR_UUID, DEMO_PINCODE};
 use obdgw::vehicle::can::simbus::{SimBusOptions, SimPort};
 use obdgw::vehicle::can::{CanAnyFrame, CanPort};
 use serde_json::Value;
@@ -70,44 +66,12 @@ async fn world(bus: &str) -> World {
 /// reaches its ECUs through `[[tunnel.doip_map]]` (ISO-TP on the `sim:` bus).
 async fn world_of(bus: &str, can_only: bool) -> World {
     let mut procs = Procs::new();
-    let state = procs.path("cloud-state.json");
 
     // 1. The cloud simulator with its relay.
-    let cloud = procs.spawn(
-        "sim cloud",
-        &[
-            "sim",
-            "cloud",
-            "--listen",
-            "127.0.0.1:0",
-            "--relay-listen",
-            "127.0.0.1:0",
-            "--state",
-            state.to_str().unwrap(),
-        ],
-        &[],
-    );
-    let base_url = procs
-        .line(cloud, "its base URL", |l| {
-            l.starts_with("http://").then(|| l.trim().to_string())
-        })
-        .await;
-    let relay_url = procs
-        .line(cloud, "its relay URL", |l| {
-            l.strip_prefix("relay ").map(|u| u.trim().to_string())
-        })
-        .await;
+    let (cloud, base_url, relay_url) = start_cloud(&mut procs, &[]).await;
 
     // 2. A ticket of the demo connector, joined by an operator: a connection = a session.
-    let api = Client::new(
-        ClientSettings::for_base_url(&base_url),
-        Some(Credentials::ConnectorUuid {
-            uuid: DEMO_CONNECTOR_UUID.into(),
-            pincode: Secret::new(DEMO_PINCODE),
-        }),
-        None,
-    )
-    .unwrap();
+    let api = obdgw::sim::cloud::demo_client(&base_url).unwrap();
     let gateway_token = match api.bearer().await {
         Ok(t) => t,
         Err(e) => procs.fail(&format!("connector login at {base_url}: {e}")),
@@ -145,39 +109,7 @@ async fn world_of(bus: &str, can_only: bool) -> World {
 
     // 3. The car: DoIP (unless CAN-only) and its CAN bus.
     let bus_spec = format!("sim:{bus}");
-    let mut car_args = vec!["sim", "vehicle", "--can", &bus_spec, "--vin", VIN];
-    if !can_only {
-        car_args.extend(["--doip-listen", "127.0.0.1:0"]);
-    }
-    let car = procs.spawn("sim vehicle", &car_args, &[]);
-    let vehicle_side = if can_only {
-        // The simulated car's ECUs at the DoIP addresses the operator announces.
-        let vehicle = obdgw::sim::ecu::Vehicle::standard(
-            obdgw::vehicle::uds::Vin::parse(VIN).unwrap(),
-            std::time::Instant::now(),
-        );
-        obdgw::demo::doip_map(&vehicle, "car")
-            .iter()
-            .map(|m| {
-                format!(
-                    "\n[[tunnel.doip_map]]\naddress = 0x{:04X}\ninterface = \"{}\"\ntx_id = 0x{:03X}\nrx_id = 0x{:03X}\n",
-                    m.address, m.interface, m.tx_id, m.rx_id
-                )
-            })
-            .collect::<String>()
-    } else {
-        let car_doip = procs
-            .line(car, "its DoIP address", |l| {
-                addr_after(l, "obdgw sim vehicle: DoIP on ")
-            })
-            .await;
-        format!("doip_vehicle = \"{car_doip}\"\n")
-    };
-    procs
-        .line(car, "its ready line", |l| {
-            (l == "obdgw sim vehicle: ready").then_some(())
-        })
-        .await;
+    let vehicle_side = start_car(&mut procs, bus, VIN, can_only).await;
 
     // 4. The gateway daemon with a [tunnel] section.
     let config = procs.path("gateway.toml");

@@ -636,20 +636,6 @@ fn run_call(common: &CloudCliArgs, args: CallArgs) -> ExitCode {
 
 // ---- obdgw api watch ----
 
-/// The name `watch` prints for a ticket state (`unknown(42)` for a number without a name in
-/// cloud.ticket_states).
-pub fn state_name(s: TicketState) -> String {
-    match s {
-        TicketState::Prepared => "prepared".into(),
-        TicketState::Pending => "pending".into(),
-        TicketState::InProgress => "in_progress".into(),
-        TicketState::Outsourced => "outsourced".into(),
-        TicketState::Closed => "closed".into(),
-        TicketState::Cancelled => "cancelled".into(),
-        TicketState::Unknown(n) => format!("unknown({n})"),
-    }
-}
-
 /// Wall-clock time as RFC 3339 UTC with milliseconds.
 fn now_rfc3339() -> String {
     let d = std::time::SystemTime::now()
@@ -722,8 +708,8 @@ pub fn event_json(ev: &StatusEvent, time: &str) -> Value {
         } => json!({
             "event": "ticket",
             "ticket_id": ticket_id,
-            "from": from.map(state_name),
-            "to": state_name(*to),
+            "from": from.map(TicketState::name),
+            "to": to.name(),
             "final": to.is_final(),
         }),
         StatusEvent::TicketGone { ticket_id } => {
@@ -796,16 +782,12 @@ pub fn event_line(ev: &StatusEvent, time: &str) -> String {
             ticket_id,
             from: None,
             to,
-        } => format!("ticket {ticket_id}: {}", state_name(*to)),
+        } => format!("ticket {ticket_id}: {}", to.name()),
         StatusEvent::TicketStateChanged {
             ticket_id,
             from: Some(from),
             to,
-        } => format!(
-            "ticket {ticket_id}: {} -> {}",
-            state_name(*from),
-            state_name(*to)
-        ),
+        } => format!("ticket {ticket_id}: {} -> {}", from.name(), to.name()),
         StatusEvent::TicketGone { ticket_id } => {
             format!("ticket {ticket_id}: no longer active (final state unknown)")
         }

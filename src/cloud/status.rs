@@ -46,6 +46,20 @@ impl TicketState {
         }
     }
 
+    /// The name in status, logs and `obdgw api watch` (`unknown(42)` for a number without
+    /// a name in `cloud.ticket_states`).
+    pub fn name(self) -> String {
+        match self {
+            TicketState::Prepared => "prepared".into(),
+            TicketState::Pending => "pending".into(),
+            TicketState::InProgress => "in_progress".into(),
+            TicketState::Outsourced => "outsourced".into(),
+            TicketState::Closed => "closed".into(),
+            TicketState::Cancelled => "cancelled".into(),
+            TicketState::Unknown(n) => format!("unknown({n})"),
+        }
+    }
+
     /// Whether the ticket is over.
     pub fn is_final(self) -> bool {
         matches!(self, TicketState::Closed | TicketState::Cancelled)

@@ -13,9 +13,6 @@
 //! process, so its cost is not part of the daemon's figures.
 
 use super::control::{self, Command};
-use crate::cloud::Credentials;
-use crate::cloud::client::{Client, ClientSettings};
-use crate::config::Secret;
 use crate::operator::tunnel::{DiagTiming, DoipServe, start};
 use crate::sim::cloud::{DEMO_CONNECTOR_UUID, DEMO_PINCODE};
 use crate::tunnel::client::ClientConfig;
@@ -270,14 +267,7 @@ can_interfaces = ["car"]
     );
 
     // (2) Session start-up.
-    let api = Client::new(
-        ClientSettings::for_base_url(&base_url),
-        Some(Credentials::ConnectorUuid {
-            uuid: DEMO_CONNECTOR_UUID.into(),
-            pincode: Secret::new(DEMO_PINCODE),
-        }),
-        None,
-    )?;
+    let api = crate::sim::cloud::demo_client(&base_url)?;
     let http =
         crate::cloud::tls::http_client(Duration::from_secs(10)).map_err(anyhow::Error::msg)?;
     let mut times = Vec::new();

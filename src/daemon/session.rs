@@ -13,7 +13,7 @@
 use super::health::{BEAT_EVERY, ComponentState, Heartbeat};
 use super::report::{DoipReport, TicketReport, VinCheckReport};
 use super::state::{SessionSlot, Shared};
-use crate::cloud::status::{StatusEvent, TicketState};
+use crate::cloud::status::StatusEvent;
 use crate::cloud::token::now_unix;
 use crate::config::Secret;
 use crate::tunnel::client::{ClientConfig, LinkView, TokenSource};
@@ -41,18 +41,6 @@ pub struct Decider {
     wanted: Option<Wanted>,
 }
 
-fn state_name(s: TicketState) -> String {
-    match s {
-        TicketState::Prepared => "prepared".into(),
-        TicketState::Pending => "pending".into(),
-        TicketState::InProgress => "in_progress".into(),
-        TicketState::Outsourced => "outsourced".into(),
-        TicketState::Closed => "closed".into(),
-        TicketState::Cancelled => "cancelled".into(),
-        TicketState::Unknown(n) => format!("unknown({n})"),
-    }
-}
-
 impl Decider {
     /// Apply one event; returns whether the wanted session changed.
     pub fn apply(&mut self, ev: &StatusEvent) -> bool {
@@ -77,7 +65,7 @@ impl Decider {
                             self.wanted = None;
                         }
                     }
-                    t.state = state_name(*to);
+                    t.state = to.name();
                 }
             }
             StatusEvent::TicketGone { ticket_id } => {
@@ -477,6 +465,7 @@ async fn read_car_vin(shared: &Shared, tunnel: &TunnelConfig) -> Result<(String,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloud::status::TicketState;
 
     fn started(t: i64, c: &str, vin: Option<&str>) -> StatusEvent {
         StatusEvent::ConnectionStarted {

@@ -53,3 +53,26 @@ pub fn can_available(test: &str) -> bool {
     );
     false
 }
+
+/// The binary with an environment free of anything that would change its behaviour
+/// (configuration variables, systemd variables, credentials, RUST_LOG).
+pub fn clean_obdgw() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_obdgw"));
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("OBDGW_")
+            || [
+                "RUST_LOG",
+                "JOURNAL_STREAM",
+                "NOTIFY_SOCKET",
+                "WATCHDOG_USEC",
+                "WATCHDOG_PID",
+                "CREDENTIALS_DIRECTORY",
+            ]
+            .contains(&k.as_ref())
+        {
+            c.env_remove(k.as_ref());
+        }
+    }
+    c
+}

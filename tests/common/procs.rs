@@ -225,3 +225,73 @@ pub fn value<'a>(stdout: &'a str, key: &str) -> &'a str {
         .find_map(|l| l.strip_prefix(key).map(str::trim))
         .unwrap_or_else(|| panic!("no {key} line in:\n{stdout}"))
 }
+
+/// Start `obdgw sim cloud` with its relay on ephemeral ports (plus `extra` arguments) and a
+/// state file in the test's directory; returns its index, base URL and relay URL.
+pub async fn start_cloud(procs: &mut Procs, extra: &[&str]) -> (usize, String, String) {
+    let state = procs.path("cloud-state.json");
+    let mut args = vec![
+        "sim",
+        "cloud",
+        "--listen",
+        "127.0.0.1:0",
+        "--relay-listen",
+        "127.0.0.1:0",
+        "--state",
+        state.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let cloud = procs.spawn("sim cloud", &args, &[]);
+    let base_url = procs
+        .line(cloud, "its base URL", |l| {
+            l.starts_with("http://").then(|| l.trim().to_string())
+        })
+        .await;
+    let relay_url = procs
+        .line(cloud, "its relay URL", |l| {
+            l.strip_prefix("relay ").map(|u| u.trim().to_string())
+        })
+        .await;
+    (cloud, base_url, relay_url)
+}
+
+/// Start `obdgw sim vehicle` with `vin` on the `sim:BUS` bus (and a DoIP entity unless
+/// `can_only`), wait until it is ready, and return the `[tunnel]` lines that reach it: its
+/// `doip_vehicle`, or for a CAN-only car the `[[tunnel.doip_map]]` of its ECUs on the
+/// gateway's interface `car`.
+pub async fn start_car(procs: &mut Procs, bus: &str, vin: &str, can_only: bool) -> String {
+    let bus_spec = format!("sim:{bus}");
+    let mut car_args = vec!["sim", "vehicle", "--can", &bus_spec, "--vin", vin];
+    if !can_only {
+        car_args.extend(["--doip-listen", "127.0.0.1:0"]);
+    }
+    let car = procs.spawn("sim vehicle", &car_args, &[]);
+    let vehicle_side = if can_only {
+        let vehicle = obdgw::sim::ecu::Vehicle::standard(
+            obdgw::vehicle::uds::Vin::parse(vin).unwrap(),
+            std::time::Instant::now(),
+        );
+        obdgw::demo::doip_map(&vehicle, "car")
+            .iter()
+            .map(|m| {
+                format!(
+                    "\n[[tunnel.doip_map]]\naddress = 0x{:04X}\ninterface = \"{}\"\ntx_id = 0x{:03X}\nrx_id = 0x{:03X}\n",
+                    m.address, m.interface, m.tx_id, m.rx_id
+                )
+            })
+            .collect::<String>()
+    } else {
+        let car_doip = procs
+            .line(car, "its DoIP address", |l| {
+                addr_after(l, "obdgw sim vehicle: DoIP on ")
+            })
+            .await;
+        format!("doip_vehicle = \"{car_doip}\"\n")
+    };
+    procs
+        .line(car, "its ready line", |l| {
+            (l == "obdgw sim vehicle: ready").then_some(())
+        })
+        .await;
+    vehicle_side
+}

@@ -52,6 +52,21 @@ pub fn demo_ticket(vin: &str) -> crate::cloud::model::NewTicket {
     }
 }
 
+/// A Customer API client of the demo connector (UUID and pincode of the built-in fixture),
+/// keeping its tokens in memory.
+pub fn demo_client(
+    base_url: &str,
+) -> Result<crate::cloud::client::Client, crate::cloud::error::ApiError> {
+    crate::cloud::client::Client::new(
+        crate::cloud::client::ClientSettings::for_base_url(base_url),
+        Some(crate::cloud::Credentials::ConnectorUuid {
+            uuid: DEMO_CONNECTOR_UUID.into(),
+            pincode: crate::config::Secret::new(DEMO_PINCODE),
+        }),
+        None,
+    )
+}
+
 /// The back office's part, through the simulator's admin interface: an operator joins
 /// ticket `id`. Returns the connection UUID (the tunnel session) and the operator's token.
 pub async fn admin_join(
