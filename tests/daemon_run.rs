@@ -228,3 +228,75 @@ fn config_check_refuses_a_mix_of_the_tunnel_modes() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("tunnel mode: manual"));
 }
+
+/// Peer credentials decide: a user who cannot open the socket gets exit 4; one who can (a
+/// member of the daemon's group, here given access by mode) reads the status but may not
+/// reload. Needs root to switch users (CI runs as root).
+#[test]
+fn the_control_socket_lets_others_read_but_not_act() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "SKIPPED the_control_socket_lets_others_read_but_not_act: needs root to run commands as another user"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let mut run = Kill(
+        obdgw()
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let sock = dir.path().join("control.sock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status_json(dir.path()).0 != Some(0) {
+        assert!(Instant::now() < deadline, "the daemon did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "the socket's mode");
+    let as_nobody = |args: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_obdgw"))
+            .args(args)
+            .arg("--socket")
+            .arg(&sock);
+        let out = c
+            .output()
+            .expect("setpriv (util-linux) runs commands as nobody");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // Not in the group: cannot even connect.
+    let (code, err) = as_nobody(&["status"]);
+    assert_eq!(code, Some(4), "{err}");
+    assert!(
+        err.contains("permission denied") && err.contains("obdgw"),
+        "{err}"
+    );
+    // Able to connect (as a group member would be): reads, but may not reload.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (code, err) = as_nobody(&["status"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = as_nobody(&["reload"]);
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("forbidden"), "{err}");
+    // Root may.
+    let out = obdgw()
+        .args(["reload", "--socket"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let _ = run.0.kill();
+}
