@@ -9,6 +9,7 @@ use obdgw::cloud::status::{StatusClient, StatusEvent, StatusSettings, TicketStat
 use obdgw::config::Secret;
 use obdgw::sim::cloud::{self as sim, DEMO_CONNECTOR_UUID, DEMO_PINCODE, Running, SimOptions};
 use serde_json::{Value, json};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -359,5 +360,69 @@ async fn sync_runs_from_configuration_and_refuses_missing_credentials() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("pincode"), "{e}");
+    r.stop().await;
+}
+
+/// A server that answers once and then drops every websocket at once must not earn
+/// immediate reconnects forever: the pacing starts over only after a connection lasted
+/// `reconnect_min`. (Before the fix, the first message reset it and the client reconnected
+/// with no delay, hundreds of times a second.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_drops_every_socket_is_retried_with_backoff() {
+    use futures_util::SinkExt as _;
+    use std::sync::atomic::AtomicUsize;
+    let r = sim::start(
+        sim::data::SimData::builtin().unwrap(),
+        SimOptions::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    // The flapping status server: accept, send one snapshot, close.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await {
+                    let frame = json!({"action": "subscribeToConnector", "message": {"connector_id": 910000001}});
+                    let _ = ws
+                        .send(tokio_tungstenite::tungstenite::Message::text(
+                            frame.to_string(),
+                        ))
+                        .await;
+                    let _ = ws.close(None).await;
+                }
+            });
+        }
+    });
+    let mut cfg = config(&r, TokenPlacement::Header);
+    cfg.status.url = Some(format!("ws://{addr}/v1/ws"));
+    cfg.status.immediate_retries = 3;
+    cfg.status.reconnect_min_ms = 1_000;
+    cfg.status.reconnect_max_ms = 2_000;
+    cfg.status.poll_interval_ms = 500;
+    let client = Client::from_config(&cfg, None).unwrap();
+    let (tx, mut rx) = mpsc::channel(1024);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(
+        StatusClient::new(
+            client,
+            StatusSettings::from_config(&cfg),
+            DEMO_CONNECTOR_UUID,
+        )
+        .run(tx, stop.clone()),
+    );
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.cancel();
+    let _ = task.await;
+    let n = accepted.load(Ordering::SeqCst);
+    // 4 s: the first connection and 3 immediate retries, then at most one attempt per
+    // second (1-2 s apart): well under 10. Without backoff it would be hundreds.
+    assert!((4..=9).contains(&n), "{n} connections in 4 s");
     r.stop().await;
 }

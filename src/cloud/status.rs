@@ -912,6 +912,27 @@ mod tests {
     }
 
     #[test]
+    fn integer_flags_of_the_vendor_example_are_read() {
+        // The reference's example sends `script_ui_available: 1`; such updates were dropped.
+        let mut t = tracker();
+        t.apply_text(&frame(
+            "subscribeToTicket",
+            json!({"ticket_id": 3, "state": 2, "connection_uuid": "c-1"}),
+        ));
+        let ev = t.apply_text(&frame(
+            "subscribeToConnection",
+            json!({"connection_uuid": "c-1", "script_ui_available": 1, "is_autonomous": 0}),
+        ));
+        match &ev[..] {
+            [StatusEvent::ConnectionUpdated(c)] => {
+                assert_eq!(c.script_ui_available, Some(true));
+                assert_eq!(c.is_autonomous, Some(false));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn ticket_life_becomes_events_and_subscriptions() {
         let mut t = tracker();
         assert_eq!(t.wanted().len(), 1);
