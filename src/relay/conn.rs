@@ -220,6 +220,9 @@ fn text_kind(t: &str) -> TextKind {
 }
 
 /// One connection, from the websocket handshake to its end.
+///
+/// The pre-auth phase runs in its own heap-allocated future, freed once the hello is
+/// accepted: what an idle connection keeps is only the forwarding state.
 pub(crate) async fn serve<S, A>(
     stream: S,
     addr: SocketAddr,
@@ -230,8 +233,26 @@ pub(crate) async fn serve<S, A>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     A: TokenCheck,
 {
+    let _open = OpenGuard(ctx.hub.metrics().clone());
+    let Some((inner, hello)) = Box::pin(authenticate(stream, addr, &ctx, deadline)).await else {
+        return;
+    };
+    forward(inner, hello, addr, &ctx, pre).await
+}
+
+/// Websocket handshake and hello under the pre-auth limits; `None` when refused (the
+/// refusal was sent) or failed.
+async fn authenticate<S, A>(
+    stream: S,
+    addr: SocketAddr,
+    ctx: &Ctx<A>,
+    deadline: Instant,
+) -> Option<(Capped<S>, Hello)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    A: TokenCheck,
+{
     let metrics = ctx.hub.metrics().clone();
-    let _open = OpenGuard(metrics.clone());
     let cfg = &ctx.cfg;
 
     // Handshake, under the pre-auth byte budget and the deadline.
@@ -242,25 +263,25 @@ pub(crate) async fn serve<S, A>(
         Some(cfg.preauth_ws_config()),
     );
     let mut ws = match tokio::select! {
-        _ = ctx.shutdown.cancelled() => return,
+        _ = ctx.shutdown.cancelled() => return None,
         h = tokio::time::timeout_at(deadline, handshake) => h,
     } {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             metrics.admission_drop(AdmissionDrop::Handshake);
             tracing::debug!(%addr, error = %e, "relay websocket handshake failed");
-            return;
+            return None;
         }
         Err(_) => {
             metrics.admission_drop(AdmissionDrop::Deadline);
             tracing::debug!(%addr, "relay websocket handshake timed out");
-            return;
+            return None;
         }
     };
 
     // The hello, under the same deadline.
     let first = tokio::select! {
-        _ = ctx.shutdown.cancelled() => return,
+        _ = ctx.shutdown.cancelled() => return None,
         f = tokio::time::timeout_at(deadline, ws.next()) => f,
     };
     use tokio_tungstenite::tungstenite::Error as WsError;
@@ -285,11 +306,11 @@ pub(crate) async fn serve<S, A>(
         )),
         Ok(_) if ws.get_ref().exhausted() => {
             metrics.admission_drop(AdmissionDrop::PreAuthBytes);
-            return;
+            return None;
         }
         Ok(_) => {
             metrics.admission_drop(AdmissionDrop::Handshake);
-            return;
+            return None;
         }
         Err(_) => {
             metrics.admission_drop(AdmissionDrop::Deadline);
@@ -298,7 +319,7 @@ pub(crate) async fn serve<S, A>(
                 refuse(&mut ws, ErrorCode::BAD_HELLO, "no hello within the relay's deadline"),
             )
             .await;
-            return;
+            return None;
         }
     };
     let checked = match hello {
@@ -313,7 +334,7 @@ pub(crate) async fn serve<S, A>(
             metrics.refuse(counted);
             tracing::info!(%addr, %code, why, "relay refused a connection");
             let _ = tokio::time::timeout(Duration::from_secs(1), refuse(&mut ws, code, why)).await;
-            return;
+            return None;
         }
     };
 
@@ -321,6 +342,17 @@ pub(crate) async fn serve<S, A>(
     // protocol lets nothing follow the hello before `welcome`).
     let mut inner = ws.into_inner();
     inner.lift();
+    Some((inner, hello))
+}
+
+/// An authenticated connection: attach it, then forward until either side ends.
+async fn forward<S, A>(inner: Capped<S>, hello: Hello, addr: SocketAddr, ctx: &Ctx<A>, pre: PreAuth)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    A: TokenCheck,
+{
+    let metrics = ctx.hub.metrics().clone();
+    let cfg = &ctx.cfg;
     let mut ws = WebSocketStream::from_raw_socket(inner, WsRole::Server, Some(cfg.ws_config())).await;
     let session = hello.session.clone();
     let role = hello.role;

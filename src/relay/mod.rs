@@ -404,8 +404,10 @@ pub async fn run_with_hub<A: TokenCheck>(
             let _conn_permit = conn_permit;
             let deadline = tokio::time::Instant::now() + ctx.cfg.hello_timeout;
             match tls {
-                Some(acc) => match tokio::time::timeout_at(deadline, acc.accept(tcp)).await {
-                    Ok(Ok(s)) => conn::serve(s, addr, ctx, deadline, pre).await,
+                // Boxed: the TLS connection's larger state does not make every plain
+                // connection's task larger.
+                Some(acc) => match tokio::time::timeout_at(deadline, Box::pin(acc.accept(tcp))).await {
+                    Ok(Ok(s)) => Box::pin(conn::serve(s, addr, ctx, deadline, pre)).await,
                     Ok(Err(e)) => {
                         ctx.hub.metrics().admission_drop(metrics::DropReason::Handshake);
                         tracing::debug!(%addr, error = %e, "relay TLS handshake failed");
