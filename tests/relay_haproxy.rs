@@ -164,7 +164,7 @@ fn start_haproxy(bin: &Path, dir: &Path, relays: &[&Relay], spare: &Relay) -> Ha
     for _attempt in 0..5 {
         let port = free_port();
         let cfg = format!(
-            "global\n    maxconn 20000\n    stats socket {} mode 600 level admin\n\n{}\n\
+            "global\n    maxconn 4000\n    stats socket {} mode 600 level admin\n\n{}\n\
              frontend obdgw_relay\n    bind 127.0.0.1:{port}\n    default_backend relays\n",
             socket.display(),
             shipped_sections(&servers)
@@ -252,20 +252,28 @@ impl Haproxy {
 }
 
 /// Which relay (index) holds each session, paired; `None` while not all are paired.
+/// `GET path` on a relay's metrics listener; the body, or `None` when it does not answer.
+async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: relay\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.ok()?;
+        let (head, body) = buf.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.0 200").then(|| body.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(5), io).await.ok()?
+}
+
+/// Which relay (index) holds each session, paired; `None` while not all are paired.
 async fn placement(relays: &[Option<&Relay>]) -> Option<HashMap<String, usize>> {
-    let http = reqwest::Client::new();
     let mut map = HashMap::new();
     for (i, r) in relays.iter().enumerate() {
         let Some(r) = r else { continue };
-        let body = http
-            .get(format!("http://{}/sessions", r.metrics))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let body = http_get(r.metrics, "/sessions").await?;
         for line in body.lines() {
             let mut f = line.split_whitespace();
             let (Some(id), Some(state)) = (f.next(), f.next()) else {
