@@ -65,7 +65,14 @@ struct Relay {
 
 fn start_relay(tokens: &Path, ws: &str, metrics: &str, log: &Path) -> Relay {
     let mut child = Command::new(env!("CARGO_BIN_EXE_obdgw"))
-        .args(["relay", "--listen", ws, "--metrics-listen", metrics, "--tokens"])
+        .args([
+            "relay",
+            "--listen",
+            ws,
+            "--metrics-listen",
+            metrics,
+            "--tokens",
+        ])
         .arg(tokens)
         // Behind the balancer every connection comes from it.
         .args(["--preauth-per-source", "0", "--max-connections", "4000"])
@@ -265,7 +272,9 @@ async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
         let (head, body) = buf.split_once("\r\n\r\n")?;
         head.starts_with("HTTP/1.0 200").then(|| body.to_string())
     };
-    tokio::time::timeout(Duration::from_secs(5), io).await.ok()?
+    tokio::time::timeout(Duration::from_secs(5), io)
+        .await
+        .ok()?
 }
 
 /// Which relay (index) holds each session, paired; `None` while not all are paired.
@@ -291,7 +300,10 @@ async fn wait_placement(relays: &[Option<&Relay>], what: &str) -> HashMap<String
     let t = Instant::now();
     loop {
         if let Some(p) = placement(relays).await {
-            eprintln!("{what}: all {SESSIONS} paired after {:.1} s", t.elapsed().as_secs_f64());
+            eprintln!(
+                "{what}: all {SESSIONS} paired after {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
             return p;
         }
         assert!(
@@ -380,7 +392,12 @@ async fn endpoint(
         Role::Gateway => (0u8, 1u8),
         Role::Operator => (1, 0),
     };
-    let mut cfg = SessionConfig::new(role, id, Token(token), 1 + session as u64 * 2 + dir_out as u64);
+    let mut cfg = SessionConfig::new(
+        role,
+        id,
+        Token(token),
+        1 + session as u64 * 2 + dir_out as u64,
+    );
     cfg.capabilities = vec!["isotp".into()];
     let mut ccfg = ClientConfig::new(url);
     ccfg.backoff_max = Duration::from_secs(2);
@@ -394,7 +411,10 @@ async fn endpoint(
     let mut tick = tokio::time::interval(Duration::from_millis(1000 / RATE_HZ));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Offset the phases of the 600 endpoints.
-    tokio::time::sleep(Duration::from_millis((session as u64 * 37) % (1000 / RATE_HZ))).await;
+    tokio::time::sleep(Duration::from_millis(
+        (session as u64 * 37) % (1000 / RATE_HZ),
+    ))
+    .await;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -436,9 +456,13 @@ async fn endpoint(
 async fn sessions_survive_a_relay_death_and_a_fourth_relay_moves_about_a_quarter() {
     let Some(bin) = haproxy_binary() else {
         if std::env::var("TEST_OBDGW_REQUIRE_HAPROXY").as_deref() == Ok("1") {
-            panic!("TEST_OBDGW_REQUIRE_HAPROXY=1 but haproxy is not installed (apt-get install haproxy)");
+            panic!(
+                "TEST_OBDGW_REQUIRE_HAPROXY=1 but haproxy is not installed (apt-get install haproxy)"
+            );
         }
-        eprintln!("SKIPPED: haproxy is not installed (set TEST_OBDGW_REQUIRE_HAPROXY=1 to fail instead)");
+        eprintln!(
+            "SKIPPED: haproxy is not installed (set TEST_OBDGW_REQUIRE_HAPROXY=1 to fail instead)"
+        );
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -513,7 +537,10 @@ async fn sessions_survive_a_relay_death_and_a_fourth_relay_moves_about_a_quarter
     hap.reconnect_everyone(3);
     shared.wait_all_up_since(ups, "relay 2 back").await;
     let p2 = wait_placement(&[Some(&r1), Some(&r2), Some(&r3)], "relay 2 back").await;
-    assert_eq!(p2, p0, "the ring placed sessions differently with the same relays");
+    assert_eq!(
+        p2, p0,
+        "the ring placed sessions differently with the same relays"
+    );
 
     // 4. A fourth relay enters the ring; everyone reconnects; only its share moves.
     hap.command("enable server relays/relay4");
@@ -564,14 +591,30 @@ async fn sessions_survive_a_relay_death_and_a_fourth_relay_moves_about_a_quarter
         results.insert((i, role == Role::Gateway), r);
     }
     let errors = shared.errors.lock().unwrap().clone();
-    assert!(errors.is_empty(), "{} errors, first: {:?}", errors.len(), &errors[..errors.len().min(5)]);
+    assert!(
+        errors.is_empty(),
+        "{} errors, first: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
     let mut total = 0u64;
     for i in 0..SESSIONS {
         let gw = &results[&(i, true)];
         let op = &results[&(i, false)];
-        assert_eq!(op.received, gw.sent, "session {i}: operator got {} of {}", op.received, gw.sent);
-        assert_eq!(gw.received, op.sent, "session {i}: gateway got {} of {}", gw.received, op.sent);
-        assert!(gw.sent > 20 && op.sent > 20, "session {i}: too little traffic");
+        assert_eq!(
+            op.received, gw.sent,
+            "session {i}: operator got {} of {}",
+            op.received, gw.sent
+        );
+        assert_eq!(
+            gw.received, op.sent,
+            "session {i}: gateway got {} of {}",
+            gw.received, op.sent
+        );
+        assert!(
+            gw.sent > 20 && op.sent > 20,
+            "session {i}: too little traffic"
+        );
         total += (gw.sent + op.sent) as u64;
     }
     eprintln!("{total} records delivered exactly once, byte-identical");

@@ -152,7 +152,8 @@ fn error_text(code: ErrorCode, message: &str) -> Message {
 }
 
 /// The one answer to a hello whose session is unknown or whose token is wrong.
-pub const AUTH_REFUSAL: &str = "the session is unknown to this relay or the token is not valid for this role and session";
+pub const AUTH_REFUSAL: &str =
+    "the session is unknown to this relay or the token is not valid for this role and session";
 
 /// A refused hello: the code, the message, and what it counts as.
 type Refused = (ErrorCode, &'static str, Refusal);
@@ -316,7 +317,11 @@ where
             metrics.admission_drop(AdmissionDrop::Deadline);
             let _ = tokio::time::timeout(
                 Duration::from_secs(1),
-                refuse(&mut ws, ErrorCode::BAD_HELLO, "no hello within the relay's deadline"),
+                refuse(
+                    &mut ws,
+                    ErrorCode::BAD_HELLO,
+                    "no hello within the relay's deadline",
+                ),
             )
             .await;
             return None;
@@ -353,7 +358,8 @@ where
 {
     let metrics = ctx.hub.metrics().clone();
     let cfg = &ctx.cfg;
-    let mut ws = WebSocketStream::from_raw_socket(inner, WsRole::Server, Some(cfg.ws_config())).await;
+    let mut ws =
+        WebSocketStream::from_raw_socket(inner, WsRole::Server, Some(cfg.ws_config())).await;
     let session = hello.session.clone();
     let role = hello.role;
     let (out, mut rx) = Outbound::new(1024, cfg.max_queued_bytes);
@@ -537,7 +543,9 @@ where
                         // Waits while the peer's queue is full: backpressure to this sender.
                         if peer.forward(out, len).await {
                             metrics.forwarded_messages.fetch_add(1, Ordering::Relaxed);
-                            metrics.forwarded_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                            metrics
+                                .forwarded_bytes
+                                .fetch_add(len as u64, Ordering::Relaxed);
                         }
                     }
                 }
@@ -572,7 +580,10 @@ mod tests {
     #[test]
     fn session_ids_in_paths() {
         let id = "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab";
-        assert_eq!(session_from_path(&format!("/v1/sessions/{id}")), Ok(Some(id)));
+        assert_eq!(
+            session_from_path(&format!("/v1/sessions/{id}")),
+            Ok(Some(id))
+        );
         assert_eq!(
             session_from_path(&format!("/relay/v1/sessions/{id}?x=1")),
             Ok(Some(id))
@@ -592,9 +603,15 @@ mod tests {
     #[test]
     fn text_kind_reads_only_the_type() {
         assert_eq!(text_kind(r#"{"type":"bye","reason":"x"}"#), TextKind::Bye);
-        assert_eq!(text_kind(r#"{"reason":"x","type":"hello"}"#), TextKind::Hello);
+        assert_eq!(
+            text_kind(r#"{"reason":"x","type":"hello"}"#),
+            TextKind::Hello
+        );
         assert_eq!(text_kind(r#"{"type":"h\u0065llo"}"#), TextKind::Hello);
-        assert_eq!(text_kind(r#"{"type":"ping","id":1,"t_us":2}"#), TextKind::Other);
+        assert_eq!(
+            text_kind(r#"{"type":"ping","id":1,"t_us":2}"#),
+            TextKind::Other
+        );
         assert_eq!(text_kind("not json"), TextKind::Other);
         assert_eq!(text_kind(r#"{"id":1}"#), TextKind::Other);
     }

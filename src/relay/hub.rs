@@ -232,7 +232,8 @@ struct HubInner {
 
 impl HubInner {
     fn publish(&self, m: &Metrics) {
-        m.sessions.store(self.sessions.len() as u64, Ordering::Relaxed);
+        m.sessions
+            .store(self.sessions.len() as u64, Ordering::Relaxed);
         m.pairs.store(self.pairs as u64, Ordering::Relaxed);
     }
 }

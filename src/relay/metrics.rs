@@ -103,36 +103,130 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
             );
         };
-        one("obdgw_relay_connections_accepted_total", "counter", "TCP connections accepted.", g(&self.accepted));
-        one("obdgw_relay_connections_open", "gauge", "Connections open now, in any phase.", g(&self.open));
-        one("obdgw_relay_connections_preauth", "gauge", "Open connections not authenticated yet.", g(&self.preauth));
-        one("obdgw_relay_accept_throttled_total", "counter", "Times accepting waited for the accept rate limit.", g(&self.accept_throttled));
-        one("obdgw_relay_preauth_full_total", "counter", "Times accepting waited because the pre-auth cap was reached.", g(&self.preauth_full));
-        one("obdgw_relay_hellos_accepted_total", "counter", "Hellos accepted (connections attached to a session).", g(&self.attached));
-        one("obdgw_relay_sessions", "gauge", "Sessions held (at least one side attached).", g(&self.sessions));
-        one("obdgw_relay_pairs", "gauge", "Sessions with gateway and operator attached.", g(&self.pairs));
-        one("obdgw_relay_forwarded_messages_total", "counter", "Websocket messages forwarded to a peer.", g(&self.forwarded_messages));
-        one("obdgw_relay_forwarded_bytes_total", "counter", "Payload bytes of forwarded messages.", g(&self.forwarded_bytes));
-        one("obdgw_relay_discarded_messages_total", "counter", "Messages discarded because the peer was not attached.", g(&self.discarded_messages));
-        one("obdgw_relay_backpressure_waits_total", "counter", "Times a sender waited for its peer's queue (bytes bound).", g(&self.backpressure_waits));
-        one("obdgw_relay_write_stalls_total", "counter", "Connections closed because they stopped reading.", g(&self.write_stalls));
-        one("obdgw_relay_silent_closed_total", "counter", "Connections closed because they were silent past the read deadline.", g(&self.silent_closed));
-        one("obdgw_relay_pings_sent_total", "counter", "Websocket pings sent to silent connections.", g(&self.pings_sent));
+        one(
+            "obdgw_relay_connections_accepted_total",
+            "counter",
+            "TCP connections accepted.",
+            g(&self.accepted),
+        );
+        one(
+            "obdgw_relay_connections_open",
+            "gauge",
+            "Connections open now, in any phase.",
+            g(&self.open),
+        );
+        one(
+            "obdgw_relay_connections_preauth",
+            "gauge",
+            "Open connections not authenticated yet.",
+            g(&self.preauth),
+        );
+        one(
+            "obdgw_relay_accept_throttled_total",
+            "counter",
+            "Times accepting waited for the accept rate limit.",
+            g(&self.accept_throttled),
+        );
+        one(
+            "obdgw_relay_preauth_full_total",
+            "counter",
+            "Times accepting waited because the pre-auth cap was reached.",
+            g(&self.preauth_full),
+        );
+        one(
+            "obdgw_relay_hellos_accepted_total",
+            "counter",
+            "Hellos accepted (connections attached to a session).",
+            g(&self.attached),
+        );
+        one(
+            "obdgw_relay_sessions",
+            "gauge",
+            "Sessions held (at least one side attached).",
+            g(&self.sessions),
+        );
+        one(
+            "obdgw_relay_pairs",
+            "gauge",
+            "Sessions with gateway and operator attached.",
+            g(&self.pairs),
+        );
+        one(
+            "obdgw_relay_forwarded_messages_total",
+            "counter",
+            "Websocket messages forwarded to a peer.",
+            g(&self.forwarded_messages),
+        );
+        one(
+            "obdgw_relay_forwarded_bytes_total",
+            "counter",
+            "Payload bytes of forwarded messages.",
+            g(&self.forwarded_bytes),
+        );
+        one(
+            "obdgw_relay_discarded_messages_total",
+            "counter",
+            "Messages discarded because the peer was not attached.",
+            g(&self.discarded_messages),
+        );
+        one(
+            "obdgw_relay_backpressure_waits_total",
+            "counter",
+            "Times a sender waited for its peer's queue (bytes bound).",
+            g(&self.backpressure_waits),
+        );
+        one(
+            "obdgw_relay_write_stalls_total",
+            "counter",
+            "Connections closed because they stopped reading.",
+            g(&self.write_stalls),
+        );
+        one(
+            "obdgw_relay_silent_closed_total",
+            "counter",
+            "Connections closed because they were silent past the read deadline.",
+            g(&self.silent_closed),
+        );
+        one(
+            "obdgw_relay_pings_sent_total",
+            "counter",
+            "Websocket pings sent to silent connections.",
+            g(&self.pings_sent),
+        );
         let _ = write!(
             s,
             "# HELP obdgw_relay_admission_drops_total Connections dropped before authentication, by reason.\n\
              # TYPE obdgw_relay_admission_drops_total counter\n"
         );
-        for (i, r) in ["per_source", "deadline", "handshake", "preauth_bytes"].iter().enumerate() {
-            let _ = writeln!(s, "obdgw_relay_admission_drops_total{{reason=\"{r}\"}} {}", g(&self.drops[i]));
+        for (i, r) in ["per_source", "deadline", "handshake", "preauth_bytes"]
+            .iter()
+            .enumerate()
+        {
+            let _ = writeln!(
+                s,
+                "obdgw_relay_admission_drops_total{{reason=\"{r}\"}} {}",
+                g(&self.drops[i])
+            );
         }
         let _ = write!(
             s,
             "# HELP obdgw_relay_refusals_total Hellos refused, by error code name.\n\
              # TYPE obdgw_relay_refusals_total counter\n"
         );
-        for (i, r) in ["bad_hello", "unsupported_version", "auth_failed", "session_limit"].iter().enumerate() {
-            let _ = writeln!(s, "obdgw_relay_refusals_total{{code=\"{r}\"}} {}", g(&self.refusals[i]));
+        for (i, r) in [
+            "bad_hello",
+            "unsupported_version",
+            "auth_failed",
+            "session_limit",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let _ = writeln!(
+                s,
+                "obdgw_relay_refusals_total{{code=\"{r}\"}} {}",
+                g(&self.refusals[i])
+            );
         }
         s
     }
@@ -210,13 +304,19 @@ mod tests {
         m.admission_drop(DropReason::PerSource);
         m.refuse(Refusal::AuthFailed);
         let t = m.render();
-        assert!(t.contains("obdgw_relay_forwarded_messages_total 3\n"), "{t}");
+        assert!(
+            t.contains("obdgw_relay_forwarded_messages_total 3\n"),
+            "{t}"
+        );
         assert!(t.contains("obdgw_relay_admission_drops_total{reason=\"per_source\"} 1\n"));
         assert!(t.contains("obdgw_relay_refusals_total{code=\"auth_failed\"} 1\n"));
         for line in t.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
             assert!(t.contains(&format!("# TYPE {name} ")), "{name} has no TYPE");
-            assert!(line.rsplit(' ').next().unwrap().parse::<u64>().is_ok(), "{line}");
+            assert!(
+                line.rsplit(' ').next().unwrap().parse::<u64>().is_ok(),
+                "{line}"
+            );
         }
     }
 }

@@ -406,17 +406,23 @@ pub async fn run_with_hub<A: TokenCheck>(
             match tls {
                 // Boxed: the TLS connection's larger state does not make every plain
                 // connection's task larger.
-                Some(acc) => match tokio::time::timeout_at(deadline, Box::pin(acc.accept(tcp))).await {
-                    Ok(Ok(s)) => Box::pin(conn::serve(s, addr, ctx, deadline, pre)).await,
-                    Ok(Err(e)) => {
-                        ctx.hub.metrics().admission_drop(metrics::DropReason::Handshake);
-                        tracing::debug!(%addr, error = %e, "relay TLS handshake failed");
+                Some(acc) => {
+                    match tokio::time::timeout_at(deadline, Box::pin(acc.accept(tcp))).await {
+                        Ok(Ok(s)) => Box::pin(conn::serve(s, addr, ctx, deadline, pre)).await,
+                        Ok(Err(e)) => {
+                            ctx.hub
+                                .metrics()
+                                .admission_drop(metrics::DropReason::Handshake);
+                            tracing::debug!(%addr, error = %e, "relay TLS handshake failed");
+                        }
+                        Err(_) => {
+                            ctx.hub
+                                .metrics()
+                                .admission_drop(metrics::DropReason::Deadline);
+                            tracing::debug!(%addr, "relay TLS handshake timed out");
+                        }
                     }
-                    Err(_) => {
-                        ctx.hub.metrics().admission_drop(metrics::DropReason::Deadline);
-                        tracing::debug!(%addr, "relay TLS handshake timed out");
-                    }
-                },
+                }
                 None => conn::serve(tcp, addr, ctx, deadline, pre).await,
             }
         });
@@ -477,6 +483,10 @@ pub struct RelayArgs {
     /// Bytes queued toward one connection before the sender is slowed down.
     #[arg(long, value_name = "BYTES", default_value_t = RelayConfig::default().max_queued_bytes)]
     pub max_queued_bytes: usize,
+    /// Runtime worker threads (0: one per CPU; 1: a single-threaded runtime, for one relay
+    /// process per core behind the balancer).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub threads: usize,
 }
 
 fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
@@ -586,10 +596,19 @@ fn run_relay_inner(args: RelayArgs) -> anyhow::Result<()> {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let rt = match args.threads {
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.min(256))
+            .enable_all()
+            .build(),
+    }
+    .context("starting the tokio runtime")?;
     rt.block_on(async move {
         let listener = bind_listener(args.listen, 4096)
             .with_context(|| format!("binding {}", args.listen))?;

@@ -98,6 +98,9 @@ pub struct FleetArgs {
     /// Seconds between progress lines.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     pub report_every: u64,
+    /// Worker threads of the simulator's runtime (0: one current-thread runtime).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub threads: usize,
     /// Write the relay tokens file for these sessions (plus one spare for the storm probe)
     /// and exit.
     #[arg(long, value_name = "FILE")]
@@ -201,7 +204,10 @@ fn answer(index: usize, req: &[u8], t1_us: u64, t2_us: u64) -> Option<RecordRepr
 /// Check an answer against the oldest outstanding request; returns (t0, t1, t2).
 fn check_answer(index: usize, want: (u32, u64), ans: &[u8]) -> Result<(u64, u64, u64), String> {
     if ans.len() != 48 || ans[..3] != [0x62, 0xF1, 0x90] {
-        return Err(format!("answer of {} bytes is not 62 F1 90 + 45", ans.len()));
+        return Err(format!(
+            "answer of {} bytes is not 62 F1 90 + 45",
+            ans.len()
+        ));
     }
     let rd = |r: std::ops::Range<usize>| {
         let mut x = [0u8; 8];
@@ -317,7 +323,9 @@ impl Stats {
 enum Kind {
     Gateway,
     /// An operator sending `rate` requests per second (0: attached, idle).
-    Operator { rate: f64 },
+    Operator {
+        rate: f64,
+    },
 }
 
 struct Endpoint {
@@ -542,19 +550,27 @@ async fn drive(ep: &mut Endpoint, mut ws: Ws, ctx: &Ctx) -> Ended {
                     match ep.kind {
                         Kind::Gateway => {
                             if p.data.len() == 15 {
-                                let t0 = u64::from_be_bytes(p.data[7..15].try_into().unwrap_or_default());
+                                let t0 = u64::from_be_bytes(
+                                    p.data[7..15].try_into().unwrap_or_default(),
+                                );
                                 stats.one_way.record(t_rx.saturating_sub(t0));
                             }
                             match answer(ep.index, &p.data, t_rx, us_since(ctx.epoch)) {
                                 Some(a) => {
                                     if let Err(e) = ep.session.send(std_now(), a, false) {
-                                        stats.error(&stats.protocol_errors, format!("gateway send: {e}"));
+                                        stats.error(
+                                            &stats.protocol_errors,
+                                            format!("gateway send: {e}"),
+                                        );
                                     }
                                     ep.session.flush(std_now());
                                 }
                                 None => stats.error(
                                     &stats.bad_answers,
-                                    format!("gateway got a request it does not know ({} bytes)", p.data.len()),
+                                    format!(
+                                        "gateway got a request it does not know ({} bytes)",
+                                        p.data.len()
+                                    ),
                                 ),
                             }
                         }
@@ -565,7 +581,10 @@ async fn drive(ep: &mut Endpoint, mut ws: Ws, ctx: &Ctx) -> Ended {
                                     stats.rtt.record(t_rx.saturating_sub(t0));
                                     stats.one_way.record(t_rx.saturating_sub(t2));
                                 }
-                                Err(e) => stats.error(&stats.bad_answers, format!("session {}: {e}", ep.index)),
+                                Err(e) => stats.error(
+                                    &stats.bad_answers,
+                                    format!("session {}: {e}", ep.index),
+                                ),
                             },
                             None => stats.error(
                                 &stats.bad_answers,
@@ -635,7 +654,9 @@ async fn drive(ep: &mut Endpoint, mut ws: Ws, ctx: &Ctx) -> Ended {
             .map(Instant::from_std)
             .unwrap_or(now + Duration::from_secs(3600));
         if waiting {
-            wake = wake.min(last_tx + ep.keepalive).min(last_rx + ep.keepalive * 3);
+            wake = wake
+                .min(last_tx + ep.keepalive)
+                .min(last_rx + ep.keepalive * 3);
         }
         if let (Some(t), true) = (next_req, st.up) {
             wake = wake.min(t);
@@ -707,7 +728,10 @@ fn pid_listening_on(port: u16) -> Option<u32> {
         for line in t.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() > 9 && f[3] == "0A" {
-                let p = f[1].rsplit(':').next().and_then(|h| u16::from_str_radix(h, 16).ok());
+                let p = f[1]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|h| u16::from_str_radix(h, 16).ok());
                 if p == Some(port) {
                     inodes.push(format!("socket:[{}]", f[9]));
                 }
@@ -760,7 +784,10 @@ fn spawn_relay(
         .args(["relay", "--listen", listen, "--tokens"])
         .arg(tokens)
         .args(extra)
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .spawn()
@@ -862,7 +889,9 @@ fn run_inner(args: FleetArgs) -> anyhow::Result<bool> {
     let nofile = raise_nofile();
     let want_fds = (args.gateways + args.active + args.operators + 2) as u64 + 64;
     if nofile < want_fds {
-        bail!("the open-files limit is {nofile}, this run needs about {want_fds}: raise it (ulimit -Hn)");
+        bail!(
+            "the open-files limit is {nofile}, this run needs about {want_fds}: raise it (ulimit -Hn)"
+        );
     }
 
     let mut spawned: Option<SpawnedRelay> = None;
@@ -895,11 +924,24 @@ fn run_inner(args: FleetArgs) -> anyhow::Result<bool> {
         (None, None) => pid_listening_on(relay_addr.port()),
     };
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    let result = rt.block_on(fleet(&args, relay_addr, &base, relay_pid, spare, &mut spawned));
+    let rt = match args.threads {
+        0 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.min(64))
+            .enable_all()
+            .build(),
+    }
+    .context("starting the tokio runtime")?;
+    let result = rt.block_on(fleet(
+        &args,
+        relay_addr,
+        &base,
+        relay_pid,
+        spare,
+        &mut spawned,
+    ));
     if let Some(mut s) = spawned {
         let _ = s.child.kill();
         let _ = s.child.wait();
@@ -928,7 +970,12 @@ fn make_endpoint(
     // Acks ride on the next request or answer; a standalone ack is rarely needed.
     cfg.ack_delay = Duration::from_millis(200);
     cfg.agent = Some(concat!("obdgw-sim-fleet/", env!("CARGO_PKG_VERSION")).into());
-    let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (index % args.sources as usize) as u8));
+    let source = IpAddr::V4(Ipv4Addr::new(
+        127,
+        0,
+        0,
+        2 + (index % args.sources as usize) as u8,
+    ));
     Endpoint {
         index,
         kind,
@@ -1092,8 +1139,11 @@ async fn fleet(
                 stop: pstop.clone(),
                 gateways: 0,
             });
+            // From its own address (127.0.0.1; the fleet uses 127.0.0.2 and up): a new
+            // pair comes from another garage than the boxes that reconnect.
             for kind in [Kind::Gateway, Kind::Operator { rate: args.rate }] {
-                let ep = make_endpoint(args, spare, kind, relay, base);
+                let mut ep = make_endpoint(args, spare, kind, relay, base);
+                ep.source = IpAddr::V4(Ipv4Addr::LOCALHOST);
                 tasks.spawn(run_endpoint(ep, pctx.clone()));
             }
             storm = Some((Instant::now(), 0));
@@ -1104,7 +1154,10 @@ async fn fleet(
             && ps.paired.load(Ordering::Relaxed) > 0
         {
             probe_paired = Some(at.elapsed());
-            println!("storm: the fresh pair paired {:.2} s after the restart", at.elapsed().as_secs_f64());
+            println!(
+                "storm: the fresh pair paired {:.2} s after the restart",
+                at.elapsed().as_secs_f64()
+            );
         }
         if Instant::now() >= next_report {
             next_report += Duration::from_secs(args.report_every);
@@ -1136,7 +1189,11 @@ async fn fleet(
                     "storm: {back} of {} gateways back after {:.1} s{}",
                     args.gateways,
                     at.elapsed().as_secs_f64(),
-                    if all > 0 { format!(" (all back at {:.2} s)", all as f64 / 1e6) } else { String::new() }
+                    if all > 0 {
+                        format!(" (all back at {:.2} s)", all as f64 / 1e6)
+                    } else {
+                        String::new()
+                    }
                 );
             }
         }
@@ -1180,12 +1237,18 @@ async fn fleet(
         fmt_us(stats.rtt.quantile(0.99)),
         stats.rtt.count()
     );
-    if let Some(e) = stats.first_error.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+    if let Some(e) = stats
+        .first_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+    {
         println!("first error: {e}");
     }
     match (before, &start, &endsample) {
         (Some(b), Some(s), Some(e)) => {
-            let cpu = 100.0 * (e.cpu_s - s.cpu_s) / e.at.duration_since(s.at).as_secs_f64().max(1e-3);
+            let cpu =
+                100.0 * (e.cpu_s - s.cpu_s) / e.at.duration_since(s.at).as_secs_f64().max(1e-3);
             println!(
                 "relay: rss {} before, {} connected ({} connections: {:.1} KiB each), {} at the end; peak {}; cpu {cpu:.1} % of one core over the measurement",
                 mib(b.rss),
@@ -1210,7 +1273,10 @@ async fn fleet(
                 mib(peak_rss)
             );
         } else {
-            println!("storm: only {back} of {} gateways back by the end", args.gateways);
+            println!(
+                "storm: only {back} of {} gateways back by the end",
+                args.gateways
+            );
             ok = false;
         }
         match probe_paired {
@@ -1254,7 +1320,10 @@ mod tests {
         let RecordBody::IsoTp(ans) = answer(5, &req.data, 1300, 1310).unwrap().body else {
             panic!()
         };
-        assert_eq!(check_answer(5, (42, 1234), &ans.data), Ok((1234, 1300, 1310)));
+        assert_eq!(
+            check_answer(5, (42, 1234), &ans.data),
+            Ok((1234, 1300, 1310))
+        );
         assert!(check_answer(5, (43, 1234), &ans.data).is_err());
         assert!(check_answer(6, (42, 1234), &ans.data).is_err());
         assert!(check_answer(5, (42, 1234), &ans.data[..47]).is_err());

@@ -267,9 +267,18 @@ mod url_tests {
     fn the_session_id_goes_into_the_path() {
         let id = "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab";
         for (base, want) in [
-            ("ws://127.0.0.1:8443", format!("ws://127.0.0.1:8443/v1/sessions/{id}")),
-            ("wss://relay.example/", format!("wss://relay.example/v1/sessions/{id}")),
-            ("wss://r.example/tunnel", format!("wss://r.example/tunnel/v1/sessions/{id}")),
+            (
+                "ws://127.0.0.1:8443",
+                format!("ws://127.0.0.1:8443/v1/sessions/{id}"),
+            ),
+            (
+                "wss://relay.example/",
+                format!("wss://relay.example/v1/sessions/{id}"),
+            ),
+            (
+                "wss://r.example/tunnel",
+                format!("wss://r.example/tunnel/v1/sessions/{id}"),
+            ),
             ("ws://h/x/?a=1", format!("ws://h/x/v1/sessions/{id}?a=1")),
             (
                 "ws://h/v1/sessions/00000000-0000-4000-8000-000000000000",
