@@ -121,6 +121,13 @@ async fn unknown_sessions_and_bad_tokens_get_the_same_answer() {
     assert_eq!(unknown, not_uuid);
     let m = relay.hub.metrics();
     assert_eq!(m.refusals(Refusal::AuthFailed), 4);
+    // Refused connections leave nothing behind in the gauges.
+    let t = std::time::Instant::now();
+    while m.open.load(Ordering::Relaxed) + m.preauth.load(Ordering::Relaxed) > 0 {
+        assert!(t.elapsed() < LIMIT, "connections still counted as open");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(m.accepted.load(Ordering::Relaxed), 4);
     relay.stop.cancel();
 }
 

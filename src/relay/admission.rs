@@ -64,17 +64,19 @@ impl TokenBucket {
     }
 }
 
+type Counts = Arc<Mutex<HashMap<IpAddr, u32>>>;
+
 /// Unauthenticated connections per source address.
 #[derive(Debug, Clone)]
 pub struct PerSource {
-    inner: Arc<Mutex<HashMap<IpAddr, u32>>>,
+    inner: Counts,
     max: u32,
 }
 
 /// Held while a connection from a source is unauthenticated; dropping it frees the place.
 #[derive(Debug)]
 pub struct SourceGuard {
-    inner: Option<(Arc<Mutex<HashMap<IpAddr, u32>>>, IpAddr)>,
+    inner: Option<(Counts, IpAddr)>,
 }
 
 impl PerSource {

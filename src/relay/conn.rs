@@ -54,7 +54,6 @@ pub(crate) struct PreAuth {
 impl PreAuth {
     pub fn new(permit: OwnedSemaphorePermit, source: SourceGuard, metrics: Arc<Metrics>) -> Self {
         metrics.preauth.fetch_add(1, Ordering::Relaxed);
-        metrics.open.fetch_add(1, Ordering::Relaxed);
         PreAuth {
             _permit: permit,
             _source: source,
@@ -70,7 +69,15 @@ impl Drop for PreAuth {
 }
 
 /// Counts the connection as open until dropped.
-struct OpenGuard(Arc<Metrics>);
+pub(crate) struct OpenGuard(Arc<Metrics>);
+
+impl OpenGuard {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        metrics.open.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(metrics)
+    }
+}
+
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
@@ -234,7 +241,6 @@ pub(crate) async fn serve<S, A>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     A: TokenCheck,
 {
-    let _open = OpenGuard(ctx.hub.metrics().clone());
     let Some((inner, hello)) = Box::pin(authenticate(stream, addr, &ctx, deadline)).await else {
         return;
     };
@@ -243,6 +249,7 @@ pub(crate) async fn serve<S, A>(
 
 /// Websocket handshake and hello under the pre-auth limits; `None` when refused (the
 /// refusal was sent) or failed.
+#[allow(clippy::result_large_err)] // the handshake callback's error is tungstenite's response
 async fn authenticate<S, A>(
     stream: S,
     addr: SocketAddr,

@@ -400,8 +400,9 @@ pub async fn run_with_hub<A: TokenCheck>(
         let _ = tcp.set_nodelay(true);
         let pre = conn::PreAuth::new(pre_permit, source, metrics.clone());
         let (ctx, tls) = (ctx.clone(), tls.clone());
+        let open = conn::OpenGuard::new(metrics.clone());
         tracker.spawn(async move {
-            let _conn_permit = conn_permit;
+            let (_conn_permit, _open) = (conn_permit, open);
             let deadline = tokio::time::Instant::now() + ctx.cfg.hello_timeout;
             match tls {
                 // Boxed: the TLS connection's larger state does not make every plain
@@ -490,7 +491,7 @@ pub struct RelayArgs {
 }
 
 fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
-    if !(v.is_finite() && v >= 0.0 && v <= 86_400.0) {
+    if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
         anyhow::bail!("--{name} must be between 0 and 86400 seconds, got {v}");
     }
     Ok(Duration::from_secs_f64(v))
@@ -528,6 +529,7 @@ impl RelayArgs {
 }
 
 /// Raise the soft open-files limit to the hard one; returns the soft limit now in force.
+#[allow(clippy::unnecessary_cast)] // rlim_t is 32 bits on armv7
 pub fn raise_nofile() -> std::io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -616,19 +618,27 @@ fn run_relay_inner(args: RelayArgs) -> anyhow::Result<()> {
         let hub = Hub::new(cfg.max_sessions, cfg.keepalive_ms);
         let shutdown = CancellationToken::new();
         let scheme = if tls.is_some() { "wss" } else { "ws" };
-        println!("obdgw relay listening on {scheme}://{local}/ (subprotocol {})", wire::SUBPROTOCOL);
+        // Whoever started us may stop reading stdout: never die of a closed pipe.
+        use std::io::Write as _;
+        let say = |line: String| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        };
+        say(format!(
+            "obdgw relay listening on {scheme}://{local}/ (subprotocol {})",
+            wire::SUBPROTOCOL
+        ));
         let metrics_task = match args.metrics_listen {
             Some(a) => {
                 let l = TcpListener::bind(a)
                     .await
                     .with_context(|| format!("binding the metrics address {a}"))?;
-                println!("obdgw relay metrics on http://{}/metrics", l.local_addr()?);
+                say(format!("obdgw relay metrics on http://{}/metrics", l.local_addr()?));
                 Some(tokio::spawn(metrics::serve(l, hub.clone(), shutdown.clone())))
             }
             None => None,
         };
-        use std::io::Write as _;
-        let _ = std::io::stdout().flush();
         let s2 = shutdown.clone();
         tokio::spawn(async move {
             let mut term =

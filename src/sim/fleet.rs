@@ -793,10 +793,18 @@ fn spawn_relay(
         .spawn()
         .context("starting obdgw relay")?;
     let out = child.stdout.take().context("relay stdout")?;
+    let mut reader = std::io::BufReader::new(out);
     let mut line = String::new();
-    std::io::BufReader::new(out)
+    reader
         .read_line(&mut line)
         .context("reading the relay's address")?;
+    // Keep reading what else it prints, so that it never writes into a closed pipe.
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        while matches!(reader.read_line(&mut rest), Ok(n) if n > 0) {
+            rest.clear();
+        }
+    });
     let addr = line
         .split_whitespace()
         .find_map(|w| w.strip_prefix("ws://"))
@@ -1247,10 +1255,16 @@ async fn fleet(
     }
     match (before, &start, &endsample) {
         (Some(b), Some(s), Some(e)) => {
-            let cpu =
-                100.0 * (e.cpu_s - s.cpu_s) / e.at.duration_since(s.at).as_secs_f64().max(1e-3);
+            let cpu = if storm.is_some() {
+                // A new process since the restart: its CPU time started from zero.
+                "n/a (the relay was restarted)".to_string()
+            } else {
+                let c =
+                    100.0 * (e.cpu_s - s.cpu_s) / e.at.duration_since(s.at).as_secs_f64().max(1e-3);
+                format!("{c:.1} % of one core over the measurement")
+            };
             println!(
-                "relay: rss {} before, {} connected ({} connections: {:.1} KiB each), {} at the end; peak {}; cpu {cpu:.1} % of one core over the measurement",
+                "relay: rss {} before, {} connected ({} connections: {:.1} KiB each), {} at the end; peak {}; cpu {cpu}",
                 mib(b.rss),
                 mib(s.rss),
                 conns,

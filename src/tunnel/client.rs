@@ -261,35 +261,6 @@ async fn connect(cfg: &ClientConfig, session: &str) -> Result<Conn, ConnectError
     }
 }
 
-#[cfg(test)]
-mod url_tests {
-    #[test]
-    fn the_session_id_goes_into_the_path() {
-        let id = "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab";
-        for (base, want) in [
-            (
-                "ws://127.0.0.1:8443",
-                format!("ws://127.0.0.1:8443/v1/sessions/{id}"),
-            ),
-            (
-                "wss://relay.example/",
-                format!("wss://relay.example/v1/sessions/{id}"),
-            ),
-            (
-                "wss://r.example/tunnel",
-                format!("wss://r.example/tunnel/v1/sessions/{id}"),
-            ),
-            ("ws://h/x/?a=1", format!("ws://h/x/v1/sessions/{id}?a=1")),
-            (
-                "ws://h/v1/sessions/00000000-0000-4000-8000-000000000000",
-                "ws://h/v1/sessions/00000000-0000-4000-8000-000000000000".to_string(),
-            ),
-        ] {
-            assert_eq!(super::session_url(base, id), want, "{base}");
-        }
-    }
-}
-
 /// Offer an application message to the session; hand it back if it must wait.
 fn offer(session: &mut Session, out: Outgoing) -> Option<Outgoing> {
     let now = Instant::now().into_std();
@@ -441,6 +412,35 @@ where
                     return Ok(Ended::Retry { reached_peer });
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    #[test]
+    fn the_session_id_goes_into_the_path() {
+        let id = "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab";
+        for (base, want) in [
+            (
+                "ws://127.0.0.1:8443",
+                format!("ws://127.0.0.1:8443/v1/sessions/{id}"),
+            ),
+            (
+                "wss://relay.example/",
+                format!("wss://relay.example/v1/sessions/{id}"),
+            ),
+            (
+                "wss://r.example/tunnel",
+                format!("wss://r.example/tunnel/v1/sessions/{id}"),
+            ),
+            ("ws://h/x/?a=1", format!("ws://h/x/v1/sessions/{id}?a=1")),
+            (
+                "ws://h/v1/sessions/00000000-0000-4000-8000-000000000000",
+                "ws://h/v1/sessions/00000000-0000-4000-8000-000000000000".to_string(),
+            ),
+        ] {
+            assert_eq!(super::session_url(base, id), want, "{base}");
         }
     }
 }
