@@ -320,3 +320,62 @@ async fn per_source_cap_and_the_metrics_that_show_it() {
     drop((d, held));
     relay.stop.cancel();
 }
+
+#[tokio::test]
+async fn silent_connections_are_pinged_and_dead_ones_closed() {
+    use obdgw::tunnel::client::{self, ClientConfig};
+    use obdgw::tunnel::{Session, SessionConfig};
+    let cfg = RelayConfig {
+        ping_after: Duration::from_millis(200),
+        ..RelayConfig::default()
+    };
+    let relay = start(cfg).await;
+    let m = relay.hub.metrics().clone();
+    // A real tunnel client waiting for its peer sends nothing itself; it answers the
+    // relay's pings (its websocket does) and keeps its connection.
+    let (_to_sess, from_app) = tokio::sync::mpsc::channel(4);
+    let (to_app, _events) = tokio::sync::mpsc::channel(16);
+    let stop = CancellationToken::new();
+    let s = Session::new(
+        SessionConfig::new(Role::Gateway, SID, Token("gw".into()), 1),
+        std::time::Instant::now(),
+    );
+    let driver = tokio::spawn(client::run(
+        ClientConfig::new(format!("ws://{}/", relay.addr)),
+        s,
+        from_app,
+        to_app,
+        stop.clone(),
+    ));
+    // A websocket that says hello and then never reads (so never answers a ping).
+    let mut mute = connect(relay.addr, "/").await.unwrap();
+    mute.send(Message::Text(Utf8Bytes::from(
+        Control::Hello(hello(Role::Operator, SID, "op")).to_text(),
+    )))
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(m.pings_sent.load(Ordering::Relaxed) >= 2, "no pings sent");
+    assert_eq!(
+        m.silent_closed.load(Ordering::Relaxed),
+        1,
+        "only the mute one is closed"
+    );
+    assert_eq!(
+        m.attached.load(Ordering::Relaxed),
+        2,
+        "the client had to reconnect"
+    );
+    assert_eq!(relay.hub.sessions().len(), 1);
+    assert!(relay.hub.sessions()[0].gateway);
+    assert!(!relay.hub.sessions()[0].operator);
+    stop.cancel();
+    let stats = tokio::time::timeout(LIMIT, driver)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(stats.reconnects, 1);
+    drop(mute);
+    relay.stop.cancel();
+}
