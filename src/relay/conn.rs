@@ -431,6 +431,14 @@ where
                     }
                 }
                 let mut last: Option<Message> = None;
+                let mut stamps = [0u32; 64];
+                let mut stamped = 0;
+                for q in &pending {
+                    if q.read_at != 0 && stamped < stamps.len() {
+                        stamps[stamped] = q.read_at;
+                        stamped += 1;
+                    }
+                }
                 let write = async {
                     for q in pending.drain(..) {
                         let msg = match q.out {
@@ -460,7 +468,12 @@ where
                     Ok(false)
                 };
                 match tokio::time::timeout(stall, write).await {
-                    Ok(Ok(false)) => {}
+                    Ok(Ok(false)) => {
+                        let now = metrics.stamp();
+                        for &t in &stamps[..stamped] {
+                            metrics.forward_latency.record(now.wrapping_sub(t));
+                        }
+                    }
                     Ok(Ok(true)) | Ok(Err(_)) => break 'outer,
                     Err(_) => {
                         metrics.write_stalls.fetch_add(1, Ordering::Relaxed);
@@ -489,6 +502,7 @@ where
                     _ = done.cancelled() => break,
                     m = tokio::time::timeout(ping_after, stream.next()) => m,
                 };
+                let read_at = metrics.stamp();
                 let msg = match msg {
                     Err(_) if pinged => {
                         metrics.silent_closed.fetch_add(1, Ordering::Relaxed);
@@ -517,7 +531,7 @@ where
                         TextKind::Bye => {
                             if let Route::Peer(p) = link.route() {
                                 let n = t.len();
-                                p.forward(Out::Text(t), n).await;
+                                p.forward(Out::Text(t), n, metrics.stamp()).await;
                             }
                             hub.end(&session);
                             break;
@@ -548,7 +562,7 @@ where
                             metrics.backpressure_waits.fetch_add(1, Ordering::Relaxed);
                         }
                         // Waits while the peer's queue is full: backpressure to this sender.
-                        if peer.forward(out, len).await {
+                        if peer.forward(out, len, read_at).await {
                             metrics.forwarded_messages.fetch_add(1, Ordering::Relaxed);
                             metrics
                                 .forwarded_bytes

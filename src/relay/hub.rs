@@ -45,6 +45,9 @@ pub enum Out {
 pub struct Queued {
     pub out: Out,
     pub _permit: Option<OwnedSemaphorePermit>,
+    /// When a forwarded message was read ([`Metrics::stamp`]; 0 for the relay's own
+    /// messages): the writer measures the relay's forwarding latency from it.
+    pub read_at: u32,
 }
 
 /// The sending half of a connection's outbound queue.
@@ -73,7 +76,7 @@ impl Outbound {
     /// Forward data: waits while the receiver's budget is spent (backpressure toward the
     /// sender). A message larger than the whole budget waits for the queue to be empty.
     /// `false` when the connection is gone.
-    pub async fn forward(&self, out: Out, len: usize) -> bool {
+    pub async fn forward(&self, out: Out, len: usize, read_at: u32) -> bool {
         let want = len.clamp(1, self.budget) as u32;
         let permit = match self.bytes.clone().try_acquire_many_owned(want) {
             Ok(p) => p,
@@ -89,6 +92,7 @@ impl Outbound {
             .send(Queued {
                 out,
                 _permit: Some(permit),
+                read_at,
             })
             .await
             .is_ok()
@@ -102,7 +106,13 @@ impl Outbound {
     /// Queue a small relay-originated message without waiting. `false` when the queue is
     /// full or closed; the caller then treats the connection as stuck.
     pub fn notify(&self, out: Out) -> bool {
-        self.tx.try_send(Queued { out, _permit: None }).is_ok()
+        self.tx
+            .try_send(Queued {
+                out,
+                _permit: None,
+                read_at: 0,
+            })
+            .is_ok()
     }
 }
 

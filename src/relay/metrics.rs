@@ -40,9 +40,49 @@ pub enum Refusal {
     SessionLimit,
 }
 
-/// Relay counters and gauges.
+/// Upper bounds (µs) of the forwarding-latency histogram's buckets.
+pub const LATENCY_BUCKETS_US: [u32; 11] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+];
+
+/// A latency histogram with fixed buckets (Prometheus `histogram`), lock-free.
 #[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Per bucket of [`LATENCY_BUCKETS_US`], then one above the last.
+    counts: [AtomicU64; 12],
+    sum_us: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn record(&self, us: u32) {
+        let i = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us as u64, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bucket bound, the last for +Inf.
+    pub fn cumulative(&self) -> [u64; 12] {
+        let mut c = [0u64; 12];
+        let mut acc = 0;
+        for (i, n) in self.counts.iter().enumerate() {
+            acc += n.load(Ordering::Relaxed);
+            c[i] = acc;
+        }
+        c
+    }
+}
+
+/// Relay counters and gauges.
+#[derive(Debug)]
 pub struct Metrics {
+    /// Origin of [`Metrics::stamp`].
+    epoch: std::time::Instant,
+    /// Time from reading a message to having written it to its peer's socket (the relay's
+    /// added latency, without the network).
+    pub forward_latency: LatencyHistogram,
     /// TCP connections accepted.
     pub accepted: AtomicU64,
     /// Connections open now (any phase).
@@ -79,7 +119,40 @@ pub struct Metrics {
     pub draining: AtomicBool,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            epoch: std::time::Instant::now(),
+            forward_latency: LatencyHistogram::default(),
+            accepted: AtomicU64::new(0),
+            open: AtomicU64::new(0),
+            preauth: AtomicU64::new(0),
+            accept_throttled: AtomicU64::new(0),
+            preauth_full: AtomicU64::new(0),
+            drops: Default::default(),
+            refusals: Default::default(),
+            attached: AtomicU64::new(0),
+            sessions: AtomicU64::new(0),
+            pairs: AtomicU64::new(0),
+            forwarded_messages: AtomicU64::new(0),
+            forwarded_bytes: AtomicU64::new(0),
+            discarded_messages: AtomicU64::new(0),
+            backpressure_waits: AtomicU64::new(0),
+            write_stalls: AtomicU64::new(0),
+            silent_closed: AtomicU64::new(0),
+            pings_sent: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+        }
+    }
+}
+
 impl Metrics {
+    /// Microseconds since the relay started, never 0 (wraps after 71 minutes; differences
+    /// are taken with `wrapping_sub`).
+    pub fn stamp(&self) -> u32 {
+        (self.epoch.elapsed().as_micros() as u32).max(1)
+    }
+
     pub fn admission_drop(&self, why: DropReason) {
         self.drops[why as usize].fetch_add(1, Ordering::Relaxed);
     }
@@ -228,6 +301,31 @@ impl Metrics {
                 g(&self.refusals[i])
             );
         }
+        let _ = write!(
+            s,
+            "# HELP obdgw_relay_forward_latency_seconds From reading a message to having written it toward its peer.\n\
+             # TYPE obdgw_relay_forward_latency_seconds histogram\n"
+        );
+        let c = self.forward_latency.cumulative();
+        for (i, b) in LATENCY_BUCKETS_US.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "obdgw_relay_forward_latency_seconds_bucket{{le=\"{}\"}} {}",
+                *b as f64 / 1e6,
+                c[i]
+            );
+        }
+        let _ = writeln!(
+            s,
+            "obdgw_relay_forward_latency_seconds_bucket{{le=\"+Inf\"}} {}",
+            c[11]
+        );
+        let _ = writeln!(
+            s,
+            "obdgw_relay_forward_latency_seconds_sum {}",
+            g(&self.forward_latency.sum_us) as f64 / 1e6
+        );
+        let _ = writeln!(s, "obdgw_relay_forward_latency_seconds_count {}", c[11]);
         s
     }
 }
@@ -303,7 +401,18 @@ mod tests {
         m.forwarded_messages.fetch_add(3, Ordering::Relaxed);
         m.admission_drop(DropReason::PerSource);
         m.refuse(Refusal::AuthFailed);
+        m.forward_latency.record(80);
+        m.forward_latency.record(3000);
+        m.forward_latency.record(u32::MAX);
         let t = m.render();
+        for want in [
+            "obdgw_relay_forward_latency_seconds_bucket{le=\"0.0001\"} 1\n",
+            "obdgw_relay_forward_latency_seconds_bucket{le=\"0.005\"} 2\n",
+            "obdgw_relay_forward_latency_seconds_bucket{le=\"+Inf\"} 3\n",
+            "obdgw_relay_forward_latency_seconds_count 3\n",
+        ] {
+            assert!(t.contains(want), "{want} in {t}");
+        }
         assert!(
             t.contains("obdgw_relay_forwarded_messages_total 3\n"),
             "{t}"
@@ -312,9 +421,16 @@ mod tests {
         assert!(t.contains("obdgw_relay_refusals_total{code=\"auth_failed\"} 1\n"));
         for line in t.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
-            assert!(t.contains(&format!("# TYPE {name} ")), "{name} has no TYPE");
+            let family = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
             assert!(
-                line.rsplit(' ').next().unwrap().parse::<u64>().is_ok(),
+                t.contains(&format!("# TYPE {family} ")),
+                "{name} has no TYPE"
+            );
+            assert!(
+                line.rsplit(' ').next().unwrap().parse::<f64>().is_ok(),
                 "{line}"
             );
         }

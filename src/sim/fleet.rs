@@ -60,6 +60,10 @@ pub struct FleetArgs {
     /// Extra argument for the spawned relay (repeat), e.g. --relay-arg=--accept-rate=0.
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
     pub relay_arg: Vec<String>,
+    /// The relay's metrics address (its --metrics-listen), for its own forwarding latency;
+    /// a spawned relay gets one on 127.0.0.1.
+    #[arg(long, value_name = "ADDR")]
+    pub relay_metrics: Option<SocketAddr>,
     /// The relay's process id, for its RSS and CPU (found from the listening port when the
     /// relay is local and this is omitted).
     #[arg(long, value_name = "PID")]
@@ -769,6 +773,7 @@ fn raise_nofile() -> u64 {
 struct SpawnedRelay {
     child: std::process::Child,
     addr: SocketAddr,
+    metrics: Option<SocketAddr>,
     tokens: PathBuf,
     args: Vec<String>,
 }
@@ -777,7 +782,7 @@ fn spawn_relay(
     listen: &str,
     tokens: &std::path::Path,
     extra: &[String],
-) -> anyhow::Result<(std::process::Child, SocketAddr)> {
+) -> anyhow::Result<(std::process::Child, SocketAddr, Option<SocketAddr>)> {
     use anyhow::Context;
     let exe = std::env::current_exe().context("finding this program")?;
     let mut child = std::process::Command::new(exe)
@@ -798,6 +803,17 @@ fn spawn_relay(
     reader
         .read_line(&mut line)
         .context("reading the relay's address")?;
+    let mut mline = String::new();
+    if extra.iter().any(|a| a.starts_with("--metrics-listen")) {
+        reader
+            .read_line(&mut mline)
+            .context("reading the relay's metrics address")?;
+    }
+    let metrics = mline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .and_then(|w| w.split('/').next())
+        .and_then(|w| w.parse::<SocketAddr>().ok());
     // Keep reading what else it prints, so that it never writes into a closed pipe.
     std::thread::spawn(move || {
         let mut rest = String::new();
@@ -810,7 +826,46 @@ fn spawn_relay(
         .find_map(|w| w.strip_prefix("ws://"))
         .and_then(|w| w.trim_end_matches('/').parse::<SocketAddr>().ok())
         .with_context(|| format!("the relay did not print its address: {line:?}"))?;
-    Ok((child, addr))
+    Ok((child, addr, metrics))
+}
+
+/// The relay's forwarding-latency histogram (cumulative counts per bucket, the last for
+/// +Inf), from its `/metrics`.
+fn relay_latency(metrics: SocketAddr) -> Option<Vec<u64>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&metrics, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: relay\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let v: Vec<u64> = body
+        .lines()
+        .filter(|l| l.starts_with("obdgw_relay_forward_latency_seconds_bucket"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (v.len() == crate::relay::metrics::LATENCY_BUCKETS_US.len() + 1).then_some(v)
+}
+
+/// The bucket bound under which the `p` quantile of the counts between two snapshots lies;
+/// `None` without samples.
+fn latency_quantile(start: &[u64], end: &[u64], p: f64) -> Option<String> {
+    let d: Vec<u64> = end
+        .iter()
+        .zip(start)
+        .map(|(e, s)| e.saturating_sub(*s))
+        .collect();
+    let total = *d.last()?;
+    if total == 0 {
+        return None;
+    }
+    let rank = ((p * total as f64).ceil() as u64).max(1);
+    let bounds = crate::relay::metrics::LATENCY_BUCKETS_US;
+    let i = d.iter().position(|&c| c >= rank)?;
+    Some(match bounds.get(i) {
+        Some(b) => format!("≤ {} ms", *b as f64 / 1000.0),
+        None => format!("> {} ms", bounds[bounds.len() - 1] as f64 / 1000.0),
+    })
 }
 
 fn loopback_addr(url: &str) -> anyhow::Result<SocketAddr> {
@@ -913,11 +968,19 @@ fn run_inner(args: FleetArgs) -> anyhow::Result<bool> {
             "--max-sessions".to_string(),
             (args.gateways + 16).to_string(),
         ];
+        if !args
+            .relay_arg
+            .iter()
+            .any(|a| a.starts_with("--metrics-listen"))
+        {
+            extra.push("--metrics-listen=127.0.0.1:0".into());
+        }
         extra.extend(args.relay_arg.iter().cloned());
-        let (child, addr) = spawn_relay("127.0.0.1:0", &tokens, &extra)?;
+        let (child, addr, metrics) = spawn_relay("127.0.0.1:0", &tokens, &extra)?;
         spawned = Some(SpawnedRelay {
             child,
             addr,
+            metrics,
             tokens,
             args: extra,
         });
@@ -1096,6 +1159,11 @@ async fn fleet(
     stats.rtt.reset();
     let rt0 = stats.round_trips.load(Ordering::Relaxed);
     let err0 = stats.errors();
+    let relay_metrics = spawned
+        .as_ref()
+        .and_then(|s| s.metrics)
+        .or(args.relay_metrics);
+    let lat0 = relay_metrics.and_then(relay_latency);
     let start = sample(relay_pid);
     let t0 = Instant::now();
     let mut last = start.as_ref().map(|s| (s.at, s.cpu_s));
@@ -1120,7 +1188,7 @@ async fn fleet(
             let _ = sp.child.wait();
             let listen = sp.addr.to_string();
             let mut tries = 0;
-            let (child, _) = loop {
+            let (child, _, _) = loop {
                 match spawn_relay(&listen, &sp.tokens, &sp.args) {
                     Ok(x) => break x,
                     Err(e) if tries < 20 => {
@@ -1207,6 +1275,7 @@ async fn fleet(
         }
     }
     let endsample = sample(relay_pid);
+    let lat1 = relay_metrics.and_then(relay_latency);
     let elapsed = t0.elapsed().as_secs_f64();
     let rts = stats.round_trips.load(Ordering::Relaxed) - rt0;
     let errors = stats.errors() - err0;
@@ -1245,6 +1314,15 @@ async fn fleet(
         fmt_us(stats.rtt.quantile(0.99)),
         stats.rtt.count()
     );
+    if let (Some(a), Some(b), None) = (&lat0, &lat1, &storm) {
+        println!(
+            "relay's own forwarding latency (read to written, from its /metrics): p50 {} p99 {} p99.9 {} ({} messages)",
+            latency_quantile(a, b, 0.5).unwrap_or_else(|| "-".into()),
+            latency_quantile(a, b, 0.99).unwrap_or_else(|| "-".into()),
+            latency_quantile(a, b, 0.999).unwrap_or_else(|| "-".into()),
+            b.last().unwrap_or(&0) - a.last().unwrap_or(&0),
+        );
+    }
     if let Some(e) = stats
         .first_error
         .lock()
