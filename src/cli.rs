@@ -69,6 +69,8 @@ pub enum SimCommand {
     Vehicle(crate::sim::vehicle::SimVehicleArgs),
     /// The vendor Customer API with its status websocket and an admin interface.
     Cloud(crate::sim::cloud::CloudSimArgs),
+    /// Thousands of gateways and operators against a relay on loopback: capacity figures.
+    Fleet(crate::sim::fleet::FleetArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -110,6 +112,7 @@ fn dispatch(cli: Cli) -> ExitCode {
         Command::Login(args) => crate::cloud::cli::run_login(args),
         Command::Api(args) => crate::cloud::cli::run_api(args),
         Command::Sim(SimCommand::Cloud(args)) => crate::sim::cloud::run_cli(args),
+        Command::Sim(SimCommand::Fleet(args)) => crate::sim::fleet::run_sim_fleet(args),
         Command::Operator(args) => crate::operator::tunnel::run_operator(args),
         Command::Bench(args) => crate::tunnel::bench::run_bench(args),
         Command::Demo(args) => crate::demo::run_demo(args),

@@ -246,14 +246,16 @@ async fn wrong_tokens_swapped_roles_and_unknown_sessions_are_refused() {
             Role::Gateway,
             unknown,
             s.gateway_token.as_str(),
-            ErrorCode::UNKNOWN_SESSION,
+            // One refusal for unknown sessions and bad tokens (no probing).
+            ErrorCode::AUTH_FAILED,
         ),
         (
             "ticket id instead of a connection UUID",
             Role::Operator,
             "7100001",
             s.operator_token.as_str(),
-            ErrorCode::UNKNOWN_SESSION,
+            // One refusal for unknown sessions and bad tokens (no probing).
+            ErrorCode::AUTH_FAILED,
         ),
     ];
     for (what, role, session, token, want) in cases {
@@ -310,7 +312,7 @@ async fn closing_the_ticket_ends_the_relay_session() {
     let (_, first) = s.hello(Role::Operator, &s.session, &s.operator_token).await;
     assert_eq!(
         error_code(&first),
-        Some(ErrorCode::UNKNOWN_SESSION),
+        Some(ErrorCode::AUTH_FAILED),
         "{first:?}"
     );
     let r = s
@@ -328,7 +330,7 @@ async fn closing_the_ticket_ends_the_relay_session() {
 
 /// `obdgw sim cloud --relay-listen 127.0.0.1:0 --relay-tls-cert --relay-tls-key`: prints the
 /// relay's `wss://` URL after the base URL, and a wss client gets the relay's answer to its
-/// hello (a session no ticket has: `unknown_session`). A missing certificate file is a start
+/// hello (a session no ticket has: refused like a bad token, `auth_failed`). A missing certificate file is a start
 /// error naming the file.
 #[tokio::test]
 async fn cli_serves_the_relay_over_tls_and_prints_its_url() {
@@ -448,7 +450,7 @@ async fn cli_serves_the_relay_over_tls_and_prints_its_url() {
     };
     assert_eq!(
         error_code(&answer),
-        Some(ErrorCode::UNKNOWN_SESSION),
+        Some(ErrorCode::AUTH_FAILED),
         "{answer:?}"
     );
 }

@@ -218,7 +218,7 @@ async fn read_vin(w: &mut World) {
 }
 
 /// Close the ticket in the simulator: the relay ends the session, the operator endpoint's
-/// reconnect is refused (`unknown_session`) and it exits.
+/// reconnect is refused (`auth_failed`, as for any unknown session) and it exits.
 async fn close_ticket_ends_the_session(w: &mut World) {
     let http = obdgw::cloud::tls::http_client(Duration::from_secs(10)).unwrap();
     let url = format!("{}/admin/tickets/{}/close", w.base_url, w.ticket);
@@ -237,7 +237,7 @@ async fn close_ticket_ends_the_session(w: &mut World) {
     let status = w.procs.exit(op, "after its ticket was closed").await;
     let stderr = std::fs::read_to_string(&w.procs.procs[op].stderr).unwrap_or_default();
     assert!(
-        stderr.contains("unknown_session (103)"),
+        stderr.contains("auth_failed (102)"),
         "the operator should report its refused reconnect ({status}):\n{stderr}"
     );
     assert!(

@@ -204,7 +204,8 @@ async fn refuses_bad_tokens_sessions_and_hellos() {
                 .to_text()
                 .into(),
             ),
-            ErrorCode::UNKNOWN_SESSION,
+            // One refusal for unknown sessions and bad tokens (no probing for live ones).
+            ErrorCode::AUTH_FAILED,
         ),
         (
             Message::Text(
@@ -215,7 +216,8 @@ async fn refuses_bad_tokens_sessions_and_hellos() {
                 .to_text()
                 .into(),
             ),
-            ErrorCode::UNKNOWN_SESSION,
+            // One refusal for unknown sessions and bad tokens (no probing for live ones).
+            ErrorCode::AUTH_FAILED,
         ),
         (
             Message::Text(

@@ -1,9 +1,12 @@
 //! The tunnel relay (`obdgw relay`): pairs the gateway and the operator of a session and
 //! forwards their messages.
 //!
-//! Owns: the websocket server (optionally TLS), the hello check and authentication through a
-//! [`TokenCheck`], pairing and forwarding ([`hub`]), per-connection limits (hello timeout,
-//! outbound bytes, write stall), session release (`bye`, idle limit), clean shutdown.
+//! Owns: the websocket server (optionally TLS), the accept loop with admission control
+//! ([`admission`]: accept rate, pre-auth caps), the hello check and authentication through a
+//! [`TokenCheck`] (per connection: `conn`), pairing and forwarding ([`hub`]), per-connection
+//! limits (one deadline for handshake and hello, outbound bytes, write stall, silence),
+//! session release (`bye`, idle limit, rejoin grace), counters and the loopback
+//! `/healthz` + `/metrics` endpoint ([`metrics`]), clean shutdown.
 //!
 //! Does not own: the end-to-end session (sequencing, replay: `crate::tunnel::session`, run by
 //! the endpoints); payload contents (batches are forwarded as the same `Bytes`, unparsed);
@@ -12,11 +15,15 @@
 //!
 //! Protocol: `docs/tunnel-protocol.md`, sections 2, 4 and 10.
 
+pub mod admission;
+mod conn;
 pub mod hub;
+pub mod metrics;
 
-use crate::wire::tunnel::{self as wire, Control, ErrorCode, Hello, Role};
-use futures_util::{SinkExt, StreamExt};
-use hub::{Hub, Out, Outbound, Queued};
+pub use conn::{AUTH_REFUSAL, SESSION_PATH, session_from_path};
+
+use crate::wire::tunnel::{self as wire, Role};
+use hub::Hub;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,15 +31,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -119,7 +121,11 @@ pub fn same_token(a: &str, b: &str) -> bool {
 
 impl TokenCheck for StaticTokens {
     async fn check(&self, role: Role, session: &str, token: &str) -> Result<(), AuthError> {
-        let (gw, op) = self.map.get(session).ok_or(AuthError::UnknownSession)?;
+        let Some((gw, op)) = self.map.get(session) else {
+            // Same work as a known session, so timing does not tell them apart.
+            let _ = same_token("an unknown session has no token at all", token);
+            return Err(AuthError::UnknownSession);
+        };
         let want = match role {
             Role::Gateway => gw,
             Role::Operator => op,
@@ -132,25 +138,56 @@ impl TokenCheck for StaticTokens {
     }
 }
 
-/// Relay limits. Every limit says what happens when it is hit.
+/// Relay limits. Every limit says what happens when it is hit; `docs/scaling.md` has the
+/// numbers behind the defaults.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     /// Sessions held at once; a hello for a new session beyond it gets `session_limit`.
     pub max_sessions: usize,
-    /// Connections at once (handshakes included); further TCP connections wait in the
-    /// kernel's accept queue.
+    /// Connections at once (any phase); further TCP connections wait in the kernel's
+    /// listen queue. Needs as many file descriptors (`LimitNOFILE=`).
     pub max_connections: usize,
-    /// A connection without a valid hello by then is closed (`bad_hello`).
+    /// One deadline for TLS, the websocket handshake and a valid hello, counted from the
+    /// accept; a connection that misses it is closed (`bad_hello` when the websocket is up).
     pub hello_timeout: Duration,
+    /// Unauthenticated connections at once; at the cap the relay stops accepting until one
+    /// finishes (new connections wait in the listen queue).
+    pub preauth_max: usize,
+    /// Unauthenticated connections per source address (0: no limit); beyond it a new
+    /// connection is accepted and closed at once. Behind a load balancer every connection
+    /// comes from the balancer: set 0 there and limit per source at the balancer.
+    pub preauth_per_source: u32,
+    /// Largest websocket message (and frame) accepted before the hello is accepted.
+    pub preauth_message: usize,
+    /// Bytes a connection may send before its hello is accepted (HTTP upgrade request and
+    /// hello together); beyond it the connection is closed.
+    pub preauth_bytes: usize,
+    /// New connections accepted per second (0: no limit); beyond it they wait in the
+    /// kernel's listen queue.
+    pub accept_rate: u32,
+    /// Connections accepted at once after a quiet period.
+    pub accept_burst: u32,
     /// A session with a side missing this long is released (`session_ended`).
     pub idle_limit: Duration,
-    /// Bytes of forwarded batches queued toward one connection; beyond it the relay stops
-    /// reading from the sender (TCP backpressure).
+    /// A session that was paired and lost a side: if that side is not back here within
+    /// this, the remaining side is closed with `peer_gone` so that it reconnects through
+    /// the load balancer and meets its peer wherever the session hashes now. `None`: wait
+    /// for the idle limit.
+    pub rejoin_grace: Option<Duration>,
+    /// Bytes of forwarded messages queued toward one connection; beyond it the relay stops
+    /// reading from the sender (TCP backpressure). A larger single message waits for an
+    /// empty queue.
     pub max_queued_bytes: usize,
     /// A connection whose websocket accepts nothing for this long is closed.
     pub write_stall: Duration,
-    /// Largest websocket message accepted (the protocol's hard maximum by default).
+    /// A connection silent this long gets a websocket ping; silent twice this long, it is
+    /// closed (half-open TCP connections do not stay forever).
+    pub ping_after: Duration,
+    /// Largest websocket message accepted after the hello (the protocol's hard maximum by
+    /// default).
     pub max_message: usize,
+    /// Initial websocket read buffer per connection (grows for larger messages).
+    pub read_buffer: usize,
     /// Keepalive interval announced in `welcome`.
     pub keepalive_ms: u32,
 }
@@ -158,26 +195,47 @@ pub struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
-            max_sessions: 1000,
-            max_connections: 2100,
+            max_sessions: 20_000,
+            max_connections: 50_000,
             hello_timeout: Duration::from_secs(10),
+            preauth_max: 1024,
+            preauth_per_source: 64,
+            preauth_message: 4096,
+            preauth_bytes: 16 * 1024,
+            accept_rate: 5000,
+            accept_burst: 1000,
             idle_limit: Duration::from_secs(600),
-            max_queued_bytes: 8 * 1024 * 1024,
+            rejoin_grace: Some(Duration::from_secs(5)),
+            max_queued_bytes: 4 * 1024 * 1024,
             write_stall: Duration::from_secs(30),
+            ping_after: Duration::from_secs(30),
             max_message: wire::Limits::HARD_MAX as usize + 64,
+            read_buffer: 4096,
             keepalive_ms: 5000,
         }
     }
 }
 
 impl RelayConfig {
+    /// After the hello: full-size messages; buffers start small and grow only for
+    /// connections that carry large messages.
     fn ws_config(&self) -> WebSocketConfig {
         WebSocketConfig::default()
-            .read_buffer_size(64 * 1024)
-            .write_buffer_size(64 * 1024)
-            .max_write_buffer_size(4 * 1024 * 1024)
+            .read_buffer_size(self.read_buffer)
+            .write_buffer_size(8 * 1024)
+            .max_write_buffer_size(self.max_message + 64 * 1024)
             .max_message_size(Some(self.max_message))
             .max_frame_size(Some(self.max_message))
+    }
+
+    /// Until the hello is accepted: small messages only.
+    fn preauth_ws_config(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer.min(self.preauth_message))
+            .write_buffer_size(0)
+            .max_write_buffer_size(64 * 1024)
+            .max_message_size(Some(self.preauth_message))
+            .max_frame_size(Some(self.preauth_message))
     }
 }
 
@@ -244,8 +302,9 @@ pub async fn run<A: TokenCheck>(
 }
 
 /// [`run`] with a hub the caller keeps, so it can end sessions from outside (the cloud
-/// simulator ends a session when its ticket is closed: [`Hub::release`]). Build the hub
-/// with `Hub::new(cfg.max_sessions, cfg.keepalive_ms)`.
+/// simulator ends a session when its ticket is closed: [`Hub::release`]) or serve its
+/// metrics ([`metrics::serve`]). Build the hub with
+/// `Hub::new(cfg.max_sessions, cfg.keepalive_ms)`.
 pub async fn run_with_hub<A: TokenCheck>(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -254,345 +313,124 @@ pub async fn run_with_hub<A: TokenCheck>(
     hub: Hub,
     shutdown: CancellationToken,
 ) {
-    let cfg = Arc::new(cfg);
+    let metrics = hub.metrics().clone();
     let tracker = TaskTracker::new();
-    let conns = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
     {
-        let (hub, shutdown, idle) = (hub.clone(), shutdown.clone(), cfg.idle_limit);
+        let (hub, shutdown) = (hub.clone(), shutdown.clone());
+        let (idle, rejoin) = (cfg.idle_limit, cfg.rejoin_grace);
         tracker.spawn(async move {
-            let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+            let shortest = rejoin.map_or(idle, |r| r.min(idle));
+            let period = (shortest / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
             let mut tick = tokio::time::interval(period);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tick.tick() => {
-                        let n = hub.reap(tokio::time::Instant::now(), idle);
+                        let n = hub.reap(tokio::time::Instant::now(), idle, rejoin);
                         if n > 0 {
-                            tracing::info!(released = n, "relay released idle sessions");
+                            tracing::info!(released = n, "relay released idle or broken sessions");
                         }
                     }
                 }
             }
         });
     }
+    let ctx = Arc::new(conn::Ctx {
+        hub,
+        auth,
+        cfg,
+        shutdown: shutdown.clone(),
+    });
+    let conns = Arc::new(tokio::sync::Semaphore::new(ctx.cfg.max_connections.max(1)));
+    let preauth = Arc::new(tokio::sync::Semaphore::new(ctx.cfg.preauth_max.max(1)));
+    let per_source = admission::PerSource::new(ctx.cfg.preauth_per_source);
+    let mut bucket = admission::TokenBucket::new(
+        ctx.cfg.accept_rate,
+        ctx.cfg.accept_burst,
+        std::time::Instant::now(),
+    );
+    async fn permit(
+        sem: &Arc<tokio::sync::Semaphore>,
+        full: &std::sync::atomic::AtomicU64,
+        shutdown: &CancellationToken,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(p) = sem.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        full.fetch_add(1, Ordering::Relaxed);
+        tokio::select! {
+            _ = shutdown.cancelled() => None,
+            p = sem.clone().acquire_owned() => p.ok(),
+        }
+    }
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = conns.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        let Some(conn_permit) = permit(&conns, &metrics.preauth_full, &shutdown).await else {
+            break;
         };
+        let Some(pre_permit) = permit(&preauth, &metrics.preauth_full, &shutdown).await else {
+            break;
+        };
+        while let Some(wait) = bucket.take(std::time::Instant::now()) {
+            metrics.accept_throttled.fetch_add(1, Ordering::Relaxed);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
         let (tcp, addr) = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
                     tracing::warn!(error = %e, "relay accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        metrics.accepted.fetch_add(1, Ordering::Relaxed);
+        let Some(source) = per_source.enter(addr.ip()) else {
+            metrics.admission_drop(metrics::DropReason::PerSource);
+            // Reset rather than close: no TIME_WAIT for a connection we never served.
+            let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
-        let (hub, auth, cfg, shutdown, tls) = (
-            hub.clone(),
-            auth.clone(),
-            cfg.clone(),
-            shutdown.clone(),
-            tls.clone(),
-        );
+        let pre = conn::PreAuth::new(pre_permit, source, metrics.clone());
+        let (ctx, tls) = (ctx.clone(), tls.clone());
+        let open = conn::OpenGuard::new(metrics.clone());
         tracker.spawn(async move {
-            let _permit = permit;
+            let (_conn_permit, _open) = (conn_permit, open);
+            let deadline = tokio::time::Instant::now() + ctx.cfg.hello_timeout;
             match tls {
-                Some(acc) => match tokio::time::timeout(cfg.hello_timeout, acc.accept(tcp)).await {
-                    Ok(Ok(s)) => serve(s, addr, hub, auth, cfg, shutdown).await,
-                    Ok(Err(e)) => tracing::info!(%addr, error = %e, "relay TLS handshake failed"),
-                    Err(_) => tracing::info!(%addr, "relay TLS handshake timed out"),
-                },
-                None => serve(tcp, addr, hub, auth, cfg, shutdown).await,
+                // Boxed: the TLS connection's larger state does not make every plain
+                // connection's task larger.
+                Some(acc) => {
+                    match tokio::time::timeout_at(deadline, Box::pin(acc.accept(tcp))).await {
+                        Ok(Ok(s)) => Box::pin(conn::serve(s, addr, ctx, deadline, pre)).await,
+                        Ok(Err(e)) => {
+                            ctx.hub
+                                .metrics()
+                                .admission_drop(metrics::DropReason::Handshake);
+                            tracing::debug!(%addr, error = %e, "relay TLS handshake failed");
+                        }
+                        Err(_) => {
+                            ctx.hub
+                                .metrics()
+                                .admission_drop(metrics::DropReason::Deadline);
+                            tracing::debug!(%addr, "relay TLS handshake timed out");
+                        }
+                    }
+                }
+                None => conn::serve(tcp, addr, ctx, deadline, pre).await,
             }
         });
     }
+    metrics.draining.store(true, Ordering::Relaxed);
     tracker.close();
     tracker.wait().await;
-}
-
-/// The websocket handshake callback: the client must offer our subprotocol.
-#[allow(clippy::result_large_err)]
-fn check_subprotocol(req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
-    let offered = req
-        .headers()
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == wire::SUBPROTOCOL);
-    if !offered {
-        let mut r = ErrorResponse::new(Some(format!(
-            "this is an obdgw tunnel relay: offer the websocket subprotocol {}",
-            wire::SUBPROTOCOL
-        )));
-        *r.status_mut() = StatusCode::BAD_REQUEST;
-        return Err(r);
-    }
-    resp.headers_mut().insert(
-        "sec-websocket-protocol",
-        HeaderValue::from_static(wire::SUBPROTOCOL),
-    );
-    Ok(resp)
-}
-
-fn close_msg(code: u16, reason: &str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code: CloseCode::from(code),
-        reason: Utf8Bytes::from(reason.chars().take(100).collect::<String>()),
-    }))
-}
-
-fn error_text(code: ErrorCode, message: &str) -> Message {
-    Message::Text(Utf8Bytes::from(
-        Control::Error {
-            code,
-            message: message.into(),
-            channel: None,
-        }
-        .to_text(),
-    ))
-}
-
-/// One connection: handshake, hello, then forwarding until either side ends.
-async fn serve<S, A>(
-    stream: S,
-    addr: SocketAddr,
-    hub: Hub,
-    auth: Arc<A>,
-    cfg: Arc<RelayConfig>,
-    shutdown: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    A: TokenCheck,
-{
-    let handshake = tokio::time::timeout(
-        cfg.hello_timeout,
-        tokio_tungstenite::accept_hdr_async_with_config(
-            stream,
-            check_subprotocol,
-            Some(cfg.ws_config()),
-        ),
-    );
-    let ws = match tokio::select! {
-        _ = shutdown.cancelled() => return,
-        h = handshake => h,
-    } {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
-            tracing::info!(%addr, error = %e, "relay websocket handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::info!(%addr, "relay websocket handshake timed out");
-            return;
-        }
-    };
-    let (mut sink, mut stream) = ws.split();
-
-    // The hello.
-    let first = tokio::select! {
-        _ = shutdown.cancelled() => return,
-        f = tokio::time::timeout(cfg.hello_timeout, stream.next()) => f,
-    };
-    let hello = match first {
-        Ok(Some(Ok(Message::Text(t)))) => match Control::parse(&t) {
-            Ok(Control::Hello(h)) => Ok(h),
-            _ => Err((
-                ErrorCode::BAD_HELLO,
-                "the first message must be a valid hello",
-            )),
-        },
-        Ok(Some(Ok(_))) => Err((
-            ErrorCode::BAD_HELLO,
-            "the first message must be a text hello",
-        )),
-        Ok(_) => return,
-        Err(_) => Err((
-            ErrorCode::BAD_HELLO,
-            "no hello within the relay's hello timeout",
-        )),
-    };
-    let hello = match hello {
-        Ok(h) => check_hello(h, auth.as_ref()).await,
-        Err(e) => Err(e),
-    };
-    let hello: Hello = match hello {
-        Ok(h) => h,
-        Err((code, why)) => {
-            tracing::info!(%addr, %code, why, "relay refused a connection");
-            let _ = sink.send(error_text(code, why)).await;
-            let _ = sink.send(close_msg(code.close_code(), code.name())).await;
-            return;
-        }
-    };
-    let session = hello.session.clone();
-    let role = hello.role;
-    let (out, mut rx) = Outbound::new(1024, cfg.max_queued_bytes);
-    let conn = match hub.attach(&hello, out, tokio::time::Instant::now()) {
-        Ok(c) => c,
-        Err(e) => {
-            let code = ErrorCode::SESSION_LIMIT;
-            let _ = sink.send(error_text(code, &e.to_string())).await;
-            let _ = sink.send(close_msg(code.close_code(), code.name())).await;
-            return;
-        }
-    };
-    tracing::info!(%addr, session, ?role, conn, "relay attached");
-    let done = CancellationToken::new();
-
-    // Writer: drains the outbound queue into the websocket; closes on kick/end/stall.
-    let writer = {
-        let (done, shutdown, stall) = (done.clone(), shutdown.clone(), cfg.write_stall);
-        async move {
-            loop {
-                let q: Queued = tokio::select! {
-                    _ = done.cancelled() => {
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(1),
-                            sink.send(close_msg(1000, "")),
-                        )
-                        .await;
-                        break;
-                    }
-                    _ = shutdown.cancelled() => {
-                        let _ = sink.send(close_msg(1001, "relay shutting down")).await;
-                        break;
-                    }
-                    q = rx.recv() => match q { Some(q) => q, None => break },
-                };
-                let (msg, last) = match q.out {
-                    Out::Text(t) => (Message::Text(Utf8Bytes::from(t)), None),
-                    Out::Binary(b) => (Message::Binary(b), None),
-                    Out::Kick { code, message } => (
-                        error_text(code, &message),
-                        Some(close_msg(code.close_code(), code.name())),
-                    ),
-                    Out::End => (close_msg(1000, "session ended"), None),
-                };
-                let is_end = matches!(msg, Message::Close(_));
-                match tokio::time::timeout(stall, sink.send(msg)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => break,
-                    Err(_) => {
-                        tracing::info!("relay closing a connection that stopped reading");
-                        break;
-                    }
-                }
-                if let Some(close) = last {
-                    let _ = tokio::time::timeout(stall, sink.send(close)).await;
-                    break;
-                }
-                if is_end {
-                    break;
-                }
-            }
-            done.cancel();
-        }
-    };
-
-    // Reader: forwards to the current peer.
-    let reader = {
-        let (done, hub, session) = (done.clone(), hub.clone(), session.clone());
-        async move {
-            loop {
-                let msg = tokio::select! {
-                    _ = done.cancelled() => break,
-                    m = stream.next() => m,
-                };
-                let msg = match msg {
-                    Some(Ok(m)) => m,
-                    _ => break,
-                };
-                let (out, len) = match msg {
-                    Message::Binary(b) => {
-                        let n = b.len();
-                        (Out::Binary(b), n)
-                    }
-                    Message::Text(t) => match Control::parse(&t) {
-                        Ok(Control::Bye { .. }) => {
-                            if let Some(p) = hub.peer_of(&session, role) {
-                                p.forward(Out::Text(t.to_string()), t.len()).await;
-                            }
-                            hub.end(&session);
-                            break;
-                        }
-                        Ok(Control::Hello(_)) => {
-                            if let Some(me) = self_outbound(&hub, &session, role, conn) {
-                                me.notify(Out::Kick {
-                                    code: ErrorCode::MALFORMED_CONTROL,
-                                    message: "a second hello on one connection".into(),
-                                });
-                            }
-                            break;
-                        }
-                        _ => {
-                            let n = t.len();
-                            (Out::Text(t.to_string()), n)
-                        }
-                    },
-                    Message::Close(_) => break,
-                    // Ping/pong frames are answered by tungstenite itself.
-                    _ => continue,
-                };
-                if !hub.is_current(&session, role, conn) {
-                    break;
-                }
-                if let Some(peer) = hub.peer_of(&session, role) {
-                    // Waits while the peer's queue is full: backpressure to this sender.
-                    peer.forward(out, len).await;
-                }
-            }
-            done.cancel();
-        }
-    };
-
-    tokio::join!(writer, reader);
-    hub.detach(&session, role, conn, tokio::time::Instant::now());
-    tracing::info!(%addr, session, ?role, conn, "relay detached");
-}
-
-fn self_outbound(hub: &Hub, session: &str, role: Role, conn: u64) -> Option<Outbound> {
-    if hub.is_current(session, role, conn) {
-        hub.peer_of(session, role.other())
-    } else {
-        None
-    }
-}
-
-async fn check_hello<A: TokenCheck>(
-    h: Hello,
-    auth: &A,
-) -> Result<Hello, (ErrorCode, &'static str)> {
-    if h.version != wire::VERSION as u32 {
-        return Err((
-            ErrorCode::UNSUPPORTED_VERSION,
-            "this relay speaks tunnel protocol version 1",
-        ));
-    }
-    if !wire::valid_session_id(&h.session) {
-        return Err((
-            ErrorCode::UNKNOWN_SESSION,
-            "the session id is not a lowercase hyphenated UUID",
-        ));
-    }
-    h.limits
-        .validate()
-        .map_err(|why| (ErrorCode::BAD_HELLO, why))?;
-    match auth.check(h.role, &h.session, &h.token.0).await {
-        Ok(()) => Ok(h),
-        Err(AuthError::UnknownSession) => Err((
-            ErrorCode::UNKNOWN_SESSION,
-            "the session is not known to this relay",
-        )),
-        Err(AuthError::BadToken) => Err((
-            ErrorCode::AUTH_FAILED,
-            "the token is not valid for this role and session",
-        )),
-    }
 }
 
 /// `obdgw relay` arguments.
@@ -610,6 +448,117 @@ pub struct RelayArgs {
     /// Tokens file: `[[session]]` tables with `id`, `gateway_token`, `operator_token`.
     #[arg(long, value_name = "FILE", env = "OBDGW_RELAY_TOKENS")]
     pub tokens: PathBuf,
+    /// Serve /healthz, /metrics (Prometheus) and /sessions on this address (loopback or a
+    /// private network: it lists session ids).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Sessions held at once.
+    #[arg(long, value_name = "N", default_value_t = RelayConfig::default().max_sessions)]
+    pub max_sessions: usize,
+    /// Connections at once, in any phase (needs as many file descriptors).
+    #[arg(long, value_name = "N", default_value_t = RelayConfig::default().max_connections)]
+    pub max_connections: usize,
+    /// New connections accepted per second (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = RelayConfig::default().accept_rate)]
+    pub accept_rate: u32,
+    /// Connections accepted at once after a quiet period.
+    #[arg(long, value_name = "N", default_value_t = RelayConfig::default().accept_burst)]
+    pub accept_burst: u32,
+    /// Unauthenticated connections at once.
+    #[arg(long, value_name = "N", default_value_t = RelayConfig::default().preauth_max)]
+    pub preauth_max: usize,
+    /// Unauthenticated connections per source address (0: no limit; use 0 behind a load
+    /// balancer and limit per source there).
+    #[arg(long, value_name = "N", default_value_t = RelayConfig::default().preauth_per_source)]
+    pub preauth_per_source: u32,
+    /// Seconds for TLS, websocket handshake and hello together.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub hello_timeout: f64,
+    /// Seconds a connection may be silent before the relay pings it (closed after twice).
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub ping_after: f64,
+    /// Seconds a paired session's remaining side waits for the other to come back to this
+    /// relay before it is told to reconnect (0: wait for the idle limit).
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub rejoin_grace: f64,
+    /// Bytes queued toward one connection before the sender is slowed down.
+    #[arg(long, value_name = "BYTES", default_value_t = RelayConfig::default().max_queued_bytes)]
+    pub max_queued_bytes: usize,
+    /// Runtime worker threads (0: one per CPU; 1: a single-threaded runtime, for one relay
+    /// process per core behind the balancer).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub threads: usize,
+}
+
+fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
+    if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
+        anyhow::bail!("--{name} must be between 0 and 86400 seconds, got {v}");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+impl RelayArgs {
+    /// The limits these arguments ask for, checked.
+    pub fn config(&self) -> anyhow::Result<RelayConfig> {
+        let hello_timeout = secs("hello-timeout", self.hello_timeout)?;
+        let ping_after = secs("ping-after", self.ping_after)?;
+        if hello_timeout.is_zero() || ping_after.is_zero() {
+            anyhow::bail!("--hello-timeout and --ping-after must be above 0");
+        }
+        if self.max_sessions == 0 || self.max_connections == 0 || self.preauth_max == 0 {
+            anyhow::bail!("--max-sessions, --max-connections and --preauth-max must be above 0");
+        }
+        if self.max_queued_bytes < 64 * 1024 {
+            anyhow::bail!("--max-queued-bytes must be at least 65536");
+        }
+        let rejoin = secs("rejoin-grace", self.rejoin_grace)?;
+        Ok(RelayConfig {
+            max_sessions: self.max_sessions,
+            max_connections: self.max_connections,
+            accept_rate: self.accept_rate,
+            accept_burst: self.accept_burst,
+            preauth_max: self.preauth_max,
+            preauth_per_source: self.preauth_per_source,
+            hello_timeout,
+            ping_after,
+            rejoin_grace: (!rejoin.is_zero()).then_some(rejoin),
+            max_queued_bytes: self.max_queued_bytes,
+            ..RelayConfig::default()
+        })
+    }
+}
+
+/// Raise the soft open-files limit to the hard one; returns the soft limit now in force.
+#[allow(clippy::unnecessary_cast)] // rlim_t is 32 bits on armv7
+pub fn raise_nofile() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur as u64)
+}
+
+/// Bind a listening socket with a long accept queue (a reconnect storm waits there while
+/// admission control paces it). The kernel caps the length at `net.core.somaxconn`.
+pub fn bind_listener(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(backlog)?;
+    TcpListener::from_std(s.into())
 }
 
 /// Run `obdgw relay` until SIGINT/SIGTERM.
@@ -625,11 +574,13 @@ pub fn run_relay(args: RelayArgs) -> ExitCode {
 
 fn run_relay_inner(args: RelayArgs) -> anyhow::Result<()> {
     use anyhow::Context;
-    // Logs (attachments, refusals with their codes) go to stderr; RUST_LOG tunes them.
+    // Logs (refusals with their codes; attachments at debug) go to stderr; RUST_LOG tunes
+    // them.
     let (_, warning) = crate::logging::init(&crate::config::LogConfig::default());
     if let Some(w) = warning {
         tracing::warn!("{w}");
     }
+    let cfg = args.config()?;
     let text = std::fs::read_to_string(&args.tokens)
         .with_context(|| format!("reading tokens file {}", args.tokens.display()))?;
     let tokens = StaticTokens::from_toml(&text)
@@ -638,18 +589,56 @@ fn run_relay_inner(args: RelayArgs) -> anyhow::Result<()> {
         (Some(c), Some(k)) => Some(tls_acceptor(c, k)?),
         _ => None,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    match raise_nofile() {
+        Ok(n) if (n as usize) < cfg.max_connections + 64 => tracing::warn!(
+            open_files = n,
+            max_connections = cfg.max_connections,
+            "the open-files limit is below --max-connections: raise LimitNOFILE= (or ulimit -n)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
+    let rt = match args.threads {
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.min(256))
+            .enable_all()
+            .build(),
+    }
+    .context("starting the tokio runtime")?;
     rt.block_on(async move {
-        let listener = TcpListener::bind(args.listen)
-            .await
+        let listener = bind_listener(args.listen, 4096)
             .with_context(|| format!("binding {}", args.listen))?;
         let local = listener.local_addr()?;
-        let scheme = if tls.is_some() { "wss" } else { "ws" };
-        println!("obdgw relay listening on {scheme}://{local}/ (subprotocol {})", wire::SUBPROTOCOL);
+        let hub = Hub::new(cfg.max_sessions, cfg.keepalive_ms);
         let shutdown = CancellationToken::new();
+        let scheme = if tls.is_some() { "wss" } else { "ws" };
+        // Whoever started us may stop reading stdout: never die of a closed pipe.
+        use std::io::Write as _;
+        let say = |line: String| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        };
+        say(format!(
+            "obdgw relay listening on {scheme}://{local}/ (subprotocol {})",
+            wire::SUBPROTOCOL
+        ));
+        let metrics_task = match args.metrics_listen {
+            Some(a) => {
+                let l = TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("binding the metrics address {a}"))?;
+                say(format!("obdgw relay metrics on http://{}/metrics", l.local_addr()?));
+                Some(tokio::spawn(metrics::serve(l, hub.clone(), shutdown.clone())))
+            }
+            None => None,
+        };
         let s2 = shutdown.clone();
         tokio::spawn(async move {
             let mut term =
@@ -660,7 +649,10 @@ fn run_relay_inner(args: RelayArgs) -> anyhow::Result<()> {
             }
             s2.cancel();
         });
-        run(listener, tls, Arc::new(tokens), RelayConfig::default(), shutdown).await;
+        run_with_hub(listener, tls, Arc::new(tokens), cfg, hub, shutdown).await;
+        if let Some(t) = metrics_task {
+            let _ = t.await;
+        }
         anyhow::Ok(())
     })
 }

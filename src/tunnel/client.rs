@@ -167,7 +167,7 @@ pub async fn run(
         let conn = match fresh {
             Ok(()) => tokio::select! {
                 _ = shutdown.cancelled() => break,
-                c = tokio::time::timeout(cfg.connect_timeout, connect(&cfg)) => c,
+                c = tokio::time::timeout(cfg.connect_timeout, connect(&cfg, &session.config().session)) => c,
             },
             Err(why) => {
                 tracing::warn!(url = %cfg.url, "no current token for the relay: {why}; retrying");
@@ -270,9 +270,28 @@ fn ws_config() -> WebSocketConfig {
         .max_message_size(Some(crate::wire::tunnel::Limits::HARD_MAX as usize + 64))
 }
 
-async fn connect(cfg: &ClientConfig) -> Result<Conn, ConnectError> {
-    let mut req = cfg
-        .url
+/// The websocket URL for `session` under the relay's base URL: `<base>/v1/sessions/<id>`
+/// (protocol section 2), so that a load balancer can route on the session id. A base that
+/// already names a session path is used as given.
+pub fn session_url(base: &str, session: &str) -> String {
+    let (base, query) = match base.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (base, None),
+    };
+    let mut url = if base.contains("/v1/sessions/") {
+        base.to_string()
+    } else {
+        format!("{}/v1/sessions/{session}", base.trim_end_matches('/'))
+    };
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
+async fn connect(cfg: &ClientConfig, session: &str) -> Result<Conn, ConnectError> {
+    let mut req = session_url(&cfg.url, session)
         .as_str()
         .into_client_request()
         .map_err(|e| ConnectError::Url(e.to_string()))?;
@@ -558,4 +577,33 @@ where
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod url_tests {
+    #[test]
+    fn the_session_id_goes_into_the_path() {
+        let id = "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab";
+        for (base, want) in [
+            (
+                "ws://127.0.0.1:8443",
+                format!("ws://127.0.0.1:8443/v1/sessions/{id}"),
+            ),
+            (
+                "wss://relay.example/",
+                format!("wss://relay.example/v1/sessions/{id}"),
+            ),
+            (
+                "wss://r.example/tunnel",
+                format!("wss://r.example/tunnel/v1/sessions/{id}"),
+            ),
+            ("ws://h/x/?a=1", format!("ws://h/x/v1/sessions/{id}?a=1")),
+            (
+                "ws://h/v1/sessions/00000000-0000-4000-8000-000000000000",
+                "ws://h/v1/sessions/00000000-0000-4000-8000-000000000000".to_string(),
+            ),
+        ] {
+            assert_eq!(super::session_url(base, id), want, "{base}");
+        }
+    }
 }

@@ -9,8 +9,8 @@
 //!
 //! Rules (also in `docs/cloud.md`):
 //! - A session id is the `connection_uuid` of an active ticket (pending, in progress or
-//!   outsourced) that has a connection (an operator joined it). Anything else:
-//!   `unknown_session`.
+//!   outsourced) that has a connection (an operator joined it). Anything else is refused
+//!   like a bad token (`auth_failed`: the relay gives one answer for both).
 //! - The gateway presents its **connector token**: a token the simulator issued at a login
 //!   of the ticket's connector (`/v1/authenticate/connector` or the id + pincode login;
 //!   access or id token, whichever the box uses as its bearer), not expired at the hello.
@@ -20,7 +20,7 @@
 //!   by the `join` answer, and on the simulator's stdout.
 //! - Any other token, or a token of the other role: `auth_failed`.
 //! - Closing or cancelling the ticket ends the relay session: both sides get
-//!   `session_ended` (401) and are disconnected; their reconnects get `unknown_session`.
+//!   `session_ended` (401) and are disconnected; their reconnects get `auth_failed`.
 
 use super::Shared;
 use super::data::state;
