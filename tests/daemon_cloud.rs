@@ -230,8 +230,10 @@ async fn operator(w: &mut World, session: &str, token: &str) -> (usize, SocketAd
 /// Read the VIN at the operator's DoIP entity with obdgw's own DoIP client.
 async fn read_vin(w: &mut World, doip: SocketAddr) {
     use obdgw::vehicle::doip::{DoipClient, DoipClientConfig};
+    // 0x0E01: the python tester, which may be connected at the same time, is 0x0E00.
     let cfg = DoipClientConfig {
         response_timeout_ms: 10_000,
+        tester_address: 0x0E01,
         ..DoipClientConfig::default()
     };
     let mut client = DoipClient::new(doip, cfg);
