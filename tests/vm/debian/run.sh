@@ -9,7 +9,7 @@
 # the guest powers off when it ends. After the run, the guest's files stay in
 # $DEBVM_DIR/run/root for a post-mortem (e.g. root/vmtest/journal.txt).
 #
-# Exit status: the script's; 124 when DEBVM_TIMEOUT (default 900 s) expires; 125 when the
+# Exit status: the script's; 124 when DEBVM_TIMEOUT (default 1800 s) expires; 125 when the
 # VM or the harness fails. Environment: DEBVM_DIR, DEBVM_MEM (default 1G), DEBVM_SMP (2),
 # DEBVM_VERBOSE=1 (kernel and systemd boot messages), CANVM_ACCEL (kvm|tcg, as run.sh).
 set -euo pipefail
@@ -87,7 +87,7 @@ trap 'exit 143' TERM
 t0=$(date +%s)
 {
     set +e
-    timeout -k 5 "${DEBVM_TIMEOUT:-900}" qemu-system-x86_64 \
+    timeout -k 5 "${DEBVM_TIMEOUT:-1800}" qemu-system-x86_64 \
         -M microvm,isa-serial=on,rtc=on,pit=on,pic=on "${bios[@]}" "${accel_args[@]}" \
         -m "${DEBVM_MEM:-1G}" -smp "${DEBVM_SMP:-2}" \
         -nodefaults -no-user-config -nographic -no-reboot -monitor none -serial stdio \
@@ -100,7 +100,7 @@ wait $! || true
 echo "debvm: the guest ran for $(( $(date +%s) - t0 )) s" >&2
 qs=$(cat "$RUN/qemu.status" 2>/dev/null || echo none)
 if [ "$qs" = 124 ] || [ "$qs" = 137 ]; then
-    echo "tests/vm/debian/run.sh: timed out after ${DEBVM_TIMEOUT:-900} s; the VM was killed" >&2
+    echo "tests/vm/debian/run.sh: timed out after ${DEBVM_TIMEOUT:-1800} s; the VM was killed" >&2
     exit 124
 fi
 [ -s "$G/root/vmtest/status" ] || vmfail "the guest ended without a test status (QEMU status $qs); rerun with DEBVM_VERBOSE=1"
