@@ -39,6 +39,12 @@ wait_for() { # SECONDS CMD...: poll every 0.5 s
     local end=$(( $(date +%s) + $1 )); shift
     while ! "$@" >/dev/null 2>&1; do [ "$(date +%s)" -lt "$end" ] || return 1; sleep 0.5; done
 }
+sim_state() { # GET /admin/state of the cloud simulator (no curl in the guest)
+    exec 3<>/dev/tcp/127.0.0.1/8780 || return 1
+    printf 'GET /admin/state HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+    cat <&3; exec 3<&-
+}
+sim_state_has() { local s p; s=$(sim_state) || return 1; for p in "$@"; do grep -q "$p" <<< "$s" || return 1; done; }
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 prop() { systemctl show -p "$2" --value "$1"; }
 eq() { [ "$1" = "$2" ] || { echo "      expected '$2', got '$1'"; return 1; }; }
@@ -109,6 +115,12 @@ s_start() {
     check "obdgw status answers right after READY" rc_is 0 obdgw status
     check "STATUS= text set" test -n "$(prop obdgw StatusText)"
     echo "      StatusText: $(prop obdgw StatusText)"
+    # With [cloud] connector_uuid and the pincode credential, the daemon logs in and follows
+    # its connector on the status websocket: the simulator has issued a token and has a
+    # websocket client.
+    check "daemon logged in to the cloud and follows it (simulator: token issued, websocket client)" \
+        wait_for 60 sim_state_has '"tokens":[1-9]' '"websocket_clients":[1-9]'
+    echo "      simulator: $(sim_state | grep -o '"\(tokens\|websocket_clients\|websocket_subscriptions\)":[0-9]*' | tr '\n' ' ')"
 }
 
 s_status() {
