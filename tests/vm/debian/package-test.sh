@@ -147,6 +147,8 @@ s_watchdog() {
     pid=$(prop obdgw MainPID); n0=$(prop obdgw NRestarts)
     echo "      MainPID $pid, NRestarts $n0, WatchdogUSec $(prop obdgw WatchdogUSec)"
     check "main process running" test "$pid" -gt 0
+    # Never `kill -STOP 0` (that would stop this script's own process group).
+    if [ "$pid" -le 0 ]; then return; fi
     kill -STOP "$pid"
     # WatchdogSec (20 s) + TimeoutAbortSec (5 s) + RestartSec (2 s) + start, with margin.
     check "restarted by the watchdog" wait_for 90 bash -c \
