@@ -6,10 +6,14 @@
 #                     backports suite cannot be reached, bookworm's own version is used.
 #   busybox-static    /bin/busybox for the guest's initramfs
 #   can-utils         cangen/candump/isotpsend..., run inside the guest from the host's /usr/bin
+#   mmdebstrap        the Debian 12 root file system of the booted-Debian test (tests/vm/debian)
+#
+# On Debian 12, qemu-system-x86/bookworm-backports only resolves when qemu-system-common,
+# qemu-system-data and seabios are named from bookworm-backports in the same command
+# (otherwise apt reports "held broken packages").
 #
 # The mirror is taken from the machine's own apt sources; no host name is written here.
-# Exits non-zero with a loud message when a package cannot be installed, so that CI can
-# report the guest tests as skipped loudly instead of silently.
+# Exits non-zero with a loud message when a package cannot be installed; CI then fails.
 set -uo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
@@ -29,8 +33,9 @@ need=()
 have_qemu || need+=(qemu)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v cangen >/dev/null && command -v candump >/dev/null || need+=(can-utils)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 if [ ${#need[@]} -eq 0 ]; then
-    echo "install-deps: qemu-system-x86, busybox-static and can-utils already present"
+    echo "install-deps: qemu-system-x86, busybox-static, can-utils and mmdebstrap already present"
     exit 0
 fi
 
@@ -70,7 +75,9 @@ if ! have_qemu; then
            -o "Dir::State::lists=$T/lists" -o APT::Sandbox::User=root)
         # Not -t bookworm-backports: that would also upgrade unrelated installed packages.
         if apt-get "${O[@]}" update -qq &&
-           apt-get "${O[@]}" install -y -qq --no-install-recommends qemu-system-x86/bookworm-backports; then
+           apt-get "${O[@]}" install -y -qq --no-install-recommends \
+               qemu-system-x86/bookworm-backports qemu-system-common/bookworm-backports \
+               qemu-system-data/bookworm-backports seabios/bookworm-backports; then
             installed=1
         else
             echo "install-deps: bookworm-backports qemu-system-x86 failed; trying bookworm's" >&2
@@ -86,4 +93,4 @@ if ! have_qemu; then
     fi
     have_qemu || { loud "cannot install qemu-system-x86 (with qboot.rom); the CAN guest tests cannot run"; exit 1; }
 fi
-echo "install-deps: $(qemu-system-x86_64 --version | head -1); busybox-static and can-utils present"
+echo "install-deps: $(qemu-system-x86_64 --version | head -1); busybox-static, can-utils and mmdebstrap present"
