@@ -222,46 +222,51 @@ async fn client<A: ControlApi>(stream: UnixStream, api: Arc<A>) {
     loop {
         line.clear();
         let read = tokio::time::timeout(IDLE, read_line_bounded(&mut rd, &mut line)).await;
-        let resp = match read {
+        let parsed = match read {
             Err(_) | Ok(Ok(0)) | Ok(Err(_)) => return,
-            Ok(Ok(_)) => match parse_request(&line) {
-                Err(e) => Response::error("bad-request", e.to_string(), Vec::new()),
-                Ok(Request {
-                    cmd: Command::Status,
-                    ..
-                }) => Response {
+            Ok(Ok(_)) => parse_request(&line),
+        };
+        match &parsed {
+            Ok(r) => tracing::debug!(cmd = ?r.cmd, may_act = act, "control request"),
+            Err(e) => tracing::debug!("control request refused: {e}"),
+        }
+        let resp = match parsed {
+            Err(e) => Response::error("bad-request", e.to_string(), Vec::new()),
+            Ok(Request {
+                cmd: Command::Status,
+                ..
+            }) => Response {
+                v: VERSION,
+                ok: true,
+                status: Some(Box::new(api.status())),
+                reload: None,
+                error: None,
+            },
+            Ok(Request {
+                cmd: Command::Reload,
+                ..
+            }) if !act => Response::error(
+                "forbidden",
+                "reload needs root or the daemon's user (sudo obdgw reload, or systemctl reload obdgw)",
+                Vec::new(),
+            ),
+            Ok(Request {
+                cmd: Command::Reload,
+                ..
+            }) => match api.reload().await {
+                Ok(outcome) => Response {
                     v: VERSION,
                     ok: true,
-                    status: Some(Box::new(api.status())),
-                    reload: None,
+                    status: None,
+                    reload: Some(outcome),
                     error: None,
                 },
-                Ok(Request {
-                    cmd: Command::Reload,
-                    ..
-                }) if !act => Response::error(
-                    "forbidden",
-                    "reload needs root or the daemon's user (sudo obdgw reload, or systemctl reload obdgw)",
-                    Vec::new(),
-                ),
-                Ok(Request {
-                    cmd: Command::Reload,
-                    ..
-                }) => match api.reload().await {
-                    Ok(outcome) => Response {
-                        v: VERSION,
-                        ok: true,
-                        status: None,
-                        reload: Some(outcome),
-                        error: None,
-                    },
-                    Err(e) => Response {
-                        v: VERSION,
-                        ok: false,
-                        status: None,
-                        reload: None,
-                        error: Some(e),
-                    },
+                Err(e) => Response {
+                    v: VERSION,
+                    ok: false,
+                    status: None,
+                    reload: None,
+                    error: Some(e),
                 },
             },
         };

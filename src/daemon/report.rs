@@ -141,11 +141,12 @@ pub struct RouterReport {
 }
 
 impl StatusReport {
-    /// `obdgw status`'s exit code: 0 healthy, 1 degraded or starting.
+    /// `obdgw status`'s exit code: 0 healthy (components still starting count: the daemon
+    /// is serving, and one that fails becomes degraded), 1 degraded.
     pub fn exit_code(&self) -> u8 {
         match self.health {
-            ComponentState::Ok | ComponentState::Idle => 0,
-            _ => 1,
+            ComponentState::Degraded => 1,
+            _ => 0,
         }
     }
 
