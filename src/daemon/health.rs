@@ -30,8 +30,6 @@ pub enum ComponentState {
     /// Serving less than configured (an interface missing, the cloud unreachable);
     /// retried, healing on its own.
     Degraded,
-    /// Not running (finished, or not configured to run now).
-    Idle,
 }
 
 #[derive(Debug)]
@@ -169,16 +167,6 @@ impl Heartbeat {
 impl Drop for Heartbeat {
     fn drop(&mut self) {
         self.health.lock().remove(&self.name);
-    }
-}
-
-/// Beat every [`BEAT_EVERY`] until `stop`, for components whose work is a single future
-/// that does not loop on its own (run it in `select!` beside the work).
-pub async fn beat_while(hb: &Heartbeat) {
-    let mut tick = tokio::time::interval(BEAT_EVERY);
-    loop {
-        tick.tick().await;
-        hb.beat();
     }
 }
 

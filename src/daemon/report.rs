@@ -154,7 +154,7 @@ impl StatusReport {
     pub fn render(&self) -> String {
         let mut o = String::new();
         let health = match self.health {
-            ComponentState::Ok | ComponentState::Idle => "healthy",
+            ComponentState::Ok => "healthy",
             ComponentState::Degraded => "DEGRADED",
             ComponentState::Starting => "starting",
         };
