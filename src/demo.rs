@@ -127,7 +127,7 @@ fn daemon_config(
         vin_check: VinCheck::Refuse,
         doip_vehicle: None,
         can_interfaces: vec!["car".into()],
-        allow_can_tx: true,
+        policy: Default::default(),
         doip_map: map,
         keepalive_every_ms: 2_000,
         keepalive_for_ms: 60_000,
@@ -231,8 +231,7 @@ async fn demo(args: DemoArgs, vin: Vin, dir: &Path) -> anyhow::Result<()> {
         .await
         .context("creating the demo ticket")?;
     println!("obdgw demo: ticket {} created for {vin_text}", ticket.id);
-    let http =
-        crate::cloud::tls::http_client(Duration::from_secs(10)).map_err(anyhow::Error::msg)?;
+    let http = crate::tls::http_client(Duration::from_secs(10)).map_err(anyhow::Error::msg)?;
     let (session, token) = crate::sim::cloud::admin_join(&http, &base_url, ticket.id)
         .await
         .map_err(anyhow::Error::msg)

@@ -12,6 +12,7 @@ pub mod operator;
 pub mod relay;
 pub mod router;
 pub mod sim;
+pub mod tls;
 pub mod tunnel;
 pub mod vehicle;
 pub mod wire;

@@ -52,7 +52,7 @@ async fn admin(r: &Running, path: &str, body: Value) -> u16 {
 }
 
 fn http() -> reqwest::Client {
-    obdgw::cloud::tls::http_client(Duration::from_secs(10)).unwrap()
+    obdgw::tls::http_client(Duration::from_secs(10)).unwrap()
 }
 
 fn requests(r: &Running) -> u64 {

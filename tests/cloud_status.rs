@@ -99,7 +99,7 @@ impl Harness {
     }
 
     async fn admin(&self, path: &str, body: Value) {
-        let http = obdgw::cloud::tls::http_client(Duration::from_secs(5)).unwrap();
+        let http = obdgw::tls::http_client(Duration::from_secs(5)).unwrap();
         let s = http
             .post(format!("{}{path}", self.r.base_url))
             .json(&body)
@@ -258,7 +258,7 @@ async fn ticket_life_drop_resubscribe_and_rest_fallback() {
 }
 
 async fn reqwest_delete(h: &Harness, path: &str) {
-    let http = obdgw::cloud::tls::http_client(Duration::from_secs(5)).unwrap();
+    let http = obdgw::tls::http_client(Duration::from_secs(5)).unwrap();
     http.delete(format!("{}{path}", h.r.base_url))
         .send()
         .await

@@ -146,7 +146,7 @@ async fn watch_prints_a_tickets_life_and_ends_on_ctrl_c() {
     expect_line(&mut procs, human, &format!("ticket {ticket}: pending")).await;
 
     // The back office: an operator joins (a connection starts), then the ticket is closed.
-    let http = obdgw::cloud::tls::http_client(Duration::from_secs(10)).unwrap();
+    let http = obdgw::tls::http_client(Duration::from_secs(10)).unwrap();
     let admin = |action: &str| {
         http.post(format!("{base}/admin/tickets/{ticket}/{action}"))
             .send()

@@ -109,8 +109,11 @@ interface = "{bus_spec}"
 [tunnel]
 relay_url = "{gateway_relay}"
 can_interfaces = ["car"]
-allow_can_tx = true
-{vehicle_side}"#,
+{vehicle_side}
+[tunnel.policy]
+raw_tx = true
+raw_tx_ids = ["0x000-0x7FF"]
+"#,
         state_dir = procs.path("gateway-state").display(),
         socket = socket.display(),
     );
@@ -182,7 +185,7 @@ async fn ticket_joined(w: &mut World, vin: &str) -> (i64, String, String) {
         Ok(t) => t.id,
         Err(e) => w.procs.fail(&format!("creating a ticket: {e}")),
     };
-    let http = obdgw::cloud::tls::http_client(Duration::from_secs(10)).unwrap();
+    let http = obdgw::tls::http_client(Duration::from_secs(10)).unwrap();
     match obdgw::sim::cloud::admin_join(&http, &w.base_url, ticket).await {
         Ok((session, token)) => (ticket, session, token),
         Err(e) => w.procs.fail(&format!("admin join of ticket {ticket}: {e}")),
@@ -190,7 +193,7 @@ async fn ticket_joined(w: &mut World, vin: &str) -> (i64, String, String) {
 }
 
 async fn admin(w: &mut World, path: &str) {
-    let http = obdgw::cloud::tls::http_client(Duration::from_secs(10)).unwrap();
+    let http = obdgw::tls::http_client(Duration::from_secs(10)).unwrap();
     let url = format!("{}{path}", w.base_url);
     match http.post(&url).send().await {
         Ok(r) if r.status().is_success() => {}
@@ -349,7 +352,7 @@ async fn cloud_driven(bus: &str, can_only: bool) {
         .as_str()
         .expect("the metrics address")
         .to_string();
-    let http = obdgw::cloud::tls::http_client(Duration::from_secs(10)).unwrap();
+    let http = obdgw::tls::http_client(Duration::from_secs(10)).unwrap();
     let text = http
         .get(format!("http://{addr}/metrics"))
         .send()
@@ -668,7 +671,7 @@ async fn a_30_s_cloud_outage_leaves_the_session_alone() {
     let (_ticket, session, _op, doip) = session_up(&mut w).await;
     let tester = python_in_background(&w, doip);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let http = obdgw::cloud::tls::http_client(Duration::from_secs(10)).unwrap();
+    let http = obdgw::tls::http_client(Duration::from_secs(10)).unwrap();
     let fault = serde_json::json!({"status": 503, "count": 1_000_000, "path_prefix": "/v1"});
     let r = http
         .post(format!("{}/admin/faults", w.base_url))

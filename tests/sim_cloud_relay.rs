@@ -59,7 +59,7 @@ async fn setup() -> Setup {
         .await
         .unwrap()
         .id;
-    let http = obdgw::cloud::tls::http_client(Duration::from_secs(5)).unwrap();
+    let http = obdgw::tls::http_client(Duration::from_secs(5)).unwrap();
     let joined: Value = http
         .post(format!("{}/admin/tickets/{ticket}/join", sim.base_url))
         .send()

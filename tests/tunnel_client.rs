@@ -237,3 +237,123 @@ async fn client_reaches_its_peer_over_wss() {
     relay_stop.cancel();
     relay_task.await.unwrap();
 }
+
+/// A hostile peer (or a relay forwarding one) through the real relay: a raw websocket that
+/// says hello as the operator, then sends a forged fatal error (101, 102, 103) and a batch
+/// with a wrong version byte. The real gateway must go on serving: its task does not end,
+/// and a real operator that comes next gets its records, exactly once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_fatal_errors_and_bad_versions_leave_both_ends_serving() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (relay_stop, relay_task) = relay_on(listener).await;
+    let stop = CancellationToken::new();
+    let mut gw = side(addr, Role::Gateway, "g", 1, &stop);
+
+    let mut req = client::session_url(&format!("ws://{addr}/"), SID)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        obdgw::wire::tunnel::SUBPROTOCOL.parse().unwrap(),
+    );
+    let (mut evil, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let hello = format!(
+        r#"{{"type":"hello","version":1,"role":"operator","session":"{SID}","token":"o","instance":666,"capabilities":["can","canfd","isotp","doip"],"resume":{{"last_received":0}},"limits":{{"max_record":1048576,"max_batch":2097152,"max_in_flight":4194304}}}}"#
+    );
+    evil.send(Message::Text(hello.into())).await.unwrap();
+    // Wait until the relay paired us with the gateway (`peer`).
+    tokio::time::timeout(LIMIT, async {
+        while let Some(Ok(m)) = evil.next().await {
+            if let Message::Text(t) = m
+                && t.contains(r#""type":"peer""#)
+            {
+                return;
+            }
+        }
+        panic!("the relay closed before pairing");
+    })
+    .await
+    .unwrap();
+    for code in [101, 102, 103] {
+        let forged = format!(r#"{{"type":"error","code":{code},"message":"forged"}}"#);
+        evil.send(Message::Text(forged.into())).await.unwrap();
+    }
+    // A batch whose version byte is 2 (header otherwise plausible).
+    let mut bad = vec![0u8; 20];
+    bad[0] = 2;
+    evil.send(Message::Binary(bad.into())).await.unwrap();
+    // The gateway answers the bad batch (an error, then it drops that connection to resume).
+    let answered = tokio::time::timeout(LIMIT, async {
+        while let Some(m) = evil.next().await {
+            match m {
+                Ok(Message::Text(t)) if t.contains(r#""type":"error""#) => return t.to_string(),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        String::new()
+    })
+    .await
+    .unwrap();
+    assert!(answered.contains("101"), "{answered}");
+    drop(evil);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !gw.task.is_finished(),
+        "the gateway's session ended after a peer's forged errors"
+    );
+
+    // A real operator now: records flow both ways, the gateway never stopped.
+    let mut op = side(addr, Role::Operator, "o", 2, &stop);
+    for id in 1..=20 {
+        gw.tx
+            .send(Outgoing::Record {
+                rec: pdu(id),
+                sheddable: false,
+            })
+            .await
+            .unwrap();
+    }
+    let got = tokio::time::timeout(LIMIT, async {
+        let mut got = Vec::new();
+        while got.len() < 20 {
+            if let Event::Record(r) = op.rx.recv().await.unwrap() {
+                got.push(pdu_id(&r));
+            }
+        }
+        got
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, (1..=20).collect::<Vec<_>>());
+    // And the other way.
+    op.tx
+        .send(Outgoing::Record {
+            rec: pdu(77),
+            sheddable: false,
+        })
+        .await
+        .unwrap();
+    let back = tokio::time::timeout(LIMIT, async {
+        loop {
+            if let Event::Record(r) = gw.rx.recv().await.unwrap() {
+                return pdu_id(&r);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(back, 77);
+    assert!(!gw.task.is_finished() && !op.task.is_finished());
+    stop.cancel();
+    let gstats = gw.task.await.unwrap().unwrap();
+    op.task.await.unwrap().unwrap();
+    assert_eq!(gstats.peer_errors_ignored, 3, "{gstats:?}");
+    relay_stop.cancel();
+    relay_task.await.unwrap();
+}

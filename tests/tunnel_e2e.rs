@@ -213,7 +213,11 @@ async fn world_of(kind: Kind) -> World {
     };
 
     // The gateway side.
-    let mut gw = Gateway::new(doip_vehicle, vec![("can0".to_string(), gw_port)], true);
+    let mut gw = Gateway::new(
+        doip_vehicle,
+        vec![("can0".to_string(), gw_port)],
+        obdgw::tunnel::policy::PolicyConfig::lab(),
+    );
     gw.doip_map = map;
     gw.keepalive = Keepalive {
         every: Duration::from_millis(1000),

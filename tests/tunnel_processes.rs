@@ -83,7 +83,7 @@ async fn world_of(bus: &str, can_only: bool) -> World {
         Ok(t) => t.id,
         Err(e) => procs.fail(&format!("creating a ticket: {e}")),
     };
-    let http = obdgw::cloud::tls::http_client(Duration::from_secs(10)).unwrap();
+    let http = obdgw::tls::http_client(Duration::from_secs(10)).unwrap();
     let joined: Value = match http
         .post(format!("{base_url}/admin/tickets/{ticket}/join"))
         .send()
@@ -131,8 +131,11 @@ relay_url = "{relay_url}"
 session = "{session}"
 token = "{gateway_token}"
 can_interfaces = ["car"]
-allow_can_tx = true
-{vehicle_side}"#,
+{vehicle_side}
+[tunnel.policy]
+raw_tx = true
+raw_tx_ids = ["0x000-0x7FF"]
+"#,
         state_dir = procs.path("gateway-state").display(),
         socket = procs.path("control.sock").display(),
     );
@@ -220,7 +223,7 @@ async fn read_vin(w: &mut World) {
 /// Close the ticket in the simulator: the relay ends the session, the operator endpoint's
 /// reconnect is refused (`auth_failed`, as for any unknown session) and it exits.
 async fn close_ticket_ends_the_session(w: &mut World) {
-    let http = obdgw::cloud::tls::http_client(Duration::from_secs(10)).unwrap();
+    let http = obdgw::tls::http_client(Duration::from_secs(10)).unwrap();
     let url = format!("{}/admin/tickets/{}/close", w.base_url, w.ticket);
     match http.post(&url).send().await {
         Ok(r) if r.status().is_success() => {}

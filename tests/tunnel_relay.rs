@@ -749,7 +749,11 @@ async fn a_hostile_operator_gets_clear_errors_and_the_gateway_keeps_serving() {
     let relay = start(RelayConfig::default()).await;
     let bus = VirtualBus::new("can0");
     let car = bus.port();
-    let gw = Gateway::new(None, vec![("can0".to_string(), Arc::new(bus.port()))], true);
+    let gw = Gateway::new(
+        None,
+        vec![("can0".to_string(), Arc::new(bus.port()))],
+        obdgw::tunnel::policy::PolicyConfig::lab(),
+    );
     let stop = CancellationToken::new();
     let mut cc = ClientConfig::new(format!("ws://{}/", relay.addr));
     cc.backoff_min = Duration::from_millis(10);

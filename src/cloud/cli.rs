@@ -440,6 +440,7 @@ fn setup(common: &CloudCliArgs, watch: Option<&WatchArgs>) -> Result<Env, (ExitC
     let mut log = loaded.config.log.clone();
     log.level = "warn".into();
     crate::logging::init(&log);
+    crate::tls::configure(&loaded.config.tls).map_err(|e| (ExitCode::from(2), e))?;
     let mut cloud = loaded.config.cloud.clone();
     if let Some(b) = &common.base_url {
         cloud.base_url = b.trim_end_matches('/').to_string();

@@ -122,9 +122,13 @@ impl Client {
         credentials: Option<Credentials>,
         state_dir: Option<&Path>,
     ) -> Result<Client, ApiError> {
-        let tls = super::tls::client_config().map_err(ApiError::Auth)?;
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured((*tls).clone())
+        // The pincode and tokens travel on these: plaintext only to loopback.
+        for u in std::iter::once(&settings.base_url).chain(settings.login_base_url.iter()) {
+            crate::tls::check_scheme(u).map_err(ApiError::Auth)?;
+        }
+        // No redirects: a login (pincode) is never sent on to another host.
+        let http = crate::tls::http_client_builder()
+            .map_err(ApiError::Auth)?
             .timeout(settings.request_timeout)
             .connect_timeout(settings.connect_timeout)
             .user_agent(concat!("obdgw/", env!("CARGO_PKG_VERSION")))

@@ -277,6 +277,19 @@ pub fn validate(c: &CloudConfig) -> Vec<ConfigIssue> {
             format!("`{u}` is not an http:// or https:// URL"),
         );
     }
+    // The pincode and bearer tokens travel on these: plaintext only to loopback.
+    for (key, url) in [
+        ("base_url", Some(c.base_url.as_str())),
+        ("login_base_url", c.login_base_url.as_deref()),
+        ("status.url", c.status.url.as_deref()),
+    ] {
+        if let Some(u) = url
+            && (u.contains("://") && is_http_url(u) || u.starts_with("ws://"))
+            && let Err(e) = crate::tls::check_scheme(u)
+        {
+            issue(key, e);
+        }
+    }
     for (k, v) in &c.routes {
         if let Err(e) = super::routes::check_override(k, v) {
             issue(&format!("routes.{k}"), e);

@@ -17,7 +17,6 @@ pub mod routes;
 pub mod spec;
 pub mod status;
 pub mod sync;
-pub mod tls;
 pub mod token;
 pub mod validate;
 

@@ -755,7 +755,7 @@ impl StatusClient {
                 .map_err(|e| fail(e.to_string()))?;
             let _ = tcp.set_nodelay(true);
             let stream: Box<dyn Io> = if secure {
-                let tls = super::tls::client_config().map_err(fail)?;
+                let tls = crate::tls::client_config().map_err(fail)?;
                 let name = rustls::pki_types::ServerName::try_from(host.clone())
                     .map_err(|e| fail(format!("`{host}` is not a valid TLS server name: {e}")))?;
                 let s = tokio_rustls::TlsConnector::from(tls)

@@ -66,6 +66,13 @@ pub struct Config {
     /// Prometheus metrics over HTTP (`[metrics]`); off when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
+    /// TLS for the relay and the cloud (`[tls]`): a pinned CA instead of the system store.
+    #[serde(skip_serializing_if = "is_default_tls")]
+    pub tls: crate::tls::TlsConfig,
+}
+
+fn is_default_tls(t: &crate::tls::TlsConfig) -> bool {
+    *t == crate::tls::TlsConfig::default()
 }
 
 /// `[metrics]`: where the Prometheus text endpoint listens.
@@ -284,6 +291,24 @@ pub fn load_with_env(
         }));
     }
 
+    if let (Some(path), Some(text)) = (&file, &text)
+        && let Ok(table) = text.parse::<toml::Table>()
+        && let Some(v) = table.get("tunnel").and_then(|t| t.get("allow_can_tx"))
+    {
+        return Err(ConfigError::single(ConfigIssue {
+            key: "tunnel.allow_can_tx".into(),
+            source: path.display().to_string(),
+            message: format!(
+                "was replaced by [tunnel.policy] (raw transmit is now off by default): remove `allow_can_tx = {v}`{}",
+                if v.as_bool() == Some(true) {
+                    " and write raw_tx = true with the ids operators may send, e.g. raw_tx_ids = [\"0x7E0-0x7E7\"], under [tunnel.policy]"
+                } else {
+                    ""
+                }
+            ),
+        }));
+    }
+
     let env: Vec<(String, String)> = env
         .into_iter()
         .filter(|(k, _)| {
@@ -441,6 +466,9 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
         for (key, message) in t.validate(&names) {
             issue(format!("tunnel.{key}"), message);
         }
+        if let Err(e) = crate::tls::check_scheme(&t.relay_url) {
+            issue("tunnel.relay_url".into(), e);
+        }
         if t.mode() == crate::tunnel::gateway::TunnelMode::CloudDriven
             && config.cloud.connector_uuid.is_none()
         {
@@ -449,6 +477,16 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
                 "cloud-driven sessions (no tunnel.session) need cloud.connector_uuid (and the pincode: cloud.pincode_file or the systemd credential `pincode`); or set tunnel.session and tunnel.token for manual mode".into(),
             );
         }
+    }
+    if let Some(ca) = &config.tls.ca_file
+        && let Err(e) = crate::tls::client_config_with_ca(ca)
+    {
+        issue(
+            "tls.ca_file".into(),
+            format!(
+                "{e}; give a readable PEM CA certificate or remove the key to use the system's trust store"
+            ),
+        );
     }
     if config.daemon.control_socket.as_os_str().is_empty() {
         issue(

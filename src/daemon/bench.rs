@@ -268,8 +268,7 @@ can_interfaces = ["car"]
 
     // (2) Session start-up.
     let api = crate::sim::cloud::demo_client(&base_url)?;
-    let http =
-        crate::cloud::tls::http_client(Duration::from_secs(10)).map_err(anyhow::Error::msg)?;
+    let http = crate::tls::http_client(Duration::from_secs(10)).map_err(anyhow::Error::msg)?;
     let mut times = Vec::new();
     for i in 0..b.tickets {
         let ticket = api

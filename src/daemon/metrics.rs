@@ -216,6 +216,16 @@ impl Collector for DaemonCollector {
             let up = (c.state == "open" && c.bus_state != "bus-off") as i64;
             ConstGauge::new(up).encode(m.encode_family(&labels)?)?;
         }
+        let c0 = ConstCounter::new(0u64);
+        let mut m = enc.encode_descriptor(
+            "obdgw_policy_refusals",
+            "Operator requests refused by the gateway's policy, by rule ([tunnel.policy])",
+            None,
+            c0.metric_type(),
+        )?;
+        for (rule, n) in self.shared.policy.refusals() {
+            ConstCounter::new(n).encode(m.encode_family(&[("rule", rule)])?)?;
+        }
         counter(
             &mut enc,
             "obdgw_router_frames",

@@ -58,6 +58,10 @@ pub fn run_cli(args: crate::cli::RunArgs) -> ExitCode {
     if let Some(w) = warning {
         tracing::warn!("{w}");
     }
+    if let Err(e) = crate::tls::configure(&loaded.config.tls) {
+        eprintln!("obdgw: {e}; not starting");
+        return ExitCode::from(2);
+    }
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
@@ -303,15 +307,13 @@ impl Supervisor {
             o.needs_restart.push("tunnel mode or session".into());
         } else if let (Some(a), Some(b)) = (&old.tunnel, &new.tunnel) {
             // The transmit policy applies at once, to open channels too.
-            if a.allow_can_tx != b.allow_can_tx {
-                self.shared
-                    .allow_can_tx
-                    .store(b.allow_can_tx, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(allow_can_tx = b.allow_can_tx, "transmit policy changed");
-                o.applied.push("tunnel.allow_can_tx".into());
+            if a.policy != b.policy {
+                self.shared.policy.set(b.policy.clone());
+                tracing::info!(raw_tx = b.policy.raw_tx, "tunnel policy changed");
+                o.applied.push("tunnel.policy".into());
             }
             let mut a2 = a.clone();
-            a2.allow_can_tx = b.allow_can_tx;
+            a2.policy = b.policy.clone();
             if a2 != *b {
                 o.next_session.push("tunnel".into());
             }

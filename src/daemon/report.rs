@@ -37,6 +37,24 @@ pub struct StatusReport {
     /// Where `/metrics` is served (`[metrics]`), if anywhere.
     #[serde(default)]
     pub metrics: Option<String>,
+    /// The policy in force (`[tunnel.policy]`) and its refusals.
+    #[serde(default)]
+    pub policy: Option<PolicyReport>,
+}
+
+/// The gateway's policy in force, and how often each rule refused.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PolicyReport {
+    pub raw_tx: bool,
+    pub raw_tx_ids: Vec<String>,
+    pub raw_tx_rate_per_id: u32,
+    pub raw_tx_rate_total: u32,
+    pub diag_ids: Vec<String>,
+    pub max_channels: u16,
+    pub channel_queue: u16,
+    /// Refusals since start by rule name (`raw_tx`, `raw_tx_ids`, `raw_tx_rate`,
+    /// `diag_ids`, `max_channels`).
+    pub refusals: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -276,6 +294,35 @@ impl StatusReport {
                 "doip     {} {reach} vin {}",
                 d.address,
                 d.vin.as_deref().unwrap_or("-")
+            );
+        }
+        if let Some(p) = &self.policy {
+            let tx = if p.raw_tx {
+                format!(
+                    "raw transmit ON for {} ({}/s per id, {}/s per channel)",
+                    p.raw_tx_ids.join(", "),
+                    p.raw_tx_rate_per_id,
+                    p.raw_tx_rate_total
+                )
+            } else {
+                "raw transmit off (mirrors read-only)".into()
+            };
+            let refused: Vec<String> = p
+                .refusals
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect();
+            let _ = writeln!(
+                o,
+                "policy   {tx}; ISO-TP on {}; at most {} channels; refused: {}",
+                p.diag_ids.join(", "),
+                p.max_channels,
+                if refused.is_empty() {
+                    "none".to_string()
+                } else {
+                    refused.join(", ")
+                }
             );
         }
         let _ = writeln!(

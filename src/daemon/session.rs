@@ -316,14 +316,14 @@ async fn run_once(
 ) -> Result<(), String> {
     let mut gw = gateway::build(tunnel, &cfg.doip, usable_ports(shared, tunnel))
         .map_err(|e| e.to_string())?;
-    gw.allow_can_tx = shared.allow_can_tx.clone();
+    gw.policy = shared.policy.clone();
     gw.counters = Arc::new(gateway::GatewayCounters {
         channels,
         ..Default::default()
     });
     let mut cc = ClientConfig::new(tunnel.relay_url.clone());
     if tunnel.relay_url.starts_with("wss://") {
-        cc.tls = Some(crate::cloud::tls::client_config()?);
+        cc.tls = Some(crate::tls::client_config()?);
     }
     cc.view = Some(view);
     let token = match &w.token {

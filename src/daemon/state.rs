@@ -61,9 +61,9 @@ pub struct Shared {
     pub ports: Mutex<BTreeMap<String, PortSlot>>,
     pub doip: Mutex<Option<DoipReport>>,
     pub router: crate::router::RouterHandle,
-    /// The transmit policy every session's gateway reads (per frame): a reload changes it
-    /// for open channels too.
-    pub allow_can_tx: Arc<std::sync::atomic::AtomicBool>,
+    /// The policy every session's gateway enforces (`[tunnel.policy]`): a reload changes it
+    /// for open channels too; its refusal counters are the box's, across sessions.
+    pub policy: Arc<crate::tunnel::policy::PolicyHandle>,
     /// Sessions opened, refused by the VIN check, and reloads, for metrics.
     pub sessions_opened: AtomicU64,
     pub vin_refusals: AtomicU64,
@@ -82,9 +82,13 @@ impl Shared {
         mode: &'static str,
         router: crate::router::RouterHandle,
     ) -> Shared {
-        let tx = config.tunnel.as_ref().is_some_and(|t| t.allow_can_tx);
+        let policy = config
+            .tunnel
+            .as_ref()
+            .map(|t| t.policy.clone())
+            .unwrap_or_default();
         Shared {
-            allow_can_tx: Arc::new(std::sync::atomic::AtomicBool::new(tx)),
+            policy: crate::tunnel::policy::PolicyHandle::new(policy),
             started: std::time::Instant::now(),
             mode,
             health: Health::new(),
@@ -205,6 +209,25 @@ impl Shared {
             router,
             components: self.health.views(now),
             metrics: self.get(&self.metrics),
+            policy: Some({
+                let p = self.policy.get();
+                let c = &p.config;
+                super::report::PolicyReport {
+                    raw_tx: c.raw_tx,
+                    raw_tx_ids: c.raw_tx_ids.clone(),
+                    raw_tx_rate_per_id: c.raw_tx_rate_per_id,
+                    raw_tx_rate_total: c.raw_tx_rate_total,
+                    diag_ids: c.diag_ids.clone(),
+                    max_channels: c.max_channels,
+                    channel_queue: c.channel_queue,
+                    refusals: self
+                        .policy
+                        .refusals()
+                        .into_iter()
+                        .map(|(r, n)| (r.to_string(), n))
+                        .collect(),
+                }
+            }),
         };
         r.status_line = status_line(&r);
         r

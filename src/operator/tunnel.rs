@@ -654,9 +654,14 @@ pub struct OperatorArgs {
     /// (22 F190 to the first --target) before serving.
     #[arg(long, value_name = "VIN")]
     pub vin: Option<String>,
-    /// CA certificate (PEM) that signs the relay's certificate, for wss://.
+    /// Trust only this CA certificate (PEM) for a wss:// relay; default: the system's
+    /// trust store. ws:// is accepted only to a loopback relay.
     #[arg(long, value_name = "FILE")]
     pub ca: Option<std::path::PathBuf>,
+    /// Allow --doip-listen/--socketcand-listen on a non-loopback address: anyone who
+    /// reaches it can talk to the remote car (within the gateway's policy).
+    #[arg(long)]
+    pub listen_any: bool,
 }
 
 fn parse_u16(s: &str) -> Result<u16, String> {
@@ -771,30 +776,16 @@ pub fn run_operator(args: OperatorArgs) -> ExitCode {
 }
 
 fn client_config(args: &OperatorArgs) -> anyhow::Result<ClientConfig> {
-    use anyhow::Context;
+    crate::tls::check_scheme(&args.relay).map_err(|e| anyhow::anyhow!("--relay: {e}"))?;
     let mut cc = ClientConfig::new(args.relay.clone());
     if args.relay.starts_with("wss://") {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject;
-        let ca = args.ca.as_ref().context(
-            "a wss:// relay needs --ca FILE (the PEM certificate that signs the relay's)",
-        )?;
-        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(&pem) {
-            let c = c.map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?;
-            roots
-                .add(c)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?;
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| anyhow::anyhow!("TLS setup: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        cc.tls = Some(Arc::new(tls));
+        // A pinned CA when given; otherwise the system's trust store.
+        cc.tls = Some(match &args.ca {
+            Some(ca) => {
+                crate::tls::client_config_with_ca(ca).map_err(|e| anyhow::anyhow!("--ca: {e}"))?
+            }
+            None => crate::tls::client_config().map_err(anyhow::Error::msg)?,
+        });
     }
     Ok(cc)
 }
@@ -817,6 +808,24 @@ fn run_operator_inner(args: OperatorArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    for (flag, addr) in [
+        ("--doip-listen", args.doip_listen),
+        ("--socketcand-listen", args.socketcand_listen),
+    ] {
+        let Some(a) = addr else { continue };
+        if a.ip().is_loopback() {
+            continue;
+        }
+        if !args.listen_any {
+            anyhow::bail!(
+                "{flag} {a} would let anyone on that network reach the remote car; use 127.0.0.1:{} (the default choice), or add --listen-any if that is what you want",
+                a.port()
+            );
+        }
+        eprintln!(
+            "obdgw operator: WARNING: {flag} {a} is not loopback (--listen-any): anyone who reaches it can talk to the remote car, within the gateway's policy"
+        );
+    }
     let cc = client_config(&args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -270,7 +270,7 @@ async fn bench_tunnel(args: TunnelBench) -> anyhow::Result<()> {
     let gw = Gateway::new(
         Some((car_addr, DoipClientConfig::default())),
         vec![("can0".to_string(), gw_port.clone())],
-        true,
+        super::policy::PolicyConfig::lab(),
     );
     let counters = gw.counters.clone();
     let s = stop.clone();

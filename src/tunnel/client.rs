@@ -125,7 +125,7 @@ pub enum Outgoing {
 pub enum ClientError {
     #[error("tunnel URL {url}: {why}")]
     Url { url: String, why: String },
-    #[error("tunnel session refused by the relay or peer: {0}")]
+    #[error("tunnel session refused by the relay at the hello: {0}")]
     Fatal(SessionError),
 }
 
@@ -137,7 +137,9 @@ enum Ended {
     Stop,
 }
 
-/// Run the session until `shutdown`, a `bye` from the peer, or a fatal authentication error.
+/// Run the session until `shutdown`, a `bye` from the peer, or the relay's refusal of the
+/// hello (authentication or version: the only error that ends it; anything malformed from the
+/// peer ends one connection, and the session resumes on the next).
 /// Records and control messages come from `from_app`; events go to `to_app` (bounded: a slow
 /// application slows the tunnel down instead of growing memory).
 pub async fn run(
@@ -291,6 +293,8 @@ pub fn session_url(base: &str, session: &str) -> String {
 }
 
 async fn connect(cfg: &ClientConfig, session: &str) -> Result<Conn, ConnectError> {
+    // Tokens and diagnostic traffic: plaintext only to loopback.
+    crate::tls::check_scheme(&cfg.url).map_err(ConnectError::Url)?;
     let mut req = session_url(&cfg.url, session)
         .as_str()
         .into_client_request()
@@ -329,7 +333,7 @@ async fn connect(cfg: &ClientConfig, session: &str) -> Result<Conn, ConnectError
         let stream = tokio_rustls::TlsConnector::from(tls)
             .connect(name, tcp)
             .await
-            .map_err(|e| ConnectError::Io(e.to_string()))?;
+            .map_err(|e| ConnectError::Io(crate::tls::handshake_error(&host, &e)))?;
         let (ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config()))
             .await
             .map_err(|e| ConnectError::Io(e.to_string()))?;
@@ -550,6 +554,9 @@ where
             _ = tokio::time::sleep_until(wake) => {}
             m = ws.next() => {
                 let now = Instant::now().into_std();
+                // Before `welcome`, only the relay speaks: its refusal of the hello is the
+                // one error that may end the session (the caller decides whether to retry).
+                let at_hello = session.link() == super::Link::Hello;
                 let r = match m {
                     Some(Ok(Message::Text(t))) => session.handle_text(now, &t),
                     Some(Ok(Message::Binary(b))) => session.handle_binary(now, b),
@@ -561,15 +568,27 @@ where
                 };
                 if let Err(e) = r {
                     let code = e.code();
-                    if !matches!(e, SessionError::Remote { .. }) {
+                    let remote = matches!(e, SessionError::Remote { .. });
+                    if remote && !at_hello {
+                        // A fatal-coded error after the hello comes from the peer (or a
+                        // relay forwarding it): it cannot end this endpoint's session. A peer
+                        // that really gives up closes its side; the relay then says so.
+                        tracing::warn!(error = %e, "tunnel peer sent an error; ignored (the session goes on)");
+                        session.note_peer_error();
+                        return Ok(None);
+                    }
+                    if !remote {
                         let _ = ws.send(Message::Text(Utf8Bytes::from(e.to_control().to_text()))).await;
                     }
                     let _ = ws.close(None).await;
                     session.disconnected(now);
-                    // Authentication and version problems do not heal by retrying.
-                    if matches!(code.0, 101..=103) {
+                    // The relay refused the hello: authentication and version problems do not
+                    // heal by retrying at once.
+                    if remote && matches!(code.0, 101..=103) {
                         return Err(ClientError::Fatal(e));
                     }
+                    // Malformed or wrong-version input: this connection ends, the session
+                    // resumes on the next one (replaying whatever was lost).
                     tracing::warn!(error = %e, "tunnel connection failed; reconnecting");
                     return Ok(Some(Ended::Retry { reached_peer: *reached_peer }));
                 }

@@ -19,6 +19,7 @@
 //! pending locally while it waits (see `crate::operator::tunnel`).
 
 use super::client::{self, ClientConfig, Outgoing};
+use super::policy::{PolicyConfig, PolicyHandle, RawTxGate, Refusal};
 use super::ports::{PortHub, Tap};
 use super::session::{Event, Session, SessionConfig};
 use crate::config::Secret;
@@ -44,8 +45,6 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Depth of each channel's inbound record queue (records from the operator).
-const CHANNEL_QUEUE: usize = 64;
 /// A raw mirror's frame queue on its port (frames beyond it are dropped and counted).
 const MIRROR_TAP_QUEUE: usize = 16 * 1024;
 /// The ISO-TP layer's frame queue on a port (lossless: a full queue backs up into the
@@ -83,9 +82,10 @@ pub struct TunnelConfig {
     /// CAN interfaces (names as in `[[can]]`) that raw mirror channels may open.
     #[serde(default)]
     pub can_interfaces: Vec<String>,
-    /// Whether operators may transmit raw frames on the bus (`allow_tx` channels).
-    #[serde(default = "default_true")]
-    pub allow_can_tx: bool,
+    /// What operators may do to the car through this box (`[tunnel.policy]`): raw transmit
+    /// (off by default), the ids ISO-TP may send on, rate limits and channel caps.
+    #[serde(default)]
+    pub policy: PolicyConfig,
     /// CAN-only ECUs reachable as DoIP logical addresses: a DoIP channel to `address` is
     /// served by ISO-TP on the entry's interface (which must be in `can_interfaces`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -99,10 +99,6 @@ pub struct TunnelConfig {
     /// session forever.
     #[serde(default = "default_keepalive_for_ms")]
     pub keepalive_for_ms: u64,
-}
-
-fn default_true() -> bool {
-    true
 }
 
 /// What a VIN mismatch between the ticket and the car does (`tunnel.vin_check`).
@@ -222,6 +218,27 @@ impl TunnelConfig {
             }
             if let Err(e) = m.resolve() {
                 out.push((format!("doip_map[{i}]"), e));
+            }
+        }
+        let policy_issues = self.policy.validate();
+        let policy_ok = policy_issues.is_empty();
+        out.extend(
+            policy_issues
+                .into_iter()
+                .map(|(k, m)| (format!("policy.{k}"), m)),
+        );
+        if policy_ok {
+            let policy = super::policy::Policy::new(self.policy.clone());
+            for (i, m) in self.doip_map.iter().enumerate() {
+                if let Err(r) = policy.check_diag(m.tx_id, m.extended_ids) {
+                    out.push((
+                        format!("doip_map[{i}].tx_id"),
+                        format!(
+                            "{}; add it to tunnel.policy.diag_ids or fix the entry",
+                            r.message
+                        ),
+                    ));
+                }
             }
         }
         if self.keepalive_every_ms > 0 && self.keepalive_every_ms < 100 {
@@ -394,9 +411,9 @@ pub struct Gateway<P> {
     pub doip: Option<(SocketAddr, DoipClientConfig)>,
     /// CAN ports by interface name (raw mirror and ISO-TP channels, the address map).
     pub can: Vec<(String, Arc<P>)>,
-    /// Whether `allow_tx` mirror channels are accepted, and whether their frames are still
-    /// sent: shared, so the daemon's reload changes it for open channels too.
-    pub allow_can_tx: Arc<std::sync::atomic::AtomicBool>,
+    /// The policy in force: shared, so the daemon's reload changes it for open channels
+    /// too, and so its refusal counters reach the status.
+    pub policy: Arc<PolicyHandle>,
     /// CAN-only ECUs served as DoIP logical addresses (they take precedence over the car's
     /// DoIP entity for their address).
     pub doip_map: Vec<MappedEcu>,
@@ -423,12 +440,12 @@ impl<P> Gateway<P> {
     pub fn new(
         doip: Option<(SocketAddr, DoipClientConfig)>,
         can: Vec<(String, Arc<P>)>,
-        allow_can_tx: bool,
+        policy: PolicyConfig,
     ) -> Self {
         Gateway {
             doip,
             can,
-            allow_can_tx: Arc::new(std::sync::atomic::AtomicBool::new(allow_can_tx)),
+            policy: PolicyHandle::new(policy),
             doip_map: Vec::new(),
             keepalive: Keepalive::default(),
             counters: Arc::new(GatewayCounters::default()),
@@ -519,6 +536,12 @@ pub fn isotp_config(params: &ChannelParams) -> Result<IsoTpConfig, String> {
 pub struct OpenError {
     pub code: ErrorCode,
     pub message: String,
+}
+
+impl From<Refusal> for OpenError {
+    fn from(r: Refusal) -> Self {
+        open_err(ErrorCode::POLICY_REFUSED, r.to_string())
+    }
 }
 
 fn open_err(code: ErrorCode, message: impl Into<String>) -> OpenError {
@@ -645,7 +668,14 @@ impl<P: CanPort> Gateway<P> {
                             channel: Some(channel),
                         },
                         None => {
-                            match self.open(channel, &params, &doip, &channels, &out, &mut ports) {
+                            let opened = self
+                                .policy
+                                .check_channels(channels.len())
+                                .map_err(OpenError::from)
+                                .and_then(|()| {
+                                    self.open(channel, &params, &doip, &channels, &out, &mut ports)
+                                });
+                            match opened {
                                 Ok(mut c) => {
                                     tracing::info!(channel, ?params, "tunnel channel opened");
                                     c.params = params;
@@ -772,12 +802,15 @@ impl<P: CanPort> Gateway<P> {
                 "channel 0 is reserved; use 1..=65535",
             ));
         }
-        let (tx, rx) = mpsc::channel(CHANNEL_QUEUE);
+        let policy = self.policy.get();
+        let (tx, rx) = mpsc::channel(usize::from(policy.config.channel_queue.max(1)));
         let stop = CancellationToken::new();
         let mut isotp_task = None;
         match params {
             ChannelParams::Doip { target, .. } => {
                 if let Some(m) = self.doip_map.iter().find(|m| m.address == *target) {
+                    self.policy
+                        .check_diag(m.isotp.tx_id.id(), m.isotp.tx_id.is_extended())?;
                     let handle = self.isotp_handle(ports, &m.interface, m.isotp.clone())?;
                     isotp_task = Some(tokio::spawn(isotp_channel(
                         channel,
@@ -837,12 +870,9 @@ impl<P: CanPort> Gateway<P> {
                         format!("interface {interface} is already mirrored on another channel"),
                     ));
                 }
-                if *allow_tx && !self.allow_can_tx.load(Ordering::Relaxed) {
-                    return Err(open_err(
-                        ErrorCode::BAD_CHANNEL_PARAMS,
-                        "this gateway does not let operators transmit (tunnel.allow_can_tx = false)",
-                    ));
-                }
+                // A channel that asks for transmit opens even when the policy forbids it:
+                // it is then read-only, and each frame the operator sends is refused (and
+                // counted) by the policy in force at that moment.
                 let tap = Arc::new(hub.subscribe_counted(
                     MIRROR_TAP_QUEUE,
                     false,
@@ -853,7 +883,7 @@ impl<P: CanPort> Gateway<P> {
                     tap,
                     filters.clone(),
                     *fd,
-                    allow_tx.then(|| self.allow_can_tx.clone()),
+                    allow_tx.then(|| self.policy.clone()),
                     rx,
                     out.clone(),
                     stop.clone(),
@@ -862,6 +892,8 @@ impl<P: CanPort> Gateway<P> {
             ChannelParams::Isotp { interface, .. } => {
                 let cfg =
                     isotp_config(params).map_err(|e| open_err(ErrorCode::BAD_CHANNEL_PARAMS, e))?;
+                self.policy
+                    .check_diag(cfg.tx_id.id(), cfg.tx_id.is_extended())?;
                 let handle = self.isotp_handle(ports, interface, cfg)?;
                 isotp_task = Some(tokio::spawn(isotp_channel(
                     channel,
@@ -1125,15 +1157,15 @@ fn closed(channel: u16, reason: &str) -> Outgoing {
 
 /// One raw CAN mirror channel: the port's frames (filtered) go out as sheddable records;
 /// frames from the operator go on the bus when the channel was opened with `allow_tx`
-/// (`Some`) and the gateway's policy still allows it (checked per frame: a reload that
-/// turns transmit off stops open channels too).
+/// (`Some`) and the gateway's policy allows that frame (checked per frame, with the policy
+/// in force: a reload that turns transmit off stops open channels too).
 #[allow(clippy::too_many_arguments)]
 async fn mirror_channel<P: CanPort>(
     channel: u16,
     port: Arc<Tap<P>>,
     filters: Vec<IdFilter>,
     fd: bool,
-    allow_tx: Option<Arc<std::sync::atomic::AtomicBool>>,
+    allow_tx: Option<Arc<PolicyHandle>>,
     mut input: mpsc::Receiver<RecordBody>,
     out: mpsc::Sender<Outgoing>,
     stop: CancellationToken,
@@ -1143,6 +1175,7 @@ async fn mirror_channel<P: CanPort>(
     let tx_stop = stop.clone();
     // Transmit in its own task so a slow bus never stalls mirroring.
     let tx_task = tokio::spawn(async move {
+        let mut gate = allow_tx.map(|p| RawTxGate::new(p, std::time::Instant::now()));
         loop {
             let body = tokio::select! {
                 _ = tx_stop.cancelled() => return,
@@ -1158,15 +1191,21 @@ async fn mirror_channel<P: CanPort>(
                     continue;
                 }
             };
-            let allowed = allow_tx.as_ref().map(|a| a.load(Ordering::Relaxed));
-            if allowed != Some(true) {
-                let why = if allowed.is_none() {
-                    "this channel was opened without allow_tx: frame not sent"
-                } else {
-                    "transmit is off at this gateway (tunnel.allow_can_tx = false): frame not sent"
-                };
-                let e = error_record(channel, ErrorCode::BAD_CHANNEL_PARAMS, why.into());
-                if tx_out.send(e).await.is_err() {
+            let verdict = match gate.as_mut() {
+                None => Err((
+                    ErrorCode::BAD_CHANNEL_PARAMS,
+                    "this channel was opened without allow_tx: frame not sent".to_string(),
+                )),
+                Some(g) => g
+                    .check(
+                        frame.id().id(),
+                        frame.id().is_extended(),
+                        std::time::Instant::now(),
+                    )
+                    .map_err(|r| (ErrorCode::POLICY_REFUSED, r.to_string())),
+            };
+            if let Err((code, why)) = verdict {
+                if tx_out.send(error_record(channel, code, why)).await.is_err() {
                     return;
                 }
                 continue;
@@ -1317,7 +1356,7 @@ pub fn build<P: CanPort>(
     let mut gw = Gateway::new(
         tunnel.doip_vehicle.map(|a| (a, doip.clone())),
         ports,
-        tunnel.allow_can_tx,
+        tunnel.policy.clone(),
     );
     gw.doip_map = doip_map;
     gw.keepalive = Keepalive {
@@ -1452,7 +1491,7 @@ can_interfaces = ["can0"]"#,
         assert_eq!(c.token.as_ref().unwrap().expose(), "gw-secret");
         assert_eq!(c.mode(), TunnelMode::Manual);
         assert_eq!(c.vin_check, VinCheck::Refuse);
-        assert!(c.allow_can_tx);
+        assert!(!c.policy.raw_tx, "raw transmit is off by default");
         assert!(!format!("{c:?}").contains("gw-secret"));
         assert!(
             toml::from_str::<TunnelConfig>(
@@ -1471,7 +1510,7 @@ can_interfaces = ["can0"]"#,
             vin_check: VinCheck::Refuse,
             doip_vehicle: None,
             can_interfaces: vec!["can9".into()],
-            allow_can_tx: true,
+            policy: PolicyConfig::default(),
             doip_map: vec![],
             keepalive_every_ms: 2_000,
             keepalive_for_ms: 60_000,
@@ -1597,7 +1636,7 @@ can_interfaces = ["can0"]"#,
             vin_check: VinCheck::Refuse,
             doip_vehicle: None,
             can_interfaces: vec!["obd".into(), "can9".into()],
-            allow_can_tx: true,
+            policy: PolicyConfig::default(),
             doip_map: vec![
                 entry(0x1000, "obd", 0x7E0),
                 entry(0x1000, "other", 0x7E1),
@@ -1615,6 +1654,7 @@ can_interfaces = ["can0"]"#,
                 "doip_map[1].address",
                 "doip_map[1].interface",
                 "doip_map[2]",
+                "doip_map[2].tx_id",
                 "keepalive_every_ms"
             ],
             "{issues:?}"
@@ -1635,8 +1675,12 @@ can_interfaces = ["can0"]"#,
     async fn turning_transmit_off_stops_open_channels_at_once() {
         let bus = crate::vehicle::can::vbus::VirtualBus::new("can0");
         let car = bus.port();
-        let gw = Gateway::new(None, vec![("can0".to_string(), Arc::new(bus.port()))], true);
-        let policy = gw.allow_can_tx.clone();
+        let gw = Gateway::new(
+            None,
+            vec![("can0".to_string(), Arc::new(bus.port()))],
+            PolicyConfig::lab(),
+        );
+        let policy = gw.policy.clone();
         let (ev_tx, ev_rx) = mpsc::channel(8);
         let (out_tx, mut out_rx) = mpsc::channel(8);
         let stop = CancellationToken::new();
@@ -1671,7 +1715,7 @@ can_interfaces = ["can0"]"#,
             .unwrap();
         assert_eq!(got.data(), [1]);
         // The policy changes (a reload): the next frame is refused, and nothing reaches the car.
-        policy.store(false, Ordering::Relaxed);
+        policy.set(PolicyConfig::default());
         ev_tx.send(frame(2)).await.unwrap();
         let o = tokio::time::timeout(Duration::from_secs(5), out_rx.recv())
             .await
@@ -1680,8 +1724,8 @@ can_interfaces = ["can0"]"#,
         match o {
             Outgoing::Record { rec, .. } => match rec.body {
                 RecordBody::Error(e) => {
-                    assert_eq!(e.code, ErrorCode::BAD_CHANNEL_PARAMS);
-                    assert!(e.message.contains("transmit is off"), "{}", e.message);
+                    assert_eq!(e.code, ErrorCode::POLICY_REFUSED);
+                    assert!(e.message.contains("tunnel.policy.raw_tx"), "{}", e.message);
                 }
                 other => panic!("{other:?}"),
             },
@@ -1693,6 +1737,7 @@ can_interfaces = ["can0"]"#,
                 .is_err(),
             "a refused frame reached the bus"
         );
+        assert_eq!(policy.refusals()[0], ("raw_tx", 1));
         stop.cancel();
         let _ = task.await;
     }
@@ -1703,7 +1748,10 @@ can_interfaces = ["can0"]"#,
         let gw = Gateway::new(
             None,
             vec![("can0".to_string(), Arc::new(bus.port()))],
-            false,
+            PolicyConfig {
+                max_channels: 3,
+                ..Default::default()
+            },
         );
         let (ev_tx, ev_rx) = mpsc::channel(8);
         let (out_tx, mut out_rx) = mpsc::channel(8);
@@ -1736,8 +1784,42 @@ can_interfaces = ["can0"]"#,
         // (the message also says the address is not mapped)
         let o = answer(&ev_tx, &mut out_rx, open(2, mirror("can1", false))).await;
         expect_error(o, ErrorCode::PORT_UNAVAILABLE, 2, "can0");
+        // Transmit asked while the policy forbids it: the mirror opens read-only, and a
+        // frame sent on it is refused by the rule.
         let o = answer(&ev_tx, &mut out_rx, open(3, mirror("can0", true))).await;
-        expect_error(o, ErrorCode::BAD_CHANNEL_PARAMS, 3, "allow_can_tx");
+        assert!(
+            matches!(o, Outgoing::Control(Control::Opened { channel: 3 })),
+            "{o:?}"
+        );
+        let rec = can_record(
+            3,
+            CanFrame::new(CanId::standard(0x7E0).unwrap(), &[2, 0x10, 3]).unwrap(),
+        );
+        match answer(&ev_tx, &mut out_rx, Event::Record(rec)).await {
+            Outgoing::Record {
+                rec:
+                    RecordRepr {
+                        channel: 3,
+                        body: RecordBody::Error(e),
+                        ..
+                    },
+                ..
+            } => {
+                assert_eq!(e.code, ErrorCode::POLICY_REFUSED);
+                assert!(e.message.contains("tunnel.policy.raw_tx"), "{}", e.message);
+            }
+            other => panic!("{other:?}"),
+        }
+        let o = answer(
+            &ev_tx,
+            &mut out_rx,
+            Event::Control(Control::Close { channel: 3 }),
+        )
+        .await;
+        assert!(
+            matches!(o, Outgoing::Control(Control::Closed { channel: 3, .. })),
+            "{o:?}"
+        );
         let o = answer(&ev_tx, &mut out_rx, open(0, mirror("can0", false))).await;
         expect_error(o, ErrorCode::BAD_CHANNEL_PARAMS, 0, "reserved");
         // A good open, idempotent; other parameters on the same channel are refused.
@@ -1772,6 +1854,9 @@ can_interfaces = ["can0"]"#,
         };
         let o = answer(&ev_tx, &mut out_rx, open(10, isotp("can0", 0xFFFF))).await;
         expect_error(o, ErrorCode::BAD_CHANNEL_PARAMS, 10, "tx_id 0xFFFF");
+        // An ISO-TP transmit id outside the diagnostic ids.
+        let o = answer(&ev_tx, &mut out_rx, open(14, isotp("can0", 0x123))).await;
+        expect_error(o, ErrorCode::POLICY_REFUSED, 14, "diag_ids");
         let o = answer(&ev_tx, &mut out_rx, open(11, isotp("can3", 0x7E0))).await;
         expect_error(o, ErrorCode::PORT_UNAVAILABLE, 11, "it offers: can0");
         let o = answer(&ev_tx, &mut out_rx, open(12, isotp("can0", 0x7E0))).await;
@@ -1795,6 +1880,28 @@ can_interfaces = ["can0"]"#,
         let o = answer(&ev_tx, &mut out_rx, open(13, isotp("can0", 0x7E1))).await;
         assert!(
             matches!(o, Outgoing::Control(Control::Opened { channel: 13 })),
+            "{o:?}"
+        );
+        // The channel cap (3): a third channel opens, a fourth is refused by the rule.
+        let mut third = isotp("can0", 0x7E2);
+        if let ChannelParams::Isotp { rx_id, .. } = &mut third {
+            *rx_id = 0x7EA;
+        }
+        let o = answer(&ev_tx, &mut out_rx, open(21, third)).await;
+        assert!(
+            matches!(o, Outgoing::Control(Control::Opened { channel: 21 })),
+            "{o:?}"
+        );
+        let o = answer(&ev_tx, &mut out_rx, open(22, mirror("can0", false))).await;
+        expect_error(o, ErrorCode::POLICY_REFUSED, 22, "max_channels");
+        let o = answer(
+            &ev_tx,
+            &mut out_rx,
+            Event::Control(Control::Close { channel: 21 }),
+        )
+        .await;
+        assert!(
+            matches!(o, Outgoing::Control(Control::Closed { channel: 21, .. })),
             "{o:?}"
         );
         // A record of the wrong kind on an ISO-TP channel.

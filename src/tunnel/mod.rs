@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod client;
 pub mod gateway;
+pub mod policy;
 pub mod ports;
 pub mod session;
 

@@ -226,6 +226,8 @@ pub struct SessionStats {
     pub shed: u64,
     pub refused_full: u64,
     pub reconnects: u64,
+    /// Fatal-coded errors the peer sent after the hello, ignored (see `client::run`).
+    pub peer_errors_ignored: u64,
 }
 
 /// One endpoint's tunnel session. See the module documentation.
@@ -502,6 +504,11 @@ impl Session {
     /// Channel requests still waiting for an answer.
     pub fn unanswered_requests(&self) -> usize {
         self.unanswered.len()
+    }
+
+    /// Count an error from the peer that was ignored.
+    pub fn note_peer_error(&mut self) {
+        self.stats.peer_errors_ignored += 1;
     }
 
     /// Ask the session to end: sends `bye` when attached.

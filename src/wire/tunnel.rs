@@ -843,6 +843,7 @@ impl ErrorCode {
     pub const DOIP_NACK: ErrorCode = ErrorCode(207);
     pub const CAN_BUS_OFF: ErrorCode = ErrorCode(208);
     pub const SEND_FAILED: ErrorCode = ErrorCode(209);
+    pub const POLICY_REFUSED: ErrorCode = ErrorCode(210);
     // 3xx: limits
     pub const SESSION_LIMIT: ErrorCode = ErrorCode(300);
     pub const RATE_LIMIT: ErrorCode = ErrorCode(301);
@@ -880,6 +881,7 @@ impl ErrorCode {
             207 => "doip_nack",
             208 => "can_bus_off",
             209 => "send_failed",
+            210 => "policy_refused",
             300 => "session_limit",
             301 => "rate_limit",
             302 => "replay_overflow",

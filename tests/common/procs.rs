@@ -295,3 +295,37 @@ pub async fn start_car(procs: &mut Procs, bus: &str, vin: &str, can_only: bool) 
         .await;
     vehicle_side
 }
+
+/// A session as the cloud simulator at `base_url` makes one: the demo connector's login
+/// token (the gateway's relay token), a ticket for `vin`, joined by an operator through the
+/// admin interface. Returns `(ticket, session, gateway_token, operator_token)`.
+pub async fn join_ticket(
+    procs: &mut Procs,
+    base_url: &str,
+    vin: &str,
+) -> (i64, String, String, String) {
+    let api = obdgw::sim::cloud::demo_client(base_url).unwrap();
+    let gateway_token = match api.bearer().await {
+        Ok(t) => t,
+        Err(e) => procs.fail(&format!("connector login at {base_url}: {e}")),
+    };
+    let ticket = match api
+        .create_ticket(&obdgw::sim::cloud::demo_ticket(vin))
+        .await
+    {
+        Ok(t) => t.id,
+        Err(e) => procs.fail(&format!("creating a ticket: {e}")),
+    };
+    let http = obdgw::tls::http_client(Duration::from_secs(10)).unwrap();
+    let joined: serde_json::Value = match http
+        .post(format!("{base_url}/admin/tickets/{ticket}/join"))
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => r.json().await.unwrap(),
+        other => procs.fail(&format!("admin join of ticket {ticket}: {other:?}")),
+    };
+    let session = joined["connection_uuid"].as_str().unwrap().to_string();
+    let operator_token = joined["operator_token"].as_str().unwrap().to_string();
+    (ticket, session, gateway_token, operator_token)
+}
