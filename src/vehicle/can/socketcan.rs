@@ -492,6 +492,11 @@ impl SocketCanPort {
                 _ = sh.closed.cancelled() => return,
                 _ = tokio::time::sleep_until(at) => {}
             }
+            if *sh.state_tx.borrow() != BusState::BusOff {
+                // back meanwhile (restarted by hand): nothing to do
+                sh.restart_in_flight.store(false, Ordering::Release);
+                return;
+            }
             let name = sh.name.clone();
             let result = tokio::task::spawn_blocking(move || {
                 socketcan::nl::CanInterface::open(&name).and_then(|i| i.restart())
