@@ -309,6 +309,74 @@ async fn error_frames_decode_into_bus_state() {
 }
 
 #[tokio::test]
+async fn bus_off_restarts_stop_at_the_hourly_limit() {
+    if !can_available("bus_off_restarts_stop_at_the_hourly_limit") {
+        return;
+    }
+    make_vcan("ovc-lim");
+    // one restart an hour: the second bus-off within the hour is left alone
+    let port = SocketCanPort::open(
+        "ovc-lim",
+        SocketCanOptions {
+            busoff_restarts_per_hour: 1,
+            ..SocketCanOptions::default()
+        },
+    )
+    .unwrap();
+    let mut n = 0u8;
+    let mut inject = |class: u32| {
+        let (id, data) = ErrorFrame {
+            class,
+            ..ErrorFrame::default()
+        }
+        .encode();
+        write_raw("ovc-lim", id, data);
+        n += 1;
+        write_raw("ovc-lim", 0x321, [n; 8]);
+        n
+    };
+
+    // The first bus-off: a restart after the first backoff (100 ms). A vcan cannot be
+    // restarted through netlink, so recovery is then reported as blocked.
+    let m = inject(errframe::CAN_ERR_BUSOFF);
+    let started = std::time::Instant::now();
+    assert_eq!(recv(&port).await.data(), &[m; 8]);
+    assert_eq!(port.bus_state(), BusState::BusOff);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !port.stats().recovery_blocked {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("no restart attempt");
+    let took = started.elapsed();
+    eprintln!("bus-off to the first restart attempt: {took:?}");
+    assert!(took >= Duration::from_millis(100), "{took:?}: no backoff");
+    assert!(!port.stats().restart_limit_reached);
+
+    // Back up (as after an operator's restart), then bus-off again within the hour.
+    let m = inject(errframe::CAN_ERR_RESTARTED);
+    assert_eq!(recv(&port).await.data(), &[m; 8]);
+    assert_eq!(port.bus_state(), BusState::ErrorActive);
+    assert!(!port.stats().recovery_blocked);
+    let m = inject(errframe::CAN_ERR_BUSOFF);
+    assert_eq!(recv(&port).await.data(), &[m; 8]);
+    let s = port.stats();
+    assert_eq!(s.bus_off, 2);
+    assert!(s.restart_limit_reached, "{s:?}");
+    // no restart is attempted: recovery is not "blocked", it is stopped on purpose
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = port.stats();
+    assert!(!s.recovery_blocked && s.restart_limit_reached, "{s:?}");
+    assert_eq!(s.busoff_restarts, 0);
+
+    // The operator restarts it by hand: the flag clears.
+    let m = inject(errframe::CAN_ERR_RESTARTED);
+    assert_eq!(recv(&port).await.data(), &[m; 8]);
+    assert!(!port.stats().restart_limit_reached);
+}
+
+#[tokio::test]
 async fn interface_settings_need_a_real_controller() {
     if !can_available("interface_settings_need_a_real_controller") {
         return;

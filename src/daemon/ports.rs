@@ -6,7 +6,8 @@
 //! state (bus-off shows as degraded).
 //!
 //! Does not own: reading frames (the session's channels do) or bus-off recovery (the
-//! SocketCAN backend and the kernel's `restart-ms`).
+//! SocketCAN backend and the kernel's `restart-ms`); it only shows when the backend has
+//! stopped restarting (`restart_limit_reached`).
 
 use super::health::{ComponentState, Heartbeat};
 use super::state::{PortSlot, Shared};
@@ -66,12 +67,21 @@ pub async fn run(
                         _ = stop.cancelled() => return,
                         _ = tick.tick() => {}
                     }
-                    let st = port.stats().state;
+                    let stats = port.stats();
+                    let st = stats.state;
                     if st != last {
                         tracing::warn!(can = %name, from = last.name(), to = st.name(), "CAN bus state changed");
                         last = st;
                     }
-                    if st == BusState::BusOff {
+                    if st == BusState::BusOff && stats.restart_limit_reached {
+                        hb.set(
+                            ComponentState::Degraded,
+                            format!(
+                                "{0} is bus-off; restart limit reached (busoff_restarts_per_hour): check the bitrate, then restart it with `ip link set {0} type can restart`",
+                                cfg.interface
+                            ),
+                        );
+                    } else if st == BusState::BusOff {
                         hb.set(
                             ComponentState::Degraded,
                             format!("{} is bus-off", cfg.interface),

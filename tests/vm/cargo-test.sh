@@ -1,7 +1,8 @@
 #!/bin/bash
 # cargo-test.sh [CARGO ARGS...] [-- TEST ARGS...]: run every tests/socketcan*.rs target in
 # ONE boot of the CAN guest, with TEST_OBDGW_REQUIRE_CAN=1 and OBDGW_REQUIRE_CAN=1 (a test
-# that finds no AF_CAN must fail; OBDGW_REQUIRE_CAN is not a configuration key).
+# that finds no AF_CAN must fail; OBDGW_REQUIRE_CAN is not a configuration key), and
+# OBDGW_VM_MODULES naming a directory of extra guest kernel modules (see below).
 #
 # The test binaries are built on the host (`cargo test --no-run --message-format=json`,
 # extra CARGO ARGS such as --release are passed on), then run one after another inside the
@@ -52,10 +53,29 @@ fi
 # The batch script runs inside the guest; it lives in the target dir, which is shared.
 tdir=${CARGO_TARGET_DIR:-$ROOT/target}
 mkdir -p "$tdir"
+
+# Kernel modules that tests load themselves (busybox insmod), taken once from the guest
+# kernel's package that build.sh keeps: sch_plug, a qdisc that holds frames as a controller
+# nobody acknowledges does (tests/socketcan_txdeadline.rs). OBDGW_VM_MODULES names the
+# directory in the guest.
+canvm=${CANVM_DIR:-$tdir/canvm}
+kv=$(cat "$canvm/kernel-version" 2>/dev/null || true)
+vm_modules=$canvm/modules/$kv
+if [ -n "$kv" ] && [ ! -f "$vm_modules/sch_plug.ko" ]; then
+    deb=$(ls "$canvm"/debs/linux-image-"$kv"_*.deb 2>/dev/null | head -1 || true)
+    if [ -n "$deb" ]; then
+        mkdir -p "$vm_modules"
+        dpkg-deb --fsys-tarfile "$deb" |
+            tar -x -C "$vm_modules" --strip-components=7 --wildcards './lib/modules/*/kernel/net/sched/sch_plug.ko*' ||
+            echo "tests/vm/cargo-test.sh: sch_plug not found in $deb" >&2
+        [ ! -f "$vm_modules/sch_plug.ko.xz" ] || xz -df "$vm_modules/sch_plug.ko.xz"
+    fi
+fi
 batch=$(mktemp "$tdir/obdgw-vm-batch.XXXXXX")
 trap 'rm -f "$batch"' EXIT
 {
     echo 'export TEST_OBDGW_REQUIRE_CAN=1 OBDGW_REQUIRE_CAN=1'
+    printf 'export OBDGW_VM_MODULES=%q\n' "$vm_modules"
     echo 'failed=0'
     while IFS=$'\t' read -r dir exe; do
         printf 'echo "     Running %s (in the CAN guest)"\n' "$exe"

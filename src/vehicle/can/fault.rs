@@ -13,6 +13,12 @@
 //! it waits as long as the traffic does). Receiving is cancel-safe: a frame delayed or held
 //! is kept in the injector, never lost, when a `recv` future is dropped. Dropped, corrupted,
 //! reordered and delayed frames are counted ([`FaultStats`]).
+//!
+//! One more fault models a bus where nobody acknowledges this port's frames (an ECU off, a
+//! wrong bitrate, a cable off): its transmit queue is full, so a send waits for the
+//! injector's transmit deadline (`tx_timeout`, as a SocketCAN port's) and fails with
+//! [`CanError::TxTimeout`], sending nothing. It can be switched on and off while sends wait
+//! ([`FaultInjector::set_tx_unacked`]); switching it off lets waiting sends through.
 
 use super::timing::BusTiming;
 use super::{CanAnyFrame, CanError, CanPort, CanPortStats};
@@ -20,6 +26,7 @@ use crate::router::frame::{CanFdFrame, CanFrame, CanId};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// How late a frame may be found and still count as back-to-back on a rate-limited bus.
@@ -56,7 +63,7 @@ impl Faults {
 }
 
 /// What to inject, in both directions.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FaultConfig {
     /// Seed of the decisions; the same seed and traffic give the same faults.
     pub seed: u64,
@@ -64,6 +71,23 @@ pub struct FaultConfig {
     pub tx: Faults,
     /// Faults on frames this port receives.
     pub rx: Faults,
+    /// Nobody acknowledges this port's frames: every send waits `tx_timeout` and fails with
+    /// [`CanError::TxTimeout`] (see the module docs).
+    pub tx_unacked: bool,
+    /// The transmit deadline while `tx_unacked` (default [`super::tx::DEFAULT_TX_TIMEOUT`]).
+    pub tx_timeout: Duration,
+}
+
+impl Default for FaultConfig {
+    fn default() -> Self {
+        FaultConfig {
+            seed: 0,
+            tx: Faults::NONE,
+            rx: Faults::NONE,
+            tx_unacked: false,
+            tx_timeout: super::tx::DEFAULT_TX_TIMEOUT,
+        }
+    }
 }
 
 /// Counters of injected faults.
@@ -73,6 +97,8 @@ pub struct FaultStats {
     pub corrupted: u64,
     pub reordered: u64,
     pub delayed: u64,
+    /// Sends that failed for the `tx_unacked` fault.
+    pub tx_timeouts: u64,
 }
 
 /// SplitMix64: small, fast, good enough for fault decisions, and reproducible everywhere.
@@ -138,6 +164,7 @@ struct Counters {
     corrupted: AtomicU64,
     reordered: AtomicU64,
     delayed: AtomicU64,
+    tx_timeouts: AtomicU64,
 }
 
 /// A [`CanPort`] that injects faults into another one.
@@ -148,6 +175,8 @@ pub struct FaultInjector<P> {
     tx: Mutex<Lane>,
     rx: Mutex<Lane>,
     counters: Counters,
+    /// The `tx_unacked` fault, switchable while sends wait on it.
+    unacked: watch::Sender<bool>,
 }
 
 fn lock(m: &Mutex<Lane>) -> std::sync::MutexGuard<'_, Lane> {
@@ -199,9 +228,16 @@ impl<P: CanPort> FaultInjector<P> {
             tx: Mutex::new(Lane::new(cfg.seed)),
             // a different stream for rx, so tx traffic does not shift rx decisions
             rx: Mutex::new(Lane::new(cfg.seed ^ 0xA5A5_A5A5_5A5A_5A5A)),
+            unacked: watch::Sender::new(cfg.tx_unacked),
             cfg,
             counters: Counters::default(),
         }
+    }
+
+    /// Switch the "nobody acknowledges" fault on or off. Switching it off lets sends that
+    /// are waiting through.
+    pub fn set_tx_unacked(&self, on: bool) {
+        self.unacked.send_replace(on);
     }
 
     /// The wrapped port.
@@ -216,6 +252,7 @@ impl<P: CanPort> FaultInjector<P> {
             corrupted: c.corrupted.load(Ordering::Relaxed),
             reordered: c.reordered.load(Ordering::Relaxed),
             delayed: c.delayed.load(Ordering::Relaxed),
+            tx_timeouts: c.tx_timeouts.load(Ordering::Relaxed),
         }
     }
 
@@ -291,6 +328,22 @@ impl<P: CanPort> CanPort for FaultInjector<P> {
     }
 
     async fn send(&self, frame: CanAnyFrame) -> Result<(), CanError> {
+        if *self.unacked.borrow() {
+            // The queue is full until somebody acknowledges (the fault is switched off).
+            let mut acked = self.unacked.subscribe();
+            let through = matches!(
+                tokio::time::timeout(self.cfg.tx_timeout, acked.wait_for(|on| !*on)).await,
+                Ok(Ok(_))
+            );
+            if !through {
+                Self::count(&self.counters.tx_timeouts);
+                return Err(CanError::TxTimeout {
+                    iface: self.inner.name().to_string(),
+                    timeout: self.cfg.tx_timeout,
+                    retries: 0,
+                });
+            }
+        }
         let now = Instant::now();
         let out = {
             let mut lane = lock(&self.tx);
@@ -334,6 +387,7 @@ impl<P: CanPort> CanPort for FaultInjector<P> {
     fn stats(&self) -> CanPortStats {
         let mut s = self.inner.stats();
         s.rx_dropped += self.counters.dropped.load(Ordering::Relaxed);
+        s.tx_timeouts += self.counters.tx_timeouts.load(Ordering::Relaxed);
         s
     }
 }
@@ -489,6 +543,100 @@ mod tests {
             "{waited:?}"
         );
         assert_eq!(rx.fault_stats().delayed, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unacked_transmit_fails_at_the_deadline() {
+        let bus = VirtualBus::new("f");
+        let tx = FaultInjector::new(
+            bus.port(),
+            FaultConfig {
+                tx_unacked: true,
+                tx_timeout: Duration::from_millis(150),
+                ..FaultConfig::default()
+            },
+        );
+        let rx = bus.port();
+        for _ in 0..3 {
+            let start = Instant::now();
+            let e = tx.send(frame(1)).await.unwrap_err();
+            // paused time: exactly the deadline, give or take the timer's 1 ms grid
+            let took = start.elapsed();
+            assert!(
+                took >= Duration::from_millis(150) && took <= Duration::from_millis(151),
+                "{took:?}"
+            );
+            let CanError::TxTimeout {
+                iface,
+                timeout,
+                retries,
+            } = &e
+            else {
+                panic!("{e:?}")
+            };
+            assert_eq!(iface, tx.name());
+            assert_eq!(*timeout, Duration::from_millis(150));
+            assert_eq!(*retries, 0);
+            assert!(e.to_string().contains("150 ms"), "{e}");
+        }
+        assert!(rx.try_recv().is_none(), "nothing reached the bus");
+        assert_eq!(tx.fault_stats().tx_timeouts, 3);
+        assert_eq!(tx.stats().tx_timeouts, 3);
+        assert_eq!(tx.stats().tx_frames, 0);
+        // the fault goes away: frames get through at once
+        tx.set_tx_unacked(false);
+        let start = Instant::now();
+        tx.send(frame(2)).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(rx.try_recv().unwrap().data(), &[2; 8]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn acknowledging_again_releases_a_waiting_send() {
+        let bus = VirtualBus::new("f");
+        let tx = std::sync::Arc::new(FaultInjector::new(
+            bus.port(),
+            FaultConfig {
+                tx_unacked: true,
+                ..FaultConfig::default()
+            },
+        ));
+        let rx = bus.port();
+        let start = Instant::now();
+        let sender = {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.send(frame(3)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tx.set_tx_unacked(false);
+        sender.await.unwrap().unwrap();
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(50) && took <= Duration::from_millis(51),
+            "{took:?}"
+        );
+        assert_eq!(rx.try_recv().unwrap().data(), &[3; 8]);
+        assert_eq!(tx.fault_stats().tx_timeouts, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_a_waiting_send_is_immediate() {
+        let bus = VirtualBus::new("f");
+        let tx = FaultInjector::new(
+            bus.port(),
+            FaultConfig {
+                tx_unacked: true,
+                tx_timeout: Duration::from_secs(60),
+                ..FaultConfig::default()
+            },
+        );
+        let start = Instant::now();
+        let cut = tokio::time::timeout(Duration::from_millis(5), tx.send(frame(4))).await;
+        assert!(cut.is_err());
+        assert!(start.elapsed() <= Duration::from_millis(6));
+        // the cancelled send neither counted nor sent anything
+        assert_eq!(tx.fault_stats().tx_timeouts, 0);
+        assert_eq!(tx.stats().tx_frames, 0);
     }
 
     #[tokio::test(start_paused = true)]

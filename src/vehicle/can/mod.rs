@@ -7,7 +7,10 @@
 //! - [`vbus`]: an in-process virtual bus (tests, demo);
 //! - [`simbus`]: a cross-process loopback bus over a unix socket (`sim:NAME`);
 //! - middleware over any port: [`fault`] (fault injector) and [`recorder`] (candump logs);
-//! - [`open_port`]: an interface spec (`can0`, `sim:car`) to an opened [`AnyCanPort`].
+//! - [`open_port`]: an interface spec (`can0`, `sim:car`) to an opened [`AnyCanPort`];
+//! - the sans-IO policies the backends share: [`tx`] (the transmit deadline and the retry
+//!   schedule on a full transmit queue) and [`restart`] (bus-off restarts with backoff and
+//!   an hourly limit).
 //!
 //! Does not own: ISO-TP (see `crate::vehicle::isotp`) or routing.
 
@@ -18,9 +21,11 @@ pub mod fault;
 pub mod kfilter;
 mod open;
 pub mod recorder;
+pub mod restart;
 pub mod simbus;
 pub mod socketcan;
 pub mod timing;
+pub mod tx;
 pub mod vbus;
 
 pub use config::CanInterfaceConfig;
@@ -74,6 +79,19 @@ pub enum CanError {
     /// The port was closed.
     #[error("CAN port {0} is closed")]
     Closed(String),
+    /// The frame was not taken for transmission before the port's deadline
+    /// (`tx_timeout_ms`): the transmit queue stayed full. The frame was not sent.
+    #[error(
+        "CAN interface {iface}: frame not sent: the transmit queue stayed full for {} ms ({retries} retries); on a real bus this means no node acknowledges frames (check the bitrate, the termination and that an ECU is powered)",
+        timeout.as_millis()
+    )]
+    TxTimeout {
+        iface: String,
+        /// The deadline that passed.
+        timeout: std::time::Duration,
+        /// Attempts repeated after the queue was found full (`ENOBUFS`).
+        retries: u32,
+    },
     /// An interface spec or setting is unusable.
     #[error("CAN interface `{spec}`: {reason}")]
     Invalid { spec: String, reason: String },
@@ -95,7 +113,10 @@ pub trait CanPort: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// Whether the port can carry CAN FD frames.
     fn fd_capable(&self) -> bool;
-    /// Send one frame; waits while the transmit queue is full.
+    /// Send one frame; waits while the transmit queue is full, but never beyond the port's
+    /// transmit deadline (see [`tx`]): then it fails with [`CanError::TxTimeout`] and the
+    /// frame is not sent. Dropping the future stops the wait at once (shutdown never waits
+    /// for a bus).
     fn send(&self, frame: CanAnyFrame) -> impl Future<Output = Result<(), CanError>> + Send;
     /// Receive the next frame.
     fn recv(&self) -> impl Future<Output = Result<CanAnyFrame, CanError>> + Send;
@@ -126,6 +147,16 @@ pub struct CanPortStats {
     pub state: BusState,
     /// Bus-off recovery needs the operator: no `restart-ms` and no CAP_NET_ADMIN to restart.
     pub recovery_blocked: bool,
+    /// Sends that failed with [`CanError::TxTimeout`]: the transmit queue stayed full for
+    /// the port's whole deadline.
+    pub tx_timeouts: u64,
+    /// Writes repeated because the transmit queue was full (`ENOBUFS`; SocketCAN only).
+    pub tx_enobufs_retries: u64,
+    /// Controller restarts obdgw asked for after bus-off (SocketCAN without `restart-ms`).
+    pub busoff_restarts: u64,
+    /// obdgw stopped restarting the controller: `busoff_restarts_per_hour` was reached.
+    /// The bus stays off until an operator restarts it (see [`restart`]).
+    pub restart_limit_reached: bool,
 }
 
 /// Lock-free counters a backend updates on its data path.
@@ -137,6 +168,9 @@ pub struct PortCounters {
     pub overruns: AtomicU64,
     pub error_frames: AtomicU64,
     pub bus_off: AtomicU64,
+    pub tx_timeouts: AtomicU64,
+    pub tx_enobufs_retries: AtomicU64,
+    pub busoff_restarts: AtomicU64,
 }
 
 impl PortCounters {
@@ -145,7 +179,8 @@ impl PortCounters {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The counters, with `state` and `recovery_blocked` at their defaults.
+    /// The counters, with `state`, `recovery_blocked` and `restart_limit_reached` at their
+    /// defaults.
     pub fn snapshot(&self) -> CanPortStats {
         CanPortStats {
             rx_frames: self.rx_frames.load(Ordering::Relaxed),
@@ -154,6 +189,9 @@ impl PortCounters {
             overruns: self.overruns.load(Ordering::Relaxed),
             error_frames: self.error_frames.load(Ordering::Relaxed),
             bus_off: self.bus_off.load(Ordering::Relaxed),
+            tx_timeouts: self.tx_timeouts.load(Ordering::Relaxed),
+            tx_enobufs_retries: self.tx_enobufs_retries.load(Ordering::Relaxed),
+            busoff_restarts: self.busoff_restarts.load(Ordering::Relaxed),
             ..CanPortStats::default()
         }
     }

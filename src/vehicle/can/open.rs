@@ -112,6 +112,8 @@ pub async fn open_port_with(cfg: &CanInterfaceConfig) -> Result<AnyCanPort, CanE
                 bitrate: cfg.bitrate,
                 data_bitrate: cfg.data_bitrate,
                 restart_ms: cfg.restart_ms,
+                busoff_restarts_per_hour: cfg.busoff_restarts_per_hour(),
+                tx_timeout: cfg.tx_timeout(),
                 ..SocketCanOptions::default()
             };
             Ok(AnyCanPort::SocketCan(SocketCanPort::open(&name, opts)?))
@@ -121,6 +123,7 @@ pub async fn open_port_with(cfg: &CanInterfaceConfig) -> Result<AnyCanPort, CanE
                 rx_capacity: cfg.rx_queue,
                 filters,
                 fd: cfg.fd,
+                tx_timeout: cfg.tx_timeout(),
                 ..SimBusOptions::default()
             };
             Ok(AnyCanPort::Sim(SimPort::open(&name, opts).await?))

@@ -29,7 +29,9 @@
 //!   (frames arriving at a full queue are dropped and counted) and applies its id filters on
 //!   receipt; the hub keeps a bounded queue per node and drops (and counts) frames for a
 //!   node that does not keep up, so one stalled process cannot stall the bus. Sending waits
-//!   while the node's bounded transmit queue is full (e.g. while the hub changes).
+//!   while the node's bounded transmit queue is full (e.g. while the hub changes), but no
+//!   longer than the node's transmit deadline (`tx_timeout`, see [`super::tx`]): then the
+//!   send fails with [`CanError::TxTimeout`] and counts in `tx_timeouts`, as on SocketCAN.
 //! - Like SocketCAN, a node does not receive its own frames unless it asks for loopback.
 
 use super::vbus::RxQueue;
@@ -514,6 +516,8 @@ pub struct SimBusOptions {
     pub loopback: bool,
     /// Directory of the bus sockets; [`sim_dir`] when absent.
     pub dir: Option<PathBuf>,
+    /// How long one send may wait while the transmit queue toward the hub is full.
+    pub tx_timeout: Duration,
 }
 
 impl Default for SimBusOptions {
@@ -524,6 +528,7 @@ impl Default for SimBusOptions {
             fd: true,
             loopback: false,
             dir: None,
+            tx_timeout: super::tx::DEFAULT_TX_TIMEOUT,
         }
     }
 }
@@ -545,6 +550,8 @@ pub struct SimPort {
     shared: Arc<NodeShared>,
     tx: mpsc::Sender<Packet>,
     loopback: bool,
+    /// The transmit deadline of one send.
+    tx_timeout: Duration,
     cancel: CancellationToken,
     hub_counters: Arc<HubCounters>,
 }
@@ -626,6 +633,7 @@ impl SimPort {
             shared,
             tx,
             loopback: opts.loopback,
+            tx_timeout: opts.tx_timeout,
             cancel,
             hub_counters,
         })
@@ -779,10 +787,18 @@ impl CanPort for SimPort {
             return Err(CanError::FdNotSupported(self.shared.name.clone()));
         }
         let p = Packet::from_frame(&frame);
-        self.tx
-            .send(p)
-            .await
-            .map_err(|_| CanError::Closed(self.shared.name.clone()))?;
+        match tokio::time::timeout(self.tx_timeout, self.tx.send(p)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(CanError::Closed(self.shared.name.clone())),
+            Err(_) => {
+                PortCounters::add(&self.shared.counters.tx_timeouts, 1);
+                return Err(CanError::TxTimeout {
+                    iface: self.shared.name.clone(),
+                    timeout: self.tx_timeout,
+                    retries: 0,
+                });
+            }
+        }
         PortCounters::add(&self.shared.counters.tx_frames, 1);
         if self.loopback {
             deliver(&self.shared, &p);
@@ -1047,6 +1063,64 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(n, 0, "no hello for a stranger: the connection is closed");
+    }
+
+    #[tokio::test]
+    async fn a_hub_that_never_reads_costs_a_sender_its_deadline_only() {
+        // A "hub" that answers the hello and then never reads: the node's socket buffer and
+        // transmit queue fill, and then every send waits for its deadline and fails.
+        let dir = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(dir.path().join("sim-stuck.sock")).unwrap();
+        let hub = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            read_hello(&mut s).await.unwrap();
+            s.write_all(HELLO).await.unwrap();
+            // hold the connection without reading
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            drop(s);
+        });
+        let deadline = Duration::from_millis(50);
+        let port = SimPort::open(
+            "stuck",
+            SimBusOptions {
+                tx_timeout: deadline,
+                ..opts(dir.path())
+            },
+        )
+        .await
+        .unwrap();
+        let f: CanAnyFrame = CanFrame::new(CanId::standard(0x7E0).unwrap(), &[0x55; 8])
+            .unwrap()
+            .into();
+        let mut sent = 0u64;
+        let failed = loop {
+            let start = tokio::time::Instant::now();
+            match port.send(f).await {
+                Ok(()) => sent += 1,
+                Err(e) => break (e, start.elapsed()),
+            }
+            assert!(sent < 1_000_000, "the queue never filled");
+        };
+        let (e, took) = failed;
+        assert!(matches!(e, CanError::TxTimeout { .. }), "{e:?}");
+        assert!(
+            took >= deadline && took < deadline + Duration::from_millis(500),
+            "{took:?}"
+        );
+        assert_eq!(port.stats().tx_timeouts, 1);
+        assert_eq!(port.stats().tx_frames, sent);
+        // a second send fails the same way, after the same wait
+        let start = tokio::time::Instant::now();
+        assert!(matches!(
+            port.send(f).await,
+            Err(CanError::TxTimeout { .. })
+        ));
+        assert!(start.elapsed() < deadline + Duration::from_millis(500));
+        // leaving the bus does not wait for the stuck queue
+        let start = tokio::time::Instant::now();
+        drop(port);
+        assert!(start.elapsed() < Duration::from_millis(100));
+        hub.abort();
     }
 
     #[test]

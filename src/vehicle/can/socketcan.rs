@@ -11,14 +11,27 @@
 //! Does not own: ISO-TP over the kernel's `CAN_ISOTP` socket, nor the error-frame layout (see
 //! [`super::errframe`]) or filter translation (see [`super::kfilter`]).
 //!
+//! Transmit: a send waits while the interface's transmit queue is full (`ENOBUFS`, retried
+//! on the schedule of [`super::tx::TxRetry`], each retry counted in `tx_enobufs_retries`) or
+//! while the socket's send buffer is full (`EAGAIN`, waiting for writability), but never
+//! beyond the port's deadline (`tx_timeout`): then it fails with [`CanError::TxTimeout`],
+//! counted in `tx_timeouts`. The first timeout after a successful send is logged as a
+//! warning, the rest at debug level until the queue drains again.
+//!
 //! Bus-off: when an error frame reports bus-off, the port counts it, logs it and recovers:
-//! with `restart_ms` configured the kernel restarts the controller by itself; otherwise the
-//! port asks for a restart through netlink, which needs CAP_NET_ADMIN. Without it, the port
-//! logs what the operator must do and sets `recovery_blocked` in its stats until the
-//! controller reports error-active again.
+//! with `restart_ms` configured the kernel restarts the controller by itself (after that
+//! delay, every time, without a limit); otherwise the port restarts it through netlink,
+//! which needs CAP_NET_ADMIN, when [`super::restart::RestartPolicy`] says: after a backoff,
+//! and at most `busoff_restarts_per_hour` times an hour. Beyond that the port stops
+//! restarting, logs once what to check and how to restart by hand, and sets
+//! `restart_limit_reached` in its stats. Without CAP_NET_ADMIN, the port logs what the
+//! operator must do and sets `recovery_blocked`. Both flags clear when the controller
+//! reports error-active again.
 
 use super::errframe::{BusState, BusStateTracker, CAN_ERR_FLAG, CAN_ERR_MASK, ErrorFrame};
 use super::kfilter::kernel_filters;
+use super::restart::{RestartDecision, RestartPolicy};
+use super::tx::{DEFAULT_TX_TIMEOUT, TxRetry};
 use super::{CanAnyFrame, CanError, CanPort, CanPortStats, PortCounters};
 use crate::router::IdRule;
 use crate::router::frame::{CanFdFrame, CanFrame, CanId, Timestamp};
@@ -31,6 +44,7 @@ use std::time::Duration;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Size of `struct can_frame`.
 pub const CAN_MTU: usize = 16;
@@ -220,6 +234,11 @@ pub struct SocketCanOptions {
     pub data_bitrate: Option<u32>,
     /// Set the automatic bus-off restart delay through netlink.
     pub restart_ms: Option<u32>,
+    /// Restarts this port makes after bus-off within any hour, when the kernel does not
+    /// restart by itself (see [`super::restart`]).
+    pub busoff_restarts_per_hour: u32,
+    /// How long one send may wait for a full transmit queue (see [`super::tx`]).
+    pub tx_timeout: Duration,
     /// Socket receive buffer in bytes (`SO_RCVBUFFORCE` when permitted, else `SO_RCVBUF`,
     /// which the kernel caps at `net.core.rmem_max`); the kernel default when absent. A
     /// larger buffer rides out bursts a slow reader would otherwise lose as overruns.
@@ -236,6 +255,8 @@ impl Default for SocketCanOptions {
             bitrate: None,
             data_bitrate: None,
             restart_ms: None,
+            busoff_restarts_per_hour: super::restart::DEFAULT_PER_HOUR,
+            tx_timeout: DEFAULT_TX_TIMEOUT,
             rx_buffer: None,
         }
     }
@@ -253,6 +274,14 @@ struct Shared {
     /// The kernel restarts by itself (`restart-ms` configured non-zero).
     auto_restart: bool,
     last_overruns: AtomicU64,
+    /// When to restart after bus-off, and when to stop.
+    policy: Mutex<RestartPolicy>,
+    /// The policy refused a restart and the controller is still off.
+    restart_limit_reached: AtomicBool,
+    /// Cancelled when the port is dropped: ends a restart waiting for its time.
+    closed: CancellationToken,
+    /// A send timed out and none has succeeded since (logs the first timeout only).
+    tx_stuck: AtomicBool,
 }
 
 /// A SocketCAN interface as a [`CanPort`].
@@ -260,7 +289,15 @@ struct Shared {
 pub struct SocketCanPort {
     fd: AsyncFd<OwnedFd>,
     fd_capable: bool,
+    /// The transmit deadline of one send.
+    tx_timeout: Duration,
     shared: Arc<Shared>,
+}
+
+impl Drop for SocketCanPort {
+    fn drop(&mut self) {
+        self.shared.closed.cancel();
+    }
 }
 
 fn io_err<'a>(iface: &'a str, op: &'static str) -> impl FnOnce(io::Error) -> CanError + 'a {
@@ -358,6 +395,7 @@ impl SocketCanPort {
         Ok(SocketCanPort {
             fd,
             fd_capable: opts.fd,
+            tx_timeout: opts.tx_timeout,
             shared: Arc::new(Shared {
                 name: name.to_string(),
                 counters: PortCounters::default(),
@@ -367,6 +405,10 @@ impl SocketCanPort {
                 restart_in_flight: AtomicBool::new(false),
                 auto_restart: opts.restart_ms.is_some_and(|ms| ms > 0),
                 last_overruns: AtomicU64::new(0),
+                policy: Mutex::new(RestartPolicy::new(opts.busoff_restarts_per_hour)),
+                restart_limit_reached: AtomicBool::new(false),
+                closed: CancellationToken::new(),
+                tx_stuck: AtomicBool::new(false),
             }),
         })
     }
@@ -406,25 +448,66 @@ impl SocketCanPort {
             }
             s => tracing::warn!(iface = %sh.name, from = %t.from, to = %s, "CAN bus state changed"),
         }
+        if t.from == BusState::BusOff && t.to != BusState::BusOff {
+            lock_policy(sh).on_recovered(tokio::time::Instant::now());
+            sh.restart_limit_reached.store(false, Ordering::Relaxed);
+        }
     }
 
-    /// Bus-off recovery: leave it to the kernel (restart-ms), or restart through netlink.
+    /// Bus-off recovery: leave it to the kernel (restart-ms), or restart through netlink
+    /// when the restart policy says (see the module docs).
     fn recover(&self) {
         let sh = self.shared.clone();
         if sh.auto_restart {
-            tracing::info!(iface = %sh.name, "the kernel restarts the controller (restart-ms is set)");
+            tracing::info!(iface = %sh.name, "the kernel restarts the controller (restart-ms is set; the kernel has no limit on restarts)");
             return;
         }
         if sh.restart_in_flight.swap(true, Ordering::AcqRel) {
             return;
         }
-        tokio::task::spawn_blocking(move || {
-            let result = socketcan::nl::CanInterface::open(&sh.name).and_then(|i| i.restart());
+        let now = tokio::time::Instant::now();
+        let (decision, per_hour) = {
+            let mut p = lock_policy(&sh);
+            (p.on_bus_off(now), p.per_hour())
+        };
+        let at = match decision {
+            RestartDecision::RestartAt(at) => at,
+            RestartDecision::LimitReached { first } => {
+                sh.restart_limit_reached.store(true, Ordering::Relaxed);
+                sh.restart_in_flight.store(false, Ordering::Release);
+                if first {
+                    log_limit_reached(&sh.name, per_hour);
+                }
+                return;
+            }
+        };
+        tracing::info!(
+            iface = %sh.name,
+            delay_ms = at.saturating_duration_since(now).as_millis() as u64,
+            "bus-off: restarting the controller after a backoff"
+        );
+        tokio::spawn(async move {
+            tokio::select! {
+                // the port is gone: nothing to restart for
+                _ = sh.closed.cancelled() => return,
+                _ = tokio::time::sleep_until(at) => {}
+            }
+            if *sh.state_tx.borrow() != BusState::BusOff {
+                // back meanwhile (restarted by hand): nothing to do
+                sh.restart_in_flight.store(false, Ordering::Release);
+                return;
+            }
+            let name = sh.name.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                socketcan::nl::CanInterface::open(&name).and_then(|i| i.restart())
+            })
+            .await;
             match result {
-                Ok(()) => {
+                Ok(Ok(())) => {
+                    PortCounters::add(&sh.counters.busoff_restarts, 1);
                     tracing::info!(iface = %sh.name, "bus-off: restarted the controller through netlink")
                 }
-                Err(e) if nl_denied(&e) => {
+                Ok(Err(e)) if nl_denied(&e) => {
                     sh.recovery_blocked.store(true, Ordering::Relaxed);
                     tracing::error!(
                         iface = %sh.name,
@@ -432,13 +515,53 @@ impl SocketCanPort {
                         sh.name
                     );
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     sh.recovery_blocked.store(true, Ordering::Relaxed);
                     tracing::error!(iface = %sh.name, error = %e, "bus-off: restarting the controller through netlink failed; restart it with `ip link set {} type can restart`", sh.name);
+                }
+                Err(e) => {
+                    sh.recovery_blocked.store(true, Ordering::Relaxed);
+                    tracing::error!(iface = %sh.name, error = %e, "bus-off: the restart task failed");
                 }
             }
             sh.restart_in_flight.store(false, Ordering::Release);
         });
+    }
+
+    /// The error of a send that missed its deadline; counts and logs it.
+    fn tx_timed_out(&self, retries: u32) -> CanError {
+        let sh = &self.shared;
+        PortCounters::add(&sh.counters.tx_timeouts, 1);
+        let e = CanError::TxTimeout {
+            iface: sh.name.clone(),
+            timeout: self.tx_timeout,
+            retries,
+        };
+        if !sh.tx_stuck.swap(true, Ordering::Relaxed) {
+            tracing::warn!(iface = %sh.name, "{e}; further timeouts are logged at debug level until a frame gets through");
+        } else {
+            tracing::debug!(iface = %sh.name, "{e}");
+        }
+        e
+    }
+}
+
+fn lock_policy(sh: &Shared) -> std::sync::MutexGuard<'_, RestartPolicy> {
+    sh.policy.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The one error logged when the restart limit stops recovery.
+fn log_limit_reached(name: &str, per_hour: u32) {
+    if per_hour == 0 {
+        tracing::error!(
+            iface = %name,
+            "bus-off: obdgw does not restart the controller (busoff_restarts_per_hour = 0); check the bitrate and the wiring, then restart it by hand with `ip link set {name} type can restart`"
+        );
+    } else {
+        tracing::error!(
+            iface = %name,
+            "bus-off again: obdgw restarted the controller {per_hour} times within the last hour (busoff_restarts_per_hour = {per_hour}) and stops restarting it, so that the car's bus is left alone. A controller that goes bus-off again after each restart usually has the wrong bitrate (compare `bitrate` with the car's bus: 500000 for OBD-II on most cars), or the bus has a wiring or termination fault, or is not connected. Check, then restart it by hand with `ip link set {name} type can restart`"
+        );
     }
 }
 
@@ -557,44 +680,70 @@ impl CanPort for SocketCanPort {
         }
         let mut buf = [0u8; CANFD_MTU];
         let size = emit_frame(&frame, &mut buf);
-        loop {
-            let r = self
-                .fd
-                .async_io(Interest::WRITABLE, |fd| {
-                    // SAFETY: buf holds `size` initialised bytes.
-                    let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), size) };
-                    if n < 0 {
-                        Err(io::Error::last_os_error())
-                    } else {
-                        Ok(n as usize)
+        let mut retry = TxRetry::new(tokio::time::Instant::now(), self.tx_timeout);
+        let deadline = retry.deadline();
+        let attempts = async {
+            loop {
+                // Waits for writability while the socket's send buffer is full (EAGAIN).
+                let r = self
+                    .fd
+                    .async_io(Interest::WRITABLE, |fd| {
+                        // SAFETY: buf holds `size` initialised bytes.
+                        let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), size) };
+                        if n < 0 {
+                            Err(io::Error::last_os_error())
+                        } else {
+                            Ok(n as usize)
+                        }
+                    })
+                    .await;
+                match r {
+                    Ok(n) if n == size => return Ok(()),
+                    Ok(n) => {
+                        return Err(Some(CanError::Io {
+                            iface: self.shared.name.clone(),
+                            op: "write",
+                            source: io::Error::other(format!(
+                                "short write of {n} of {size} bytes"
+                            )),
+                        }));
                     }
-                })
-                .await;
-            match r {
-                Ok(n) if n == size => {
-                    PortCounters::add(&self.shared.counters.tx_frames, 1);
-                    return Ok(());
+                    // The interface's transmit queue is full: SocketCAN reports ENOBUFS rather
+                    // than blocking. Retry on the schedule, until the deadline.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                        match retry.on_full(tokio::time::Instant::now()) {
+                            Some(at) => {
+                                PortCounters::add(&self.shared.counters.tx_enobufs_retries, 1);
+                                tokio::time::sleep_until(at).await;
+                            }
+                            None => return Err(None),
+                        }
+                    }
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::ENETDOWN)
+                            && self.bus_state() == BusState::BusOff =>
+                    {
+                        return Err(Some(CanError::BusOff(self.shared.name.clone())));
+                    }
+                    Err(e) => return Err(Some(io_err(&self.shared.name, "write")(e))),
                 }
-                Ok(n) => {
-                    return Err(CanError::Io {
-                        iface: self.shared.name.clone(),
-                        op: "write",
-                        source: io::Error::other(format!("short write of {n} of {size} bytes")),
-                    });
-                }
-                // The interface's transmit queue is full: SocketCAN reports ENOBUFS rather
-                // than blocking. Wait a little and retry (the queue drains at bus speed).
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err(e)
-                    if e.raw_os_error() == Some(libc::ENETDOWN)
-                        && self.bus_state() == BusState::BusOff =>
-                {
-                    return Err(CanError::BusOff(self.shared.name.clone()));
-                }
-                Err(e) => return Err(io_err(&self.shared.name, "write")(e)),
             }
+        };
+        // `Err(None)`: the deadline passed (in a retry, or waiting for writability).
+        let r = match tokio::time::timeout_at(deadline, attempts).await {
+            Ok(r) => r,
+            Err(_) => Err(None),
+        };
+        match r {
+            Ok(()) => {
+                PortCounters::add(&self.shared.counters.tx_frames, 1);
+                if self.shared.tx_stuck.swap(false, Ordering::Relaxed) {
+                    tracing::info!(iface = %self.shared.name, "frames get through again");
+                }
+                Ok(())
+            }
+            Err(Some(e)) => Err(e),
+            Err(None) => Err(self.tx_timed_out(retry.retries())),
         }
     }
 
@@ -637,6 +786,7 @@ impl CanPort for SocketCanPort {
         s.overruns = sh.last_overruns.load(Ordering::Relaxed);
         s.state = self.bus_state();
         s.recovery_blocked = sh.recovery_blocked.load(Ordering::Relaxed);
+        s.restart_limit_reached = sh.restart_limit_reached.load(Ordering::Relaxed);
         s
     }
 }
