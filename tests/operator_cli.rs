@@ -34,13 +34,23 @@ fn nothing_to_serve_is_an_error_naming_the_options() {
 }
 
 #[test]
-fn wss_without_a_ca_is_an_error() {
+fn an_unreadable_ca_is_an_error() {
+    // Without --ca, wss:// trusts the system store; a --ca that cannot be read is refused
+    // before anything connects.
     let mut a = BASE.to_vec();
     a[1] = "wss://127.0.0.1:1/";
-    a.extend(["--doip-listen", "127.0.0.1:0"]);
+    a.extend([
+        "--doip-listen",
+        "127.0.0.1:0",
+        "--ca",
+        "/nonexistent/relay-ca.pem",
+    ]);
     let (ok, err) = operator(&a);
     assert!(!ok);
-    assert!(err.contains("--ca"), "{err}");
+    assert!(
+        err.contains("--ca") && err.contains("/nonexistent/relay-ca.pem"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -62,7 +62,9 @@ fn plugged_vcan(name: &str, limit: u32) {
     must(&["ip", "link", "add", name, "type", "vcan"]);
     must(&["ip", "link", "set", name, "up"]);
     let limit = limit.to_string();
-    let plug = ["tc", "qdisc", "add", "dev", name, "root", "plug", "limit", &limit];
+    let plug = [
+        "tc", "qdisc", "add", "dev", name, "root", "plug", "limit", &limit,
+    ];
     if run(&plug) {
         return;
     }
@@ -86,7 +88,16 @@ fn plugged_vcan(name: &str, limit: u32) {
 }
 
 fn release(name: &str) {
-    must(&["tc", "qdisc", "change", "dev", name, "root", "plug", "release_indefinite"]);
+    must(&[
+        "tc",
+        "qdisc",
+        "change",
+        "dev",
+        name,
+        "root",
+        "plug",
+        "release_indefinite",
+    ]);
 }
 
 fn port(name: &str) -> SocketCanPort {
@@ -120,7 +131,10 @@ async fn send_until_stuck(p: &SocketCanPort, max: usize) -> (usize, CanError, Du
 
 fn assert_within_deadline(what: &str, took: Duration) {
     eprintln!("{what}: {took:?} (deadline {DEADLINE:?})");
-    assert!(took >= DEADLINE, "{what}: failed before the deadline: {took:?}");
+    assert!(
+        took >= DEADLINE,
+        "{what}: failed before the deadline: {took:?}"
+    );
     assert!(
         took <= DEADLINE + SLACK,
         "{what}: took {took:?}, beyond the deadline {DEADLINE:?} + {SLACK:?}"

@@ -196,6 +196,21 @@ impl Collector for DaemonCollector {
                 "Frames dropped on receive (queue full)",
                 |c| c.rx_dropped,
             ),
+            (
+                "obdgw_can_tx_timeouts",
+                "Transmits that missed their deadline (tx_timeout_ms); the frame was not sent",
+                |c| c.tx_timeouts,
+            ),
+            (
+                "obdgw_can_tx_queue_full_retries",
+                "Transmit retries because the interface's queue was full (ENOBUFS)",
+                |c| c.tx_enobufs_retries,
+            ),
+            (
+                "obdgw_can_busoff_restarts",
+                "Bus-off restarts obdgw made through netlink",
+                |c| c.busoff_restarts,
+            ),
         ] {
             let c0 = ConstCounter::new(0u64);
             let mut m = enc.encode_descriptor(name, help, None, c0.metric_type())?;

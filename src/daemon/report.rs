@@ -139,6 +139,16 @@ pub struct CanReport {
     pub rx_dropped: u64,
     pub overruns: u64,
     pub bus_off: u64,
+    /// Transmits that missed their deadline (`tx_timeout_ms`), and queue-full retries.
+    #[serde(default)]
+    pub tx_timeouts: u64,
+    #[serde(default)]
+    pub tx_enobufs_retries: u64,
+    /// Bus-off restarts obdgw made, and whether the hourly limit stopped them.
+    #[serde(default)]
+    pub busoff_restarts: u64,
+    #[serde(default)]
+    pub restart_limit_reached: bool,
     pub detail: String,
 }
 
@@ -265,7 +275,7 @@ impl StatusReport {
         for c in &self.can {
             let _ = writeln!(
                 o,
-                "can      {} ({}) {} {}: rx {} tx {} errors {} drops {} overruns {} bus-off {}{}",
+                "can      {} ({}) {} {}: rx {} tx {} errors {} drops {} overruns {} bus-off {} tx-timeouts {}{}",
                 c.name,
                 c.interface,
                 c.state,
@@ -276,6 +286,7 @@ impl StatusReport {
                 c.rx_dropped,
                 c.overruns,
                 c.bus_off,
+                c.tx_timeouts,
                 if c.detail.is_empty() {
                     String::new()
                 } else {

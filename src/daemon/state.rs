@@ -181,6 +181,10 @@ impl Shared {
                     rx_dropped: st.rx_dropped,
                     overruns: st.overruns,
                     bus_off: st.bus_off,
+                    tx_timeouts: st.tx_timeouts,
+                    tx_enobufs_retries: st.tx_enobufs_retries,
+                    busoff_restarts: st.busoff_restarts,
+                    restart_limit_reached: st.restart_limit_reached,
                     detail: slot.detail.clone(),
                 }
             })

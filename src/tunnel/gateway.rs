@@ -1177,7 +1177,10 @@ async fn mirror_channel<P: CanPort>(
     let tx_task = tokio::spawn(async move {
         let mut gate = allow_tx.map(|p| RawTxGate::new(p, std::time::Instant::now()));
         loop {
+            // Biased: once stopped, no further frame is taken (each could wait a transmit
+            // deadline), so shutdown takes at most one.
             let body = tokio::select! {
+                biased;
                 _ = tx_stop.cancelled() => return,
                 b = input.recv() => match b { Some(b) => b, None => return },
             };

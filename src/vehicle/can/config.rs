@@ -382,7 +382,10 @@ mod tests {
         t.tx_timeout_ms = 5;
         let issues = check(&[t]);
         assert_eq!(issues[0].0, "can[0].tx_timeout_ms");
-        assert!(issues[0].1.contains("expected 10..=60000 milliseconds"), "{issues:?}");
+        assert!(
+            issues[0].1.contains("expected 10..=60000 milliseconds"),
+            "{issues:?}"
+        );
     }
 
     #[test]

@@ -703,9 +703,7 @@ impl CanPort for SocketCanPort {
                         return Err(Some(CanError::Io {
                             iface: self.shared.name.clone(),
                             op: "write",
-                            source: io::Error::other(format!(
-                                "short write of {n} of {size} bytes"
-                            )),
+                            source: io::Error::other(format!("short write of {n} of {size} bytes")),
                         }));
                     }
                     // The interface's transmit queue is full: SocketCAN reports ENOBUFS rather

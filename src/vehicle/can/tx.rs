@@ -99,7 +99,11 @@ mod tests {
         }
         assert_eq!(&waits[..5], &[1, 2, 4, 8, 8]);
         assert!(waits.iter().all(|&w| w <= 8));
-        assert_eq!(now, t0 + ms(200), "the last attempt is made at the deadline");
+        assert_eq!(
+            now,
+            t0 + ms(200),
+            "the last attempt is made at the deadline"
+        );
         // the bound in the docs: 4 + (200 - 15) / 8 = 27.1 -> 28
         assert_eq!(r.retries(), 28);
         assert_eq!(r.retries() as usize, waits.len());
