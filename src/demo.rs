@@ -120,6 +120,17 @@ fn daemon_config(
     c.cloud.connector_uuid = Some(DEMO_CONNECTOR_UUID.into());
     c.cloud.pincode = Some(Secret::new(DEMO_PINCODE));
     c.can = vec![CanInterfaceConfig::new("car", bus)];
+    // The car's ECUs answer on ids beyond the OBD-II defaults (the body ECU at 0x740): a
+    // garage lists its car's request ids, as here.
+    let mut policy = crate::tunnel::policy::PolicyConfig::default();
+    for m in &map {
+        let allowed = crate::tunnel::policy::Policy::new(policy.clone())
+            .check_diag(m.tx_id, m.extended_ids)
+            .is_ok();
+        if !allowed {
+            policy.diag_ids.push(format!("0x{:03X}", m.tx_id));
+        }
+    }
     c.tunnel = Some(TunnelConfig {
         relay_url: relay_url.into(),
         session: None,
@@ -127,7 +138,7 @@ fn daemon_config(
         vin_check: VinCheck::Refuse,
         doip_vehicle: None,
         can_interfaces: vec!["car".into()],
-        policy: Default::default(),
+        policy,
         doip_map: map,
         keepalive_every_ms: 2_000,
         keepalive_for_ms: 60_000,

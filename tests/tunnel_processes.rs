@@ -135,6 +135,9 @@ can_interfaces = ["car"]
 [tunnel.policy]
 raw_tx = true
 raw_tx_ids = ["0x000-0x7FF"]
+raw_tx_rate_per_id = 0
+raw_tx_rate_total = 0
+diag_ids = ["0x7DF", "0x7E0-0x7E7", "0x740"]
 "#,
         state_dir = procs.path("gateway-state").display(),
         socket = procs.path("control.sock").display(),
