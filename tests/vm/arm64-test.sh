@@ -1,6 +1,8 @@
 #!/bin/bash
 # arm64-test.sh [DEB]: install the arm64 package in an arm64 Debian 12 root under qemu-user
 # and run `obdgw --version` and `obdgw config check` there.
+# arm64-test.sh --prepare: only set up binfmt_misc and build (or keep) the cached root; CI
+# runs this in the background while the cross build compiles.
 #
 # The root (mmdebstrap --architectures=arm64 from this machine's apt sources, with systemd
 # as on a Raspberry Pi OS, for systemd-sysusers and deb-systemd-helper) is cached in
@@ -44,6 +46,8 @@ if [ ! -x "$D/base/bin/sh" ] || [ "$(cat "$D/stamp" 2>/dev/null)" != "$stamp" ];
     echo "$stamp" > "$D/stamp"
     echo "arm64root: built in $(( $(date +%s) - t0 )) s ($(du -sh "$D/base" | cut -f1))"
 fi
+
+if [ "${1:-}" = --prepare ]; then echo "arm64root: ready in $D/base"; exit 0; fi
 
 deb=${1:-$(ls -t "$T"/debian/obdgw_*_arm64.deb 2>/dev/null | head -1 || true)}
 [ -n "$deb" ] && [ -f "$deb" ] || die "no arm64 .deb (run packaging/build-debs.sh arm64)"

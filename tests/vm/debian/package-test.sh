@@ -83,9 +83,18 @@ s_sims() {
 }
 
 configure() {
-    # The README's first configuration: connector UUID in the config, pincode as a
-    # credential file, the relay the tickets' sessions go through, the car's CAN bus.
-    sed -i "s/^# connector_uuid = .*/connector_uuid = \"$CONNECTOR\"/" $CONF
+    # The README's "First configuration", step by step (vcan0 stands for the car's can0).
+    # 1. The CAN bus through systemd-networkd: the example file in place, networkd running
+    #    and reading it without complaint (there is no can0 in the guest to configure).
+    cp /usr/share/doc/obdgw/examples/80-can0.network /etc/systemd/network/
+    check "README 1: systemctl enable --now systemd-networkd (with 80-can0.network)" \
+        rc_is 0 systemctl enable --now systemd-networkd
+    check "  ... networkd read 80-can0.network without a warning" \
+        bash -c '! journalctl -u systemd-networkd --no-pager -q | grep -i "80-can0.network"'
+    # 2. [cloud] base_url (the simulator plays the vendor's API) and connector_uuid, the
+    #    car's bus and the relay.
+    sed -i -e "s|^base_url = .*|base_url = \"http://127.0.0.1:8780\"|" \
+        -e "s/^# connector_uuid = .*/connector_uuid = \"$CONNECTOR\"/" $CONF
     cat >> $CONF <<TOML
 
 [[can]]
@@ -96,18 +105,23 @@ interface = "vcan0"
 relay_url = "ws://127.0.0.1:9000/"
 can_interfaces = ["car"]
 TOML
+    # 3. The pincode as a credential file, exactly as the README writes it.
     install -m 0600 /dev/null /etc/obdgw/pincode
-    printf '%s' "$PINCODE" > /etc/obdgw/pincode
+    printf '%s' "$PINCODE" | tee /etc/obdgw/pincode >/dev/null
 }
 
 s_start() {
-    systemctl stop obdgw
+    # The service runs (with the default configuration) since the install, as on a user's
+    # box; the README's steps configure it and then restart it.
     configure
-    check "configuration valid (obdgw config check, pincode from the credential file)" \
-        rc_is 0 env CREDENTIALS_DIRECTORY=/etc/obdgw obdgw config check --config $CONF
-    check "systemctl start obdgw" rc_is 0 systemctl start obdgw
-    # Type=notify: start returns once READY=1 came, and READY=1 promises open ports, so the
-    # control socket must answer at once, without a retry.
+    check "README 3: pincode file 600 root:root" eq "$(stat -c '%a %U:%G' /etc/obdgw/pincode)" "600 root:root"
+    check "README 4: CREDENTIALS_DIRECTORY=/etc/obdgw obdgw config check" \
+        rc_is 0 env CREDENTIALS_DIRECTORY=/etc/obdgw obdgw config check
+    check "  ... the pincode is not printed" bash -c "! grep -q '$PINCODE' /tmp/out"
+    check "README 4: systemctl enable --now obdgw" rc_is 0 systemctl enable --now obdgw
+    # Type=notify: the start job of `restart` returns once READY=1 came, and READY=1
+    # promises open ports, so the control socket must answer at once, without a retry.
+    check "README 4: systemctl restart obdgw" rc_is 0 systemctl restart obdgw
     check "Type=notify" eq "$(prop obdgw Type)" notify
     check "active after start" eq "$(systemctl is-active obdgw)" active
     check "control socket exists at READY" test -S $SOCK
@@ -124,8 +138,10 @@ s_start() {
 }
 
 s_status() {
-    getent passwd opsuser >/dev/null || useradd -M -G obdgw opsuser
+    getent passwd opsuser >/dev/null || useradd -M opsuser
     getent passwd otheruser >/dev/null || useradd -M otheruser
+    # README 5: the user joins group obdgw, then asks.
+    check "README 5: usermod -aG obdgw opsuser" usermod -aG obdgw opsuser
     check "obdgw status as a member of group obdgw: exit 0" rc_is 0 runuser -u opsuser -- obdgw status
     cat /tmp/out | sed 's/^/      | /' | head -30
     check "obdgw status --json as a member of group obdgw" rc_is 0 runuser -u opsuser -- obdgw status --json
@@ -222,7 +238,7 @@ s_purge() {
 echo "booted Debian: $(. /etc/os-release; echo "$PRETTY_NAME"), PID 1 $(cat /proc/1/comm), $(systemctl --version | head -1), kernel $(uname -r)"
 step 1 "apt install ./obdgw_*.deb" s_install
 step 2 "cloud simulator and simulated car on vcan0" s_sims
-step 3 "systemctl start: active only after READY=1" s_start
+step 3 "README config, enable --now, restart: READY" s_start
 step 4 "obdgw status: group obdgw yes, others refused" s_status
 step 5 "journalctl -o json: structured fields" s_journal
 step 6 "kill -STOP: restarted by the watchdog" s_watchdog
