@@ -11,7 +11,7 @@
 //!
 //! Does not own: pairing (`super::hub`), accepting and the admission caps (`super::run`).
 
-use super::admission::{Capped, SourceGuard};
+use super::admission::{AuthThrottle, Capped, SourceGuard};
 use super::hub::{Hub, Out, Outbound, Queued, Route};
 use super::metrics::{DropReason as AdmissionDrop, Metrics, Refusal};
 use super::{AuthError, RelayConfig, TokenCheck};
@@ -39,6 +39,8 @@ pub(crate) struct Ctx<A> {
     pub hub: Hub,
     pub auth: Arc<A>,
     pub cfg: RelayConfig,
+    /// Authentication failures per source ([`AuthThrottle`]).
+    pub throttle: AuthThrottle,
     pub shutdown: CancellationToken,
 }
 
@@ -190,11 +192,9 @@ pub(crate) async fn check_hello<A: TokenCheck>(
     h.limits
         .validate()
         .map_err(|why| (ErrorCode::BAD_HELLO, why, Refusal::BadHello))?;
-    let verdict = if wire::valid_session_id(&h.session) {
-        auth.check(h.role, &h.session, &h.token.0).await
-    } else {
-        Err(AuthError::UnknownSession)
-    };
+    // Every session id goes through the same check (a malformed one is simply unknown):
+    // no early answer that is faster for some sessions than for others.
+    let verdict: Result<(), AuthError> = auth.check(h.role, &h.session, &h.token.0).await;
     match verdict {
         Ok(()) => Ok(()),
         Err(why) => {
@@ -335,9 +335,26 @@ where
         }
     };
     let checked = match hello {
-        Ok(h) => check_hello(&h, path_session.as_deref(), ctx.auth.as_ref())
-            .await
-            .map(|()| h),
+        Ok(h) if !ctx.throttle.allows(addr.ip(), Instant::now().into_std()) => {
+            // Too many failures from this source: not checked at all (a right token is
+            // refused too), answered like any failure after a delay that holds one of
+            // the source's pre-auth places.
+            metrics.auth_throttled.fetch_add(1, Ordering::Relaxed);
+            let until = deadline.min(Instant::now() + cfg.auth_throttle_delay);
+            tokio::select! {
+                _ = ctx.shutdown.cancelled() => return None,
+                _ = tokio::time::sleep_until(until) => {}
+            }
+            drop(h);
+            Err((ErrorCode::AUTH_FAILED, AUTH_REFUSAL, Refusal::AuthFailed))
+        }
+        Ok(h) => {
+            let r = check_hello(&h, path_session.as_deref(), ctx.auth.as_ref()).await;
+            if let Err((_, _, Refusal::AuthFailed)) = r {
+                ctx.throttle.failed(addr.ip(), Instant::now().into_std());
+            }
+            r.map(|()| h)
+        }
         Err(e) => Err(e),
     };
     let hello: Hello = match checked {

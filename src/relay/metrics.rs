@@ -93,6 +93,9 @@ pub struct Metrics {
     pub accept_throttled: AtomicU64,
     /// Times the accept loop waited because the pre-auth cap was reached.
     pub preauth_full: AtomicU64,
+    /// Hellos refused unchecked because their source had too many authentication failures
+    /// (also counted as `auth_failed` refusals).
+    pub auth_throttled: AtomicU64,
     drops: [AtomicU64; 4],
     refusals: [AtomicU64; 4],
     /// Hellos accepted.
@@ -129,6 +132,7 @@ impl Default for Metrics {
             preauth: AtomicU64::new(0),
             accept_throttled: AtomicU64::new(0),
             preauth_full: AtomicU64::new(0),
+            auth_throttled: AtomicU64::new(0),
             drops: Default::default(),
             refusals: Default::default(),
             attached: AtomicU64::new(0),
@@ -205,6 +209,12 @@ impl Metrics {
             "counter",
             "Times accepting waited because the pre-auth cap was reached.",
             g(&self.preauth_full),
+        );
+        one(
+            "obdgw_relay_auth_throttled_total",
+            "counter",
+            "Hellos refused unchecked because their source had too many authentication failures.",
+            g(&self.auth_throttled),
         );
         one(
             "obdgw_relay_hellos_accepted_total",

@@ -2,7 +2,8 @@
 //! forwards their messages.
 //!
 //! Owns: the websocket server (optionally TLS), the accept loop with admission control
-//! ([`admission`]: accept rate, pre-auth caps), the hello check and authentication through a
+//! ([`admission`]: accept rate, pre-auth caps, the per-source throttle on authentication
+//! failures), the hello check and authentication through a
 //! [`TokenCheck`] (per connection: `conn`), pairing and forwarding ([`hub`]), per-connection
 //! limits (one deadline for handshake and hello, outbound bytes, write stall, silence),
 //! session release (`bye`, idle limit, rejoin grace), counters and the loopback
@@ -76,10 +77,35 @@ struct TokensFile {
     session: Vec<SessionTokens>,
 }
 
-/// A fixed map of session id to tokens.
+/// A token's SHA-256 digest: what [`StaticTokens`] keeps and compares.
+type Digest = [u8; 32];
+
+/// SHA-256 with ring, through rustls (already linked; no second crypto library).
+fn digest(token: &str) -> Digest {
+    let mut out = [0u8; 32];
+    if let rustls::SupportedCipherSuite::Tls13(suite) =
+        rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
+    {
+        let h = suite.common.hash_provider.hash(token.as_bytes());
+        let h = h.as_ref();
+        let n = h.len().min(out.len());
+        out[..n].copy_from_slice(&h[..n]);
+    }
+    out
+}
+
+/// What an unknown session's token is compared with: no token hashes to it in practice,
+/// and comparing costs the same as for a known session.
+const NO_TOKEN: Digest = [0u8; 32];
+
+/// A fixed map of session id to tokens (kept as SHA-256 digests).
+///
+/// A check costs the same whether the session is known or not: the presented token is
+/// hashed (its cost depends only on the presented token), then 32 bytes are compared in
+/// constant time with the session's digest or with [`NO_TOKEN`]. Nothing returns early.
 #[derive(Debug, Clone, Default)]
 pub struct StaticTokens {
-    map: HashMap<String, (String, String)>,
+    map: HashMap<String, (Digest, Digest)>,
 }
 
 impl StaticTokens {
@@ -87,21 +113,59 @@ impl StaticTokens {
         StaticTokens {
             map: sessions
                 .into_iter()
-                .map(|s| (s.id, (s.gateway_token, s.operator_token)))
+                .map(|s| (s.id, (digest(&s.gateway_token), digest(&s.operator_token))))
                 .collect(),
         }
     }
 
     /// Parse a tokens file: `[[session]]` tables with `id`, `gateway_token`,
-    /// `operator_token`.
+    /// `operator_token`. Refuses a malformed or repeated session id, and an empty or
+    /// repeated token (a token shared by two roles or sessions would admit one as the
+    /// other); the error names the entry and the session and says what to do, never a
+    /// token. The caller adds the file's name.
     pub fn from_toml(text: &str) -> Result<Self, String> {
+        const FIX: &str = "give every role of every session its own random token, e.g. from `openssl rand -hex 32`";
         let f: TokensFile = toml::from_str(text).map_err(|e| e.to_string())?;
-        for s in &f.session {
+        let mut ids: HashMap<&str, usize> = HashMap::new();
+        let mut tokens: HashMap<&str, (usize, &'static str)> = HashMap::new();
+        for (i, s) in f.session.iter().enumerate() {
+            let n = i + 1;
             if !wire::valid_session_id(&s.id) {
                 return Err(format!(
-                    "session id {:?} is not a lowercase hyphenated UUID",
+                    "[[session]] #{n}: id {:?} is not a lowercase hyphenated UUID",
                     s.id
                 ));
+            }
+            if let Some(first) = ids.insert(&s.id, n) {
+                return Err(format!(
+                    "[[session]] #{n}: session {} is already listed as #{first}; keep one table per session",
+                    s.id
+                ));
+            }
+            for (field, token) in [
+                ("gateway_token", &s.gateway_token),
+                ("operator_token", &s.operator_token),
+            ] {
+                if token.trim().is_empty() {
+                    return Err(format!(
+                        "[[session]] #{n} (session {}): {field} is empty; {FIX}",
+                        s.id
+                    ));
+                }
+                if let Some((m, other)) = tokens.insert(token, (n, field)) {
+                    let whose = if m == n {
+                        format!("as its {other}")
+                    } else {
+                        format!(
+                            "as the {other} of [[session]] #{m} (session {})",
+                            f.session[m - 1].id
+                        )
+                    };
+                    return Err(format!(
+                        "[[session]] #{n} (session {}): {field} is the same token {whose}; {FIX}",
+                        s.id
+                    ));
+                }
             }
         }
         Ok(Self::new(f.session))
@@ -121,19 +185,25 @@ pub fn same_token(a: &str, b: &str) -> bool {
 
 impl TokenCheck for StaticTokens {
     async fn check(&self, role: Role, session: &str, token: &str) -> Result<(), AuthError> {
-        let Some((gw, op)) = self.map.get(session) else {
-            // Same work as a known session, so timing does not tell them apart.
-            let _ = same_token("an unknown session has no token at all", token);
-            return Err(AuthError::UnknownSession);
+        let presented = digest(token);
+        let (known, want) = match self.map.get(session) {
+            Some((gw, op)) => (
+                true,
+                match role {
+                    Role::Gateway => gw,
+                    Role::Operator => op,
+                },
+            ),
+            None => (false, &NO_TOKEN),
         };
-        let want = match role {
-            Role::Gateway => gw,
-            Role::Operator => op,
-        };
-        if same_token(want, token) {
-            Ok(())
-        } else {
-            Err(AuthError::BadToken)
+        let mut diff = 0u8;
+        for (a, b) in presented.iter().zip(want.iter()) {
+            diff |= a ^ b;
+        }
+        match (known, std::hint::black_box(diff) == 0) {
+            (true, true) => Ok(()),
+            (true, false) => Err(AuthError::BadToken),
+            (false, _) => Err(AuthError::UnknownSession),
         }
     }
 }
@@ -165,6 +235,19 @@ pub struct RelayConfig {
     /// New connections accepted per second (0: no limit); beyond it they wait in the
     /// kernel's listen queue.
     pub accept_rate: u32,
+    /// Authentication failures a source (an IPv4 address, an IPv6 /64) may have before it
+    /// is throttled (0: no throttle). Behind a load balancer every connection comes from
+    /// the balancer: set 0 there and throttle at the balancer.
+    pub auth_fail_burst: u32,
+    /// Tries a throttled source earns back per second.
+    pub auth_fail_rate: f64,
+    /// How long a throttled source's hello waits before it is refused (not checked; the
+    /// same `auth_failed` answer), within the hello deadline. It holds one of the source's
+    /// pre-auth places meanwhile, so a throttled source can try at most
+    /// `preauth_per_source` times per delay.
+    pub auth_throttle_delay: Duration,
+    /// Sources the throttle remembers at once (beyond: they share one bucket).
+    pub auth_throttle_sources: usize,
     /// Connections accepted at once after a quiet period.
     pub accept_burst: u32,
     /// A session with a side missing this long is released (`session_ended`).
@@ -204,6 +287,10 @@ impl Default for RelayConfig {
             preauth_bytes: 16 * 1024,
             accept_rate: 5000,
             accept_burst: 1000,
+            auth_fail_burst: 20,
+            auth_fail_rate: 1.0,
+            auth_throttle_delay: Duration::from_secs(1),
+            auth_throttle_sources: 65_536,
             idle_limit: Duration::from_secs(600),
             rejoin_grace: Some(Duration::from_secs(5)),
             max_queued_bytes: 4 * 1024 * 1024,
@@ -335,10 +422,16 @@ pub async fn run_with_hub<A: TokenCheck>(
             }
         });
     }
+    let throttle = admission::AuthThrottle::new(
+        cfg.auth_fail_burst,
+        cfg.auth_fail_rate,
+        cfg.auth_throttle_sources,
+    );
     let ctx = Arc::new(conn::Ctx {
         hub,
         auth,
         cfg,
+        throttle,
         shutdown: shutdown.clone(),
     });
     let conns = Arc::new(tokio::sync::Semaphore::new(ctx.cfg.max_connections.max(1)));
@@ -471,6 +564,14 @@ pub struct RelayArgs {
     /// balancer and limit per source there).
     #[arg(long, value_name = "N", default_value_t = RelayConfig::default().preauth_per_source)]
     pub preauth_per_source: u32,
+    /// Authentication failures a source address (IPv6: a /64) may have before its hellos
+    /// are refused unchecked (0: no throttle; use 0 behind a load balancer and throttle
+    /// there).
+    #[arg(long, value_name = "N", default_value_t = RelayConfig::default().auth_fail_burst)]
+    pub auth_fail_burst: u32,
+    /// Tries a throttled source earns back per second.
+    #[arg(long, value_name = "PER_SEC", default_value_t = RelayConfig::default().auth_fail_rate)]
+    pub auth_fail_rate: f64,
     /// Seconds for TLS, websocket handshake and hello together.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub hello_timeout: f64,
@@ -512,7 +613,16 @@ impl RelayArgs {
             anyhow::bail!("--max-queued-bytes must be at least 65536");
         }
         let rejoin = secs("rejoin-grace", self.rejoin_grace)?;
+        if self.auth_fail_burst > 0
+            && !(self.auth_fail_rate.is_finite() && self.auth_fail_rate > 0.0)
+        {
+            anyhow::bail!(
+                "--auth-fail-rate must be above 0 (a throttled source would never be checked again); use --auth-fail-burst 0 for no throttle"
+            );
+        }
         Ok(RelayConfig {
+            auth_fail_burst: self.auth_fail_burst,
+            auth_fail_rate: self.auth_fail_rate,
             max_sessions: self.max_sessions,
             max_connections: self.max_connections,
             accept_rate: self.accept_rate,
