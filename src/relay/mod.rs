@@ -526,6 +526,87 @@ pub async fn run_with_hub<A: TokenCheck>(
     tracker.wait().await;
 }
 
+/// The relay's pre-authentication phase without a socket: feeds bytes to the real code
+/// (HTTP upgrade, websocket frames under the pre-auth limits, hello checks, the
+/// authentication throttle) over an in-memory stream. For fuzzing (`fuzz/`) and tests; not
+/// a public interface.
+#[doc(hidden)]
+pub struct PreAuthProbe<A> {
+    pub(crate) ctx: Arc<conn::Ctx<A>>,
+}
+
+/// What the relay made of one probed connection.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probed {
+    /// The hello was accepted: its role and session.
+    pub accepted: Option<(Role, String)>,
+    /// Everything the relay wrote back (HTTP response, websocket frames).
+    pub output: Vec<u8>,
+}
+
+impl<A: TokenCheck> PreAuthProbe<A> {
+    pub fn new(auth: Arc<A>, cfg: RelayConfig) -> Self {
+        let throttle = admission::AuthThrottle::new(
+            cfg.auth_fail_burst,
+            cfg.auth_fail_rate,
+            cfg.auth_throttle_sources,
+        );
+        PreAuthProbe {
+            ctx: Arc::new(conn::Ctx {
+                hub: Hub::new(cfg.max_sessions, cfg.keepalive_ms),
+                auth,
+                cfg,
+                throttle,
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<metrics::Metrics> {
+        self.ctx.hub.metrics()
+    }
+
+    /// One connection from `from`: sends `input` up to the end of its HTTP head (the first
+    /// blank line), waits for the relay's response head as a websocket client does, sends
+    /// the rest, then half-closes.
+    pub async fn run(&self, from: SocketAddr, input: &[u8]) -> Probed {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let split = input
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(input.len(), |i| i + 4);
+        let (head, rest) = input.split_at(split);
+        let cap = input.len() + 64 * 1024;
+        let (mut client, server) = tokio::io::duplex(cap);
+        let deadline = tokio::time::Instant::now() + self.ctx.cfg.hello_timeout;
+        let relay = async {
+            let r = conn::authenticate(server, from, &self.ctx, deadline).await;
+            r.map(|(_, h)| (h.role, h.session))
+        };
+        let peer = async {
+            let mut output = Vec::new();
+            let _ = client.write_all(head).await;
+            if rest.is_empty() {
+                let _ = client.shutdown().await;
+            }
+            let mut buf = [0u8; 1024];
+            while !output.windows(4).any(|w| w == b"\r\n\r\n") {
+                match client.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => output.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = client.write_all(rest).await;
+            let _ = client.shutdown().await;
+            let _ = client.read_to_end(&mut output).await;
+            output
+        };
+        let (accepted, output) = tokio::join!(relay, peer);
+        Probed { accepted, output }
+    }
+}
+
 /// `obdgw relay` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RelayArgs {
@@ -765,4 +846,90 @@ fn run_relay_inner(args: RelayArgs) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab";
+    const B: &str = "00000000-0000-4000-8000-000000000000";
+
+    fn file(entries: &[(&str, &str, &str)]) -> String {
+        entries
+            .iter()
+            .map(|(id, g, o)| {
+                format!("[[session]]\nid = \"{id}\"\ngateway_token = \"{g}\"\noperator_token = \"{o}\"\n")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tokens_files_refuse_empty_and_repeated_tokens_and_sessions() {
+        assert!(StaticTokens::from_toml(&file(&[(A, "g1", "o1"), (B, "g2", "o2")])).is_ok());
+        for (entries, want) in [
+            (vec![(A, "", "o1")], "#1 (session 6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab): gateway_token is empty"),
+            (vec![(A, "g1", "  ")], "operator_token is empty"),
+            (vec![(A, "same-1", "same-1")], "operator_token is the same token as its gateway_token"),
+            (
+                vec![(A, "g1", "o1"), (B, "g2", "o1")],
+                "#2 (session 00000000-0000-4000-8000-000000000000): operator_token is the same token as the operator_token of [[session]] #1 (session 6f1c2d3e",
+            ),
+            (vec![(A, "g1", "o1"), (B, "o1", "o2")], "gateway_token is the same token as the operator_token of [[session]] #1"),
+            (vec![(A, "g1", "o1"), (A, "g2", "o2")], "#2: session 6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab is already listed as #1"),
+            (vec![(B, "g1", "o1"), ("X", "g2", "o2")], "#2: id \"X\" is not a lowercase hyphenated UUID"),
+        ] {
+            let err = StaticTokens::from_toml(&file(&entries)).unwrap_err();
+            assert!(err.contains(want), "{err}\nwanted: {want}");
+            if !want.contains("UUID") && !want.contains("already listed") {
+                assert!(err.contains("openssl rand"), "says what to do: {err}");
+            }
+            // Never the token itself.
+            for (_, g, o) in &entries {
+                for t in [g, o] {
+                    if t.len() > 2 {
+                        assert!(!err.contains(&format!("{t:?}")) && !err.contains(&format!(" {t} ")), "{err}");
+                    }
+                }
+            }
+        }
+        assert!(StaticTokens::from_toml("[[session]]\nid = 1\n").is_err());
+    }
+
+    #[tokio::test]
+    async fn static_tokens_admit_only_the_right_role() {
+        let t = StaticTokens::from_toml(&file(&[(A, "g1", "o1")])).unwrap();
+        assert_eq!(t.check(Role::Gateway, A, "g1").await, Ok(()));
+        assert_eq!(t.check(Role::Operator, A, "o1").await, Ok(()));
+        assert_eq!(t.check(Role::Operator, A, "g1").await, Err(AuthError::BadToken));
+        assert_eq!(t.check(Role::Gateway, A, "g1 ").await, Err(AuthError::BadToken));
+        assert_eq!(t.check(Role::Gateway, A, "").await, Err(AuthError::BadToken));
+        assert_eq!(t.check(Role::Gateway, B, "g1").await, Err(AuthError::UnknownSession));
+        assert_eq!(t.check(Role::Gateway, "x", "g1").await, Err(AuthError::UnknownSession));
+        // The digest is SHA-256.
+        let d = digest("abc");
+        assert_eq!(d[..4], [0xba, 0x78, 0x16, 0xbf]);
+        assert_ne!(d, NO_TOKEN);
+    }
+
+    #[test]
+    fn throttle_flags_are_checked() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            relay: RelayArgs,
+        }
+        let parse = |extra: &[&str]| {
+            let mut a = vec!["relay", "--listen", "127.0.0.1:0", "--tokens", "t"];
+            a.extend_from_slice(extra);
+            Cli::try_parse_from(a).unwrap().relay.config()
+        };
+        let c = parse(&[]).unwrap();
+        assert_eq!((c.auth_fail_burst, c.auth_fail_rate), (20, 1.0));
+        let c = parse(&["--auth-fail-burst", "5", "--auth-fail-rate", "0.1"]).unwrap();
+        assert_eq!((c.auth_fail_burst, c.auth_fail_rate), (5, 0.1));
+        assert!(parse(&["--auth-fail-rate", "0"]).is_err());
+        assert!(parse(&["--auth-fail-burst", "0", "--auth-fail-rate", "0"]).is_ok());
+    }
 }
