@@ -172,7 +172,7 @@ impl Attack {
             n += 1;
             c.tries.fetch_add(1, Ordering::Relaxed);
             if let Ok(mut t) = tcp_from(source, self.relay).await {
-                let mut junk: Vec<u8> = if n % 2 == 0 {
+                let mut junk: Vec<u8> = if n.is_multiple_of(2) {
                     b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n".to_vec()
                 } else {
                     Vec::new()
@@ -271,8 +271,12 @@ impl Attack {
                 continue;
             };
             n += 1;
-            let is_right = n > right_after && n % 50 == 0;
-            let text = if is_right { right.clone() } else { wrong.clone() };
+            let is_right = n > right_after && n.is_multiple_of(50);
+            let text = if is_right {
+                right.clone()
+            } else {
+                wrong.clone()
+            };
             let (me, c) = (self.clone(), c.clone());
             tokio::spawn(async move {
                 let _permit = permit;
@@ -287,7 +291,9 @@ impl Attack {
                         c.right_tries.fetch_add(1, Ordering::Relaxed);
                     }
                     c.hellos.fetch_add(1, Ordering::Relaxed);
-                    let _ = t.write_all(&frame(true, 1, text.len() as u64, text.as_bytes())).await;
+                    let _ = t
+                        .write_all(&frame(true, 1, text.len() as u64, text.as_bytes()))
+                        .await;
                     read_rest(&mut t, &mut got, Duration::from_secs(5)).await;
                     if String::from_utf8_lossy(&got).contains("\"welcome\"") {
                         c.welcomed.fetch_add(1, Ordering::Relaxed);
@@ -317,8 +323,7 @@ impl Attack {
                 let mut got = Vec::new();
                 let mut buf = [0u8; 1024];
                 while self.on() {
-                    match tokio::time::timeout(Duration::from_millis(200), t.read(&mut buf)).await
-                    {
+                    match tokio::time::timeout(Duration::from_millis(200), t.read(&mut buf)).await {
                         Ok(Ok(0)) | Ok(Err(_)) => break,
                         Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
                         Err(_) => {}
@@ -533,12 +538,22 @@ async fn the_relay_serves_a_pair_while_under_attack() {
     let r = procs.spawn("relay", &argv, &[]);
     let relay = procs
         .line(r, "its address", |l| {
-            l.split("ws://").nth(1)?.split('/').next()?.parse::<SocketAddr>().ok()
+            l.split("ws://")
+                .nth(1)?
+                .split('/')
+                .next()?
+                .parse::<SocketAddr>()
+                .ok()
         })
         .await;
     let metrics_addr = procs
         .line(r, "its metrics address", |l| {
-            l.split("http://").nth(1)?.split('/').next()?.parse::<SocketAddr>().ok()
+            l.split("http://")
+                .nth(1)?
+                .split('/')
+                .next()?
+                .parse::<SocketAddr>()
+                .ok()
         })
         .await;
     let pid = procs.procs[r].child.id();
@@ -612,7 +627,10 @@ async fn the_relay_serves_a_pair_while_under_attack() {
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let m = metrics(metrics_addr).await;
-                peak.fetch_max(metric(&m, "obdgw_relay_connections_preauth"), Ordering::Relaxed);
+                peak.fetch_max(
+                    metric(&m, "obdgw_relay_connections_preauth"),
+                    Ordering::Relaxed,
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
@@ -634,7 +652,10 @@ async fn the_relay_serves_a_pair_while_under_attack() {
     let q = |p: f64| {
         traffic
             .rtt_us
-            .get(((traffic.rtt_us.len() as f64 * p) as usize).min(traffic.rtt_us.len().saturating_sub(1)))
+            .get(
+                ((traffic.rtt_us.len() as f64 * p) as usize)
+                    .min(traffic.rtt_us.len().saturating_sub(1)),
+            )
             .copied()
             .unwrap_or(0)
     };
@@ -671,10 +692,19 @@ async fn the_relay_serves_a_pair_while_under_attack() {
         brute.hellos.load(Ordering::Relaxed),
         brute.right_tries.load(Ordering::Relaxed),
         peak_preauth.load(Ordering::Relaxed),
-        metric(&m, "obdgw_relay_admission_drops_total{reason=\"per_source\"}"),
+        metric(
+            &m,
+            "obdgw_relay_admission_drops_total{reason=\"per_source\"}"
+        ),
         metric(&m, "obdgw_relay_admission_drops_total{reason=\"deadline\"}"),
-        metric(&m, "obdgw_relay_admission_drops_total{reason=\"handshake\"}"),
-        metric(&m, "obdgw_relay_admission_drops_total{reason=\"preauth_bytes\"}"),
+        metric(
+            &m,
+            "obdgw_relay_admission_drops_total{reason=\"handshake\"}"
+        ),
+        metric(
+            &m,
+            "obdgw_relay_admission_drops_total{reason=\"preauth_bytes\"}"
+        ),
         metric(&m, "obdgw_relay_refusals_total{code=\"bad_hello\"}"),
         metric(&m, "obdgw_relay_refusals_total{code=\"auth_failed\"}"),
         metric(&m, "obdgw_relay_auth_throttled_total"),
@@ -727,7 +757,10 @@ async fn the_relay_serves_a_pair_while_under_attack() {
         "no hello was throttled",
     );
     check(
-        metric(&m, "obdgw_relay_admission_drops_total{reason=\"per_source\"}") > 0,
+        metric(
+            &m,
+            "obdgw_relay_admission_drops_total{reason=\"per_source\"}",
+        ) > 0,
         "no connection was refused by the per-source cap",
     );
     check(

@@ -112,6 +112,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(h.role, *role);
         }
     }
-    assert!(out.output.len() < 2048, "{} bytes answered", out.output.len());
+    assert!(
+        out.output.len() < 2048,
+        "{} bytes answered",
+        out.output.len()
+    );
     assert!(!contains(&out.output, GW) && !contains(&out.output, OP));
 });

@@ -417,7 +417,10 @@ mod tests {
         for _ in 0..3 {
             th.failed(a, at(60_000));
         }
-        assert!(!th.allows(a, at(60_000)), "idle time does not bank more than the burst");
+        assert!(
+            !th.allows(a, at(60_000)),
+            "idle time does not bank more than the burst"
+        );
         // Off: nothing is throttled or remembered.
         let off = AuthThrottle::new(0, 1.0, 10);
         for _ in 0..1000 {

@@ -707,13 +707,21 @@ mod tests {
             assert!(refused_auth(&r.output));
             first.get_or_insert(r.output);
         }
-        assert_eq!(t.elapsed(), Duration::ZERO, "checked failures are not delayed");
+        assert_eq!(
+            t.elapsed(),
+            Duration::ZERO,
+            "checked failures are not delayed"
+        );
         // Throttled: even the right token is not checked, and the answer waits.
         let t = Instant::now();
         let r = p.run(from(1), &right).await;
         assert_eq!(r.accepted, None);
         assert_eq!(t.elapsed(), Duration::from_secs(1));
-        assert_eq!(Some(&r.output), first.as_ref(), "the same bytes as a checked failure");
+        assert_eq!(
+            Some(&r.output),
+            first.as_ref(),
+            "the same bytes as a checked failure"
+        );
         let m = p.metrics();
         assert_eq!(m.auth_throttled.load(Ordering::Relaxed), 1);
         assert_eq!(m.refusals(Refusal::AuthFailed), 4);
@@ -741,7 +749,9 @@ mod tests {
         let p = PreAuthProbe::new(tokens(), cfg);
         p.run(from(1), &hello(Role::Operator, SID, "x")).await;
         let t = Instant::now();
-        let r = p.run(from(1), &hello(Role::Operator, SID, "op-token")).await;
+        let r = p
+            .run(from(1), &hello(Role::Operator, SID, "op-token"))
+            .await;
         assert!(refused_auth(&r.output));
         assert_eq!(t.elapsed(), Duration::from_secs(3));
     }
@@ -775,13 +785,23 @@ mod tests {
         ] {
             let r = p.run(from(1), &hello(role, session, token)).await;
             assert_eq!(r.accepted, None);
-            assert!(refused_auth(&r.output), "{session} {token} {:?} {}", String::from_utf8_lossy(&r.output), p.metrics().render());
+            assert!(
+                refused_auth(&r.output),
+                "{session} {token} {:?} {}",
+                String::from_utf8_lossy(&r.output),
+                p.metrics().render()
+            );
             outs.push(r.output);
         }
-        assert!(outs.windows(2).all(|w| w[0] == w[1]), "byte for byte one answer");
+        assert!(
+            outs.windows(2).all(|w| w[0] == w[1]),
+            "byte for byte one answer"
+        );
         // Every one of them went through the token check: no early return for any.
         assert_eq!(auth.0.load(Ordering::Relaxed), 5);
-        let right = p.run(from(1), &hello(Role::Operator, SID, "op-token")).await;
+        let right = p
+            .run(from(1), &hello(Role::Operator, SID, "op-token"))
+            .await;
         assert!(right.accepted.is_some());
     }
 
@@ -820,7 +840,10 @@ mod tests {
             })
             .to_text();
             let pad = 4096 - v.len();
-            v = v.replace("\"agent\":\"\"", &format!("\"agent\":\"{}\"", "a".repeat(pad)));
+            v = v.replace(
+                "\"agent\":\"\"",
+                &format!("\"agent\":\"{}\"", "a".repeat(pad)),
+            );
             v
         };
         assert!(len < body.len() && body.len() == 4096);

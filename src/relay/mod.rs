@@ -868,16 +868,31 @@ mod tests {
     fn tokens_files_refuse_empty_and_repeated_tokens_and_sessions() {
         assert!(StaticTokens::from_toml(&file(&[(A, "g1", "o1"), (B, "g2", "o2")])).is_ok());
         for (entries, want) in [
-            (vec![(A, "", "o1")], "#1 (session 6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab): gateway_token is empty"),
+            (
+                vec![(A, "", "o1")],
+                "#1 (session 6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab): gateway_token is empty",
+            ),
             (vec![(A, "g1", "  ")], "operator_token is empty"),
-            (vec![(A, "same-1", "same-1")], "operator_token is the same token as its gateway_token"),
+            (
+                vec![(A, "same-1", "same-1")],
+                "operator_token is the same token as its gateway_token",
+            ),
             (
                 vec![(A, "g1", "o1"), (B, "g2", "o1")],
                 "#2 (session 00000000-0000-4000-8000-000000000000): operator_token is the same token as the operator_token of [[session]] #1 (session 6f1c2d3e",
             ),
-            (vec![(A, "g1", "o1"), (B, "o1", "o2")], "gateway_token is the same token as the operator_token of [[session]] #1"),
-            (vec![(A, "g1", "o1"), (A, "g2", "o2")], "#2: session 6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab is already listed as #1"),
-            (vec![(B, "g1", "o1"), ("X", "g2", "o2")], "#2: id \"X\" is not a lowercase hyphenated UUID"),
+            (
+                vec![(A, "g1", "o1"), (B, "o1", "o2")],
+                "gateway_token is the same token as the operator_token of [[session]] #1",
+            ),
+            (
+                vec![(A, "g1", "o1"), (A, "g2", "o2")],
+                "#2: session 6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab is already listed as #1",
+            ),
+            (
+                vec![(B, "g1", "o1"), ("X", "g2", "o2")],
+                "#2: id \"X\" is not a lowercase hyphenated UUID",
+            ),
         ] {
             let err = StaticTokens::from_toml(&file(&entries)).unwrap_err();
             assert!(err.contains(want), "{err}\nwanted: {want}");
@@ -888,7 +903,10 @@ mod tests {
             for (_, g, o) in &entries {
                 for t in [g, o] {
                     if t.len() > 2 {
-                        assert!(!err.contains(&format!("{t:?}")) && !err.contains(&format!(" {t} ")), "{err}");
+                        assert!(
+                            !err.contains(&format!("{t:?}")) && !err.contains(&format!(" {t} ")),
+                            "{err}"
+                        );
                     }
                 }
             }
@@ -901,11 +919,26 @@ mod tests {
         let t = StaticTokens::from_toml(&file(&[(A, "g1", "o1")])).unwrap();
         assert_eq!(t.check(Role::Gateway, A, "g1").await, Ok(()));
         assert_eq!(t.check(Role::Operator, A, "o1").await, Ok(()));
-        assert_eq!(t.check(Role::Operator, A, "g1").await, Err(AuthError::BadToken));
-        assert_eq!(t.check(Role::Gateway, A, "g1 ").await, Err(AuthError::BadToken));
-        assert_eq!(t.check(Role::Gateway, A, "").await, Err(AuthError::BadToken));
-        assert_eq!(t.check(Role::Gateway, B, "g1").await, Err(AuthError::UnknownSession));
-        assert_eq!(t.check(Role::Gateway, "x", "g1").await, Err(AuthError::UnknownSession));
+        assert_eq!(
+            t.check(Role::Operator, A, "g1").await,
+            Err(AuthError::BadToken)
+        );
+        assert_eq!(
+            t.check(Role::Gateway, A, "g1 ").await,
+            Err(AuthError::BadToken)
+        );
+        assert_eq!(
+            t.check(Role::Gateway, A, "").await,
+            Err(AuthError::BadToken)
+        );
+        assert_eq!(
+            t.check(Role::Gateway, B, "g1").await,
+            Err(AuthError::UnknownSession)
+        );
+        assert_eq!(
+            t.check(Role::Gateway, "x", "g1").await,
+            Err(AuthError::UnknownSession)
+        );
         // The digest is SHA-256.
         let d = digest("abc");
         assert_eq!(d[..4], [0xba, 0x78, 0x16, 0xbf]);
