@@ -7,13 +7,19 @@
 //! counts as one source ([`source_key`]: an IPv4 address, an IPv6 /64), and the pre-auth byte
 //! budget on a connection's input ([`Capped`]).
 //!
+//! Also the list of unauthenticated connections, oldest first ([`PreAuthList`]), from which
+//! the accept loop evicts the oldest when the global pre-auth cap is full.
+//!
 //! Does not own: the global pre-auth cap (a semaphore in the accept loop), the deadline for
 //! handshake and hello (the connection code), authentication.
 //!
 //! What happens at each limit (also in `docs/scaling.md`):
 //! - accept rate: the accept loop sleeps; new connections wait in the kernel's listen queue.
-//! - global pre-auth cap: the accept loop waits for an unauthenticated connection to finish
-//!   (authenticated, refused or timed out); new connections wait in the listen queue.
+//! - global pre-auth cap: the oldest unauthenticated connection is closed (counted as
+//!   `evicted`) if it has been unauthenticated for at least `preauth_evict_after`
+//!   (legitimate handshakes take milliseconds, so what is old is slow on purpose or stuck);
+//!   otherwise the accept loop waits until one finishes or becomes old enough; new
+//!   connections wait in the listen queue meanwhile.
 //! - per-source cap: the connection is accepted and closed at once (counted).
 //! - pre-auth bytes: a connection that sends more than the budget before its hello is
 //!   accepted gets a read error and is closed (counted).
@@ -22,7 +28,7 @@
 //!   (a right token is refused too) and get the ordinary `auth_failed` answer after a delay
 //!   (counted). The table of sources is bounded; beyond it, new sources share one bucket.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
@@ -30,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
 
 /// A token bucket: `rate` tokens per second, at most `burst` stored.
 #[derive(Debug, Clone)]
@@ -253,6 +260,81 @@ impl AuthThrottle {
     }
 }
 
+/// The unauthenticated connections, oldest first: when the global pre-auth cap is full,
+/// the accept loop tells the oldest to go, so that connections held open on purpose
+/// (slowloris, from more addresses than the per-source cap can stop) cannot keep new ones
+/// out for a whole hello deadline. Sans-IO: the caller passes `now`.
+#[derive(Debug, Clone, Default)]
+pub struct PreAuthList {
+    inner: Arc<Mutex<ListState>>,
+}
+
+#[derive(Debug, Default)]
+struct ListState {
+    next: u64,
+    live: BTreeMap<u64, (Instant, CancellationToken)>,
+}
+
+/// A connection's place in the [`PreAuthList`]; leaving (drop) removes it.
+#[derive(Debug)]
+pub struct Listed {
+    list: PreAuthList,
+    id: u64,
+}
+
+impl PreAuthList {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ListState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// List a connection that started at `now`; `evict` is cancelled to make it go.
+    pub fn enter(&self, now: Instant, evict: CancellationToken) -> Listed {
+        let mut st = self.lock();
+        let id = st.next;
+        st.next += 1;
+        st.live.insert(id, (now, evict));
+        Listed {
+            list: self.clone(),
+            id,
+        }
+    }
+
+    /// Tell the oldest connection to go if it started at least `min_age` before `now`
+    /// (`Ok`); otherwise `Err` with when the oldest will be old enough (`None`: the list is
+    /// empty). A zero `min_age` never evicts.
+    pub fn evict_oldest(&self, now: Instant, min_age: Duration) -> Result<(), Option<Instant>> {
+        let mut st = self.lock();
+        let Some((&id, &(started, _))) = st.live.iter().next() else {
+            return Err(None);
+        };
+        if min_age.is_zero() {
+            return Err(None);
+        }
+        if now.saturating_duration_since(started) < min_age {
+            return Err(Some(started + min_age));
+        }
+        if let Some((_, token)) = st.live.remove(&id) {
+            token.cancel();
+        }
+        Ok(())
+    }
+
+    /// Connections listed now.
+    pub fn len(&self) -> usize {
+        self.lock().live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.list.lock().live.remove(&self.id);
+    }
+}
+
 /// A stream whose input is limited to `budget` bytes until [`Capped::lift`]: an
 /// unauthenticated client cannot make the relay read (and buffer) more than that.
 #[derive(Debug)]
@@ -451,6 +533,37 @@ mod tests {
         th.failed(ip(251), later);
         assert_eq!(th.tracked(), 1);
         assert!(th.allows(ip(0), later));
+    }
+
+    #[test]
+    fn the_oldest_unauthenticated_connection_is_evicted_once_old_enough() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let list = PreAuthList::default();
+        let (a, b, c) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
+        let la = list.enter(at(0), a.clone());
+        let lb = list.enter(at(100), b.clone());
+        let _lc = list.enter(at(200), c.clone());
+        let min = Duration::from_secs(1);
+        assert_eq!(list.evict_oldest(at(500), min), Err(Some(at(1000))));
+        assert_eq!(list.evict_oldest(at(1000), min), Ok(()));
+        assert!(a.is_cancelled() && !b.is_cancelled());
+        assert_eq!(list.len(), 2);
+        drop(la); // already gone from the list
+        // A connection that finished is not evicted: the next oldest is.
+        drop(lb);
+        assert_eq!(list.evict_oldest(at(1100), min), Err(Some(at(1200))));
+        assert_eq!(list.evict_oldest(at(1200), min), Ok(()));
+        assert!(c.is_cancelled() && !b.is_cancelled());
+        assert_eq!(list.evict_oldest(at(5000), min), Err(None));
+        assert!(list.is_empty());
+        // Zero: never.
+        let _ld = list.enter(at(0), CancellationToken::new());
+        assert_eq!(list.evict_oldest(at(99_999), Duration::ZERO), Err(None));
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@
 //!
 //! Does not own: pairing (`super::hub`), accepting and the admission caps (`super::run`).
 
-use super::admission::{AuthThrottle, Capped, SourceGuard};
+use super::admission::{AuthThrottle, Capped, Listed, SourceGuard};
 use super::hub::{Hub, Out, Outbound, Queued, Route};
 use super::metrics::{DropReason as AdmissionDrop, Metrics, Refusal};
 use super::{AuthError, RelayConfig, TokenCheck};
@@ -44,21 +44,28 @@ pub(crate) struct Ctx<A> {
     pub shutdown: CancellationToken,
 }
 
-/// Held while a connection is unauthenticated: its place under the global pre-auth cap and
-/// under its source address's cap. Dropped when the hello is accepted or the connection
-/// ends.
+/// Held while a connection is unauthenticated: its place under the global pre-auth cap,
+/// under its source address's cap and in the eviction list. Dropped when the hello is
+/// accepted or the connection ends.
 pub(crate) struct PreAuth {
     _permit: OwnedSemaphorePermit,
     _source: SourceGuard,
+    _listed: Listed,
     metrics: Arc<Metrics>,
 }
 
 impl PreAuth {
-    pub fn new(permit: OwnedSemaphorePermit, source: SourceGuard, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        permit: OwnedSemaphorePermit,
+        source: SourceGuard,
+        listed: Listed,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         metrics.preauth.fetch_add(1, Ordering::Relaxed);
         PreAuth {
             _permit: permit,
             _source: source,
+            _listed: listed,
             metrics,
         }
     }
@@ -236,25 +243,29 @@ pub(crate) async fn serve<S, A>(
     addr: SocketAddr,
     ctx: Arc<Ctx<A>>,
     deadline: Instant,
+    stop: CancellationToken,
     pre: PreAuth,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     A: TokenCheck,
 {
-    let Some((inner, hello)) = Box::pin(authenticate(stream, addr, &ctx, deadline)).await else {
+    let Some((inner, hello)) = Box::pin(authenticate(stream, addr, &ctx, deadline, &stop)).await
+    else {
         return;
     };
     forward(inner, hello, addr, &ctx, pre).await
 }
 
 /// Websocket handshake and hello under the pre-auth limits; `None` when refused (the
-/// refusal was sent) or failed.
+/// refusal was sent) or failed. `stop`: the relay shuts down, or this connection is evicted
+/// (a child of the shutdown token, cancelled alone by eviction).
 #[allow(clippy::result_large_err)] // the handshake callback's error is tungstenite's response
 pub(crate) async fn authenticate<S, A>(
     stream: S,
     addr: SocketAddr,
     ctx: &Ctx<A>,
     deadline: Instant,
+    stop: &CancellationToken,
 ) -> Option<(Capped<S>, Hello)>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -262,6 +273,13 @@ where
 {
     let metrics = ctx.hub.metrics().clone();
     let cfg = &ctx.cfg;
+    let stopped = || {
+        if !ctx.shutdown.is_cancelled() {
+            metrics.admission_drop(AdmissionDrop::Evicted);
+            tracing::debug!(%addr, "relay evicted the oldest unauthenticated connection");
+        }
+        None
+    };
 
     // Handshake, under the pre-auth byte budget and the deadline.
     let mut path_session: Option<String> = None;
@@ -271,7 +289,7 @@ where
         Some(cfg.preauth_ws_config()),
     );
     let mut ws = match tokio::select! {
-        _ = ctx.shutdown.cancelled() => return None,
+        _ = stop.cancelled() => return stopped(),
         h = tokio::time::timeout_at(deadline, handshake) => h,
     } {
         Ok(Ok(ws)) => ws,
@@ -289,7 +307,7 @@ where
 
     // The hello, under the same deadline.
     let first = tokio::select! {
-        _ = ctx.shutdown.cancelled() => return None,
+        _ = stop.cancelled() => return stopped(),
         f = tokio::time::timeout_at(deadline, ws.next()) => f,
     };
     use tokio_tungstenite::tungstenite::Error as WsError;
@@ -342,7 +360,7 @@ where
             metrics.auth_throttled.fetch_add(1, Ordering::Relaxed);
             let until = deadline.min(Instant::now() + cfg.auth_throttle_delay);
             tokio::select! {
-                _ = ctx.shutdown.cancelled() => return None,
+                _ = stop.cancelled() => return stopped(),
                 _ = tokio::time::sleep_until(until) => {}
             }
             drop(h);
@@ -864,7 +882,8 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let t0 = Instant::now();
         let srv = tokio::spawn(async move {
-            let r = authenticate(server, from(1), &ctx, t0 + ctx.cfg.hello_timeout).await;
+            let stop = CancellationToken::new();
+            let r = authenticate(server, from(1), &ctx, t0 + ctx.cfg.hello_timeout, &stop).await;
             (r.is_some(), t0.elapsed())
         });
         let req = upgrade("/");

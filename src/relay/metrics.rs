@@ -29,6 +29,9 @@ pub enum DropReason {
     Handshake,
     /// More bytes before the hello was accepted than the pre-auth budget allows.
     PreAuthBytes,
+    /// The oldest unauthenticated connection, closed to make room when the pre-auth cap
+    /// was full.
+    Evicted,
 }
 
 /// Why an authenticated-or-not hello was refused (`obdgw_relay_refusals_total`).
@@ -96,7 +99,7 @@ pub struct Metrics {
     /// Hellos refused unchecked because their source had too many authentication failures
     /// (also counted as `auth_failed` refusals).
     pub auth_throttled: AtomicU64,
-    drops: [AtomicU64; 4],
+    drops: [AtomicU64; 5],
     refusals: [AtomicU64; 4],
     /// Hellos accepted.
     pub attached: AtomicU64,
@@ -281,9 +284,15 @@ impl Metrics {
             "# HELP obdgw_relay_admission_drops_total Connections dropped before authentication, by reason.\n\
              # TYPE obdgw_relay_admission_drops_total counter\n"
         );
-        for (i, r) in ["per_source", "deadline", "handshake", "preauth_bytes"]
-            .iter()
-            .enumerate()
+        for (i, r) in [
+            "per_source",
+            "deadline",
+            "handshake",
+            "preauth_bytes",
+            "evicted",
+        ]
+        .iter()
+        .enumerate()
         {
             let _ = writeln!(
                 s,

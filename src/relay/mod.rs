@@ -220,9 +220,13 @@ pub struct RelayConfig {
     /// One deadline for TLS, the websocket handshake and a valid hello, counted from the
     /// accept; a connection that misses it is closed (`bad_hello` when the websocket is up).
     pub hello_timeout: Duration,
-    /// Unauthenticated connections at once; at the cap the relay stops accepting until one
-    /// finishes (new connections wait in the listen queue).
+    /// Unauthenticated connections at once; at the cap the oldest is closed if it is at
+    /// least `preauth_evict_after` old, otherwise the relay stops accepting until one
+    /// finishes or becomes old enough (new connections wait in the listen queue).
     pub preauth_max: usize,
+    /// How long a connection must have been unauthenticated before it may be evicted to
+    /// make room at the pre-auth cap (zero: never evict).
+    pub preauth_evict_after: Duration,
     /// Unauthenticated connections per source address (0: no limit); beyond it a new
     /// connection is accepted and closed at once. Behind a load balancer every connection
     /// comes from the balancer: set 0 there and limit per source at the balancer.
@@ -282,6 +286,7 @@ impl Default for RelayConfig {
             max_connections: 50_000,
             hello_timeout: Duration::from_secs(10),
             preauth_max: 1024,
+            preauth_evict_after: Duration::from_secs(2),
             preauth_per_source: 64,
             preauth_message: 4096,
             preauth_bytes: 16 * 1024,
@@ -436,6 +441,7 @@ pub async fn run_with_hub<A: TokenCheck>(
     });
     let conns = Arc::new(tokio::sync::Semaphore::new(ctx.cfg.max_connections.max(1)));
     let preauth = Arc::new(tokio::sync::Semaphore::new(ctx.cfg.preauth_max.max(1)));
+    let waiting = admission::PreAuthList::default();
     let per_source = admission::PerSource::new(ctx.cfg.preauth_per_source);
     let mut bucket = admission::TokenBucket::new(
         ctx.cfg.accept_rate,
@@ -460,9 +466,6 @@ pub async fn run_with_hub<A: TokenCheck>(
         let Some(conn_permit) = permit(&conns, &metrics.preauth_full, &shutdown).await else {
             break;
         };
-        let Some(pre_permit) = permit(&preauth, &metrics.preauth_full, &shutdown).await else {
-            break;
-        };
         while let Some(wait) = bucket.take(std::time::Instant::now()) {
             metrics.accept_throttled.fetch_add(1, Ordering::Relaxed);
             tokio::select! {
@@ -483,6 +486,8 @@ pub async fn run_with_hub<A: TokenCheck>(
             },
         };
         metrics.accepted.fetch_add(1, Ordering::Relaxed);
+        // One deadline for TLS, websocket handshake and hello, counted from the accept.
+        let deadline = tokio::time::Instant::now() + ctx.cfg.hello_timeout;
         let Some(source) = per_source.enter(addr.ip()) else {
             metrics.admission_drop(metrics::DropReason::PerSource);
             // Reset rather than close: no TIME_WAIT for a connection we never served.
@@ -490,19 +495,60 @@ pub async fn run_with_hub<A: TokenCheck>(
             drop(tcp);
             continue;
         };
+        // The pre-auth cap, taken once a connection is here (so that nothing is evicted
+        // for a connection that does not exist): when it is full, evict the oldest
+        // unauthenticated connection once it is old enough, or wait for a place. Further
+        // connections wait in the listen queue meanwhile.
+        let pre_permit = match preauth.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                metrics.preauth_full.fetch_add(1, Ordering::Relaxed);
+                loop {
+                    let now = tokio::time::Instant::now();
+                    let wake =
+                        match waiting.evict_oldest(now.into_std(), ctx.cfg.preauth_evict_after) {
+                            Ok(()) => None,
+                            Err(when) => when.map(tokio::time::Instant::from_std),
+                        };
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break None,
+                        p = preauth.clone().acquire_owned() => break p.ok(),
+                        _ = async {
+                            match wake {
+                                Some(w) => tokio::time::sleep_until(w).await,
+                                None => std::future::pending().await,
+                            }
+                        } => continue,
+                    }
+                }
+            }
+        };
+        let Some(pre_permit) = pre_permit else {
+            break;
+        };
         let _ = tcp.set_nodelay(true);
-        let pre = conn::PreAuth::new(pre_permit, source, metrics.clone());
+        let stop = shutdown.child_token();
+        let listed = waiting.enter(tokio::time::Instant::now().into_std(), stop.clone());
+        let pre = conn::PreAuth::new(pre_permit, source, listed, metrics.clone());
         let (ctx, tls) = (ctx.clone(), tls.clone());
         let open = conn::OpenGuard::new(metrics.clone());
         tracker.spawn(async move {
             let (_conn_permit, _open) = (conn_permit, open);
-            let deadline = tokio::time::Instant::now() + ctx.cfg.hello_timeout;
             match tls {
                 // Boxed: the TLS connection's larger state does not make every plain
                 // connection's task larger.
                 Some(acc) => {
-                    match tokio::time::timeout_at(deadline, Box::pin(acc.accept(tcp))).await {
-                        Ok(Ok(s)) => Box::pin(conn::serve(s, addr, ctx, deadline, pre)).await,
+                    let handshake = tokio::select! {
+                        _ = stop.cancelled() => {
+                            if !ctx.shutdown.is_cancelled() {
+                                ctx.hub.metrics().admission_drop(metrics::DropReason::Evicted);
+                            }
+                            return;
+                        }
+                        h = tokio::time::timeout_at(deadline, Box::pin(acc.accept(tcp))) => h,
+                    };
+                    match handshake {
+                        Ok(Ok(s)) => Box::pin(conn::serve(s, addr, ctx, deadline, stop, pre)).await,
                         Ok(Err(e)) => {
                             ctx.hub
                                 .metrics()
@@ -517,7 +563,7 @@ pub async fn run_with_hub<A: TokenCheck>(
                         }
                     }
                 }
-                None => conn::serve(tcp, addr, ctx, deadline, pre).await,
+                None => conn::serve(tcp, addr, ctx, deadline, stop, pre).await,
             }
         });
     }
@@ -581,7 +627,8 @@ impl<A: TokenCheck> PreAuthProbe<A> {
         let (mut client, server) = tokio::io::duplex(cap);
         let deadline = tokio::time::Instant::now() + self.ctx.cfg.hello_timeout;
         let relay = async {
-            let r = conn::authenticate(server, from, &self.ctx, deadline).await;
+            let stop = CancellationToken::new();
+            let r = conn::authenticate(server, from, &self.ctx, deadline, &stop).await;
             r.map(|(_, h)| (h.role, h.session))
         };
         let peer = async {
@@ -638,9 +685,14 @@ pub struct RelayArgs {
     /// Connections accepted at once after a quiet period.
     #[arg(long, value_name = "N", default_value_t = RelayConfig::default().accept_burst)]
     pub accept_burst: u32,
-    /// Unauthenticated connections at once.
+    /// Unauthenticated connections at once; at the cap the oldest is closed once it has
+    /// been unauthenticated for --preauth-evict-after.
     #[arg(long, value_name = "N", default_value_t = RelayConfig::default().preauth_max)]
     pub preauth_max: usize,
+    /// Seconds a connection must have been unauthenticated before it may be evicted at the
+    /// pre-auth cap (0: never evict; new connections then wait for a place).
+    #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+    pub preauth_evict_after: f64,
     /// Unauthenticated connections per source address (0: no limit; use 0 behind a load
     /// balancer and limit per source there).
     #[arg(long, value_name = "N", default_value_t = RelayConfig::default().preauth_per_source)]
@@ -702,6 +754,7 @@ impl RelayArgs {
             );
         }
         Ok(RelayConfig {
+            preauth_evict_after: secs("preauth-evict-after", self.preauth_evict_after)?,
             auth_fail_burst: self.auth_fail_burst,
             auth_fail_rate: self.auth_fail_rate,
             max_sessions: self.max_sessions,
