@@ -20,11 +20,11 @@
 //! churn within the test) and `--auth-fail-rate 0.05` (so a throttled source earns no try
 //! back during the test, which makes the right-token probe deterministic).
 //!
-//! What makes it pass is the relay's admission control. With `--preauth-per-source 0` the
-//! slowloris sources alone fill the global pre-auth cap and the pair cannot connect; with
-//! `--auth-fail-burst 0` the right-token probe is accepted (both checked by hand, see
-//! `docs/benchmarks-relay.md`). `OBDGW_ATTACK_RELAY_ARGS` appends relay arguments for such
-//! experiments.
+//! What makes it pass is the relay's admission control. With `--preauth-per-source 0
+//! --preauth-evict-after 0` the attackers fill the global pre-auth cap and the pair takes
+//! more than 1 s to connect; with `--auth-fail-burst 0` the right-token probe is accepted
+//! and replaces the pair's operator (checked by hand, see `docs/benchmarks-relay.md`).
+//! `OBDGW_ATTACK_RELAY_ARGS` appends relay arguments for such experiments.
 
 mod common;
 
