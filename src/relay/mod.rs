@@ -698,10 +698,11 @@ pub struct RelayArgs {
     #[arg(long, value_name = "N", default_value_t = RelayConfig::default().preauth_per_source)]
     pub preauth_per_source: u32,
     /// Authentication failures a source address (IPv6: a /64) may have before its hellos
-    /// are refused unchecked (0: no throttle; use 0 behind a load balancer and throttle
-    /// there).
-    #[arg(long, value_name = "N", default_value_t = RelayConfig::default().auth_fail_burst)]
-    pub auth_fail_burst: u32,
+    /// are refused unchecked (0: no throttle). Default: 20, or 0 with --preauth-per-source 0
+    /// (behind a load balancer every connection comes from the balancer, so one client's
+    /// failures would lock out all; throttle at the balancer there).
+    #[arg(long, value_name = "N")]
+    pub auth_fail_burst: Option<u32>,
     /// Tries a throttled source earns back per second.
     #[arg(long, value_name = "PER_SEC", default_value_t = RelayConfig::default().auth_fail_rate)]
     pub auth_fail_rate: f64,
@@ -746,16 +747,19 @@ impl RelayArgs {
             anyhow::bail!("--max-queued-bytes must be at least 65536");
         }
         let rejoin = secs("rejoin-grace", self.rejoin_grace)?;
-        if self.auth_fail_burst > 0
-            && !(self.auth_fail_rate.is_finite() && self.auth_fail_rate > 0.0)
-        {
+        let auth_fail_burst = match (self.auth_fail_burst, self.preauth_per_source) {
+            (Some(n), _) => n,
+            (None, 0) => 0,
+            (None, _) => RelayConfig::default().auth_fail_burst,
+        };
+        if auth_fail_burst > 0 && !(self.auth_fail_rate.is_finite() && self.auth_fail_rate > 0.0) {
             anyhow::bail!(
                 "--auth-fail-rate must be above 0 (a throttled source would never be checked again); use --auth-fail-burst 0 for no throttle"
             );
         }
         Ok(RelayConfig {
             preauth_evict_after: secs("preauth-evict-after", self.preauth_evict_after)?,
-            auth_fail_burst: self.auth_fail_burst,
+            auth_fail_burst,
             auth_fail_rate: self.auth_fail_rate,
             max_sessions: self.max_sessions,
             max_connections: self.max_connections,
@@ -1017,5 +1021,14 @@ mod tests {
         assert_eq!((c.auth_fail_burst, c.auth_fail_rate), (5, 0.1));
         assert!(parse(&["--auth-fail-rate", "0"]).is_err());
         assert!(parse(&["--auth-fail-burst", "0", "--auth-fail-rate", "0"]).is_ok());
+        // Behind a balancer (no per-source cap) the throttle is off unless asked for.
+        assert_eq!(
+            parse(&["--preauth-per-source", "0"])
+                .unwrap()
+                .auth_fail_burst,
+            0
+        );
+        let c = parse(&["--preauth-per-source", "0", "--auth-fail-burst", "7"]).unwrap();
+        assert_eq!(c.auth_fail_burst, 7);
     }
 }
