@@ -379,3 +379,62 @@ async fn silent_connections_are_pinged_and_dead_ones_closed() {
     drop(mute);
     relay.stop.cancel();
 }
+
+#[tokio::test]
+async fn at_the_preauth_cap_the_oldest_unauthenticated_connection_makes_room() {
+    let cfg = RelayConfig {
+        preauth_max: 4,
+        preauth_per_source: 0,
+        preauth_evict_after: Duration::from_millis(300),
+        ..RelayConfig::default()
+    };
+    let relay = start(cfg).await;
+    let m = relay.hub.metrics().clone();
+    // Four connections that never say anything hold every pre-auth place (from as many
+    // addresses as an attacker likes: no per-source cap here).
+    let mut silent = Vec::new();
+    for i in 0..4u8 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::from(([127, 0, 0, 10 + i], 0)))
+            .unwrap();
+        silent.push(sock.connect(relay.addr).await.unwrap());
+    }
+    let t = std::time::Instant::now();
+    while m.preauth.load(Ordering::Relaxed) < 4 {
+        assert!(t.elapsed() < LIMIT);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A gateway still gets in, in about the eviction age (not the 10 s hello deadline).
+    let t = std::time::Instant::now();
+    let mut ws = connect(relay.addr, "/").await.unwrap();
+    ws.send(Message::Text(Utf8Bytes::from(
+        Control::Hello(hello(Role::Gateway, SID, "gw")).to_text(),
+    )))
+    .await
+    .unwrap();
+    let first = tokio::time::timeout(LIMIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Message::Text(text) = first else {
+        panic!("{first:?}")
+    };
+    assert!(matches!(
+        Control::parse(&text).unwrap(),
+        Control::Welcome(_)
+    ));
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(m.drops(DropReason::Evicted), 1, "one place was needed");
+    // The oldest silent connection is the one that was closed.
+    let mut buf = [0u8; 8];
+    let r = tokio::time::timeout(LIMIT, silent[0].read(&mut buf))
+        .await
+        .unwrap();
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    assert!(
+        m.render()
+            .contains("obdgw_relay_admission_drops_total{reason=\"evicted\"} 1"),
+    );
+    relay.stop.cancel();
+}

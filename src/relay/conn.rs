@@ -11,7 +11,7 @@
 //!
 //! Does not own: pairing (`super::hub`), accepting and the admission caps (`super::run`).
 
-use super::admission::{Capped, SourceGuard};
+use super::admission::{AuthThrottle, Capped, Listed, SourceGuard};
 use super::hub::{Hub, Out, Outbound, Queued, Route};
 use super::metrics::{DropReason as AdmissionDrop, Metrics, Refusal};
 use super::{AuthError, RelayConfig, TokenCheck};
@@ -39,24 +39,33 @@ pub(crate) struct Ctx<A> {
     pub hub: Hub,
     pub auth: Arc<A>,
     pub cfg: RelayConfig,
+    /// Authentication failures per source ([`AuthThrottle`]).
+    pub throttle: AuthThrottle,
     pub shutdown: CancellationToken,
 }
 
-/// Held while a connection is unauthenticated: its place under the global pre-auth cap and
-/// under its source address's cap. Dropped when the hello is accepted or the connection
-/// ends.
+/// Held while a connection is unauthenticated: its place under the global pre-auth cap,
+/// under its source address's cap and in the eviction list. Dropped when the hello is
+/// accepted or the connection ends.
 pub(crate) struct PreAuth {
     _permit: OwnedSemaphorePermit,
     _source: SourceGuard,
+    _listed: Listed,
     metrics: Arc<Metrics>,
 }
 
 impl PreAuth {
-    pub fn new(permit: OwnedSemaphorePermit, source: SourceGuard, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        permit: OwnedSemaphorePermit,
+        source: SourceGuard,
+        listed: Listed,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         metrics.preauth.fetch_add(1, Ordering::Relaxed);
         PreAuth {
             _permit: permit,
             _source: source,
+            _listed: listed,
             metrics,
         }
     }
@@ -190,11 +199,9 @@ pub(crate) async fn check_hello<A: TokenCheck>(
     h.limits
         .validate()
         .map_err(|why| (ErrorCode::BAD_HELLO, why, Refusal::BadHello))?;
-    let verdict = if wire::valid_session_id(&h.session) {
-        auth.check(h.role, &h.session, &h.token.0).await
-    } else {
-        Err(AuthError::UnknownSession)
-    };
+    // Every session id goes through the same check (a malformed one is simply unknown):
+    // no early answer that is faster for some sessions than for others.
+    let verdict: Result<(), AuthError> = auth.check(h.role, &h.session, &h.token.0).await;
     match verdict {
         Ok(()) => Ok(()),
         Err(why) => {
@@ -236,25 +243,29 @@ pub(crate) async fn serve<S, A>(
     addr: SocketAddr,
     ctx: Arc<Ctx<A>>,
     deadline: Instant,
+    stop: CancellationToken,
     pre: PreAuth,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     A: TokenCheck,
 {
-    let Some((inner, hello)) = Box::pin(authenticate(stream, addr, &ctx, deadline)).await else {
+    let Some((inner, hello)) = Box::pin(authenticate(stream, addr, &ctx, deadline, &stop)).await
+    else {
         return;
     };
     forward(inner, hello, addr, &ctx, pre).await
 }
 
 /// Websocket handshake and hello under the pre-auth limits; `None` when refused (the
-/// refusal was sent) or failed.
+/// refusal was sent) or failed. `stop`: the relay shuts down, or this connection is evicted
+/// (a child of the shutdown token, cancelled alone by eviction).
 #[allow(clippy::result_large_err)] // the handshake callback's error is tungstenite's response
-async fn authenticate<S, A>(
+pub(crate) async fn authenticate<S, A>(
     stream: S,
     addr: SocketAddr,
     ctx: &Ctx<A>,
     deadline: Instant,
+    stop: &CancellationToken,
 ) -> Option<(Capped<S>, Hello)>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -262,6 +273,13 @@ where
 {
     let metrics = ctx.hub.metrics().clone();
     let cfg = &ctx.cfg;
+    let stopped = || {
+        if !ctx.shutdown.is_cancelled() {
+            metrics.admission_drop(AdmissionDrop::Evicted);
+            tracing::debug!(%addr, "relay evicted the oldest unauthenticated connection");
+        }
+        None
+    };
 
     // Handshake, under the pre-auth byte budget and the deadline.
     let mut path_session: Option<String> = None;
@@ -271,7 +289,7 @@ where
         Some(cfg.preauth_ws_config()),
     );
     let mut ws = match tokio::select! {
-        _ = ctx.shutdown.cancelled() => return None,
+        _ = stop.cancelled() => return stopped(),
         h = tokio::time::timeout_at(deadline, handshake) => h,
     } {
         Ok(Ok(ws)) => ws,
@@ -289,7 +307,7 @@ where
 
     // The hello, under the same deadline.
     let first = tokio::select! {
-        _ = ctx.shutdown.cancelled() => return None,
+        _ = stop.cancelled() => return stopped(),
         f = tokio::time::timeout_at(deadline, ws.next()) => f,
     };
     use tokio_tungstenite::tungstenite::Error as WsError;
@@ -335,9 +353,26 @@ where
         }
     };
     let checked = match hello {
-        Ok(h) => check_hello(&h, path_session.as_deref(), ctx.auth.as_ref())
-            .await
-            .map(|()| h),
+        Ok(h) if !ctx.throttle.allows(addr.ip(), Instant::now().into_std()) => {
+            // Too many failures from this source: not checked at all (a right token is
+            // refused too), answered like any failure after a delay that holds one of
+            // the source's pre-auth places.
+            metrics.auth_throttled.fetch_add(1, Ordering::Relaxed);
+            let until = deadline.min(Instant::now() + cfg.auth_throttle_delay);
+            tokio::select! {
+                _ = stop.cancelled() => return stopped(),
+                _ = tokio::time::sleep_until(until) => {}
+            }
+            drop(h);
+            Err((ErrorCode::AUTH_FAILED, AUTH_REFUSAL, Refusal::AuthFailed))
+        }
+        Ok(h) => {
+            let r = check_hello(&h, path_session.as_deref(), ctx.auth.as_ref()).await;
+            if let Err((_, _, Refusal::AuthFailed)) = r {
+                ctx.throttle.failed(addr.ip(), Instant::now().into_std());
+            }
+            r.map(|()| h)
+        }
         Err(e) => Err(e),
     };
     let hello: Hello = match checked {
@@ -597,6 +632,275 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::relay::{PreAuthProbe, SessionTokens, StaticTokens};
+    use crate::wire::tunnel::{Limits, Resume, Role, Token};
+    use std::sync::atomic::AtomicU64;
+
+    const SID: &str = "6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab";
+    const OTHER: &str = "00000000-0000-4000-8000-000000000000";
+
+    fn tokens() -> Arc<StaticTokens> {
+        Arc::new(StaticTokens::new([SessionTokens {
+            id: SID.into(),
+            gateway_token: "gw-token".into(),
+            operator_token: "op-token".into(),
+        }]))
+    }
+
+    fn from(i: u8) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, i], 40_000))
+    }
+
+    fn upgrade(path: &str) -> Vec<u8> {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Protocol: {}\r\n\r\n",
+            wire::SUBPROTOCOL
+        )
+        .into_bytes()
+    }
+
+    /// A masked client frame (FIN set).
+    fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        let mut f = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        f
+    }
+
+    fn hello(role: Role, session: &str, token: &str) -> Vec<u8> {
+        let h = Hello {
+            version: 1,
+            role,
+            session: session.into(),
+            token: Token(token.into()),
+            instance: 7,
+            capabilities: vec!["isotp".into()],
+            resume: Resume {
+                peer_instance: None,
+                last_received: 0,
+            },
+            limits: Limits::default(),
+            agent: None,
+        };
+        let mut b = upgrade("/");
+        b.extend(frame(1, Control::Hello(h).to_text().as_bytes()));
+        b
+    }
+
+    fn refused_auth(out: &[u8]) -> bool {
+        let t = String::from_utf8_lossy(out);
+        t.contains(AUTH_REFUSAL) && t.contains("auth_failed")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttled_sources_are_refused_unchecked_after_a_delay() {
+        let cfg = RelayConfig {
+            auth_fail_burst: 3,
+            auth_fail_rate: 0.5,
+            auth_throttle_delay: Duration::from_secs(1),
+            ..RelayConfig::default()
+        };
+        let p = PreAuthProbe::new(tokens(), cfg);
+        let right = hello(Role::Gateway, SID, "gw-token");
+        let t = Instant::now();
+        let mut first = None;
+        for _ in 0..3 {
+            let r = p.run(from(1), &hello(Role::Gateway, SID, "wrong")).await;
+            assert_eq!(r.accepted, None);
+            assert!(refused_auth(&r.output));
+            first.get_or_insert(r.output);
+        }
+        assert_eq!(
+            t.elapsed(),
+            Duration::ZERO,
+            "checked failures are not delayed"
+        );
+        // Throttled: even the right token is not checked, and the answer waits.
+        let t = Instant::now();
+        let r = p.run(from(1), &right).await;
+        assert_eq!(r.accepted, None);
+        assert_eq!(t.elapsed(), Duration::from_secs(1));
+        assert_eq!(
+            Some(&r.output),
+            first.as_ref(),
+            "the same bytes as a checked failure"
+        );
+        let m = p.metrics();
+        assert_eq!(m.auth_throttled.load(Ordering::Relaxed), 1);
+        assert_eq!(m.refusals(Refusal::AuthFailed), 4);
+        // Another source is not affected.
+        let r = p.run(from(2), &right).await;
+        assert_eq!(r.accepted, Some((Role::Gateway, SID.to_string())));
+        // One try is back 2 s after the last failure (rate 0.5/s).
+        tokio::time::sleep(Duration::from_millis(999)).await;
+        assert_eq!(p.run(from(1), &right).await.accepted, None);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let t = Instant::now();
+        assert!(p.run(from(1), &right).await.accepted.is_some());
+        assert_eq!(t.elapsed(), Duration::ZERO);
+        assert_eq!(m.auth_throttled.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_throttle_delay_stays_within_the_hello_deadline() {
+        let cfg = RelayConfig {
+            auth_fail_burst: 1,
+            auth_throttle_delay: Duration::from_secs(60),
+            hello_timeout: Duration::from_secs(3),
+            ..RelayConfig::default()
+        };
+        let p = PreAuthProbe::new(tokens(), cfg);
+        p.run(from(1), &hello(Role::Operator, SID, "x")).await;
+        let t = Instant::now();
+        let r = p
+            .run(from(1), &hello(Role::Operator, SID, "op-token"))
+            .await;
+        assert!(refused_auth(&r.output));
+        assert_eq!(t.elapsed(), Duration::from_secs(3));
+    }
+
+    /// Counts the checks it is asked for.
+    struct Counting(AtomicU64, StaticTokens);
+    impl TokenCheck for Counting {
+        async fn check(&self, role: Role, session: &str, token: &str) -> Result<(), AuthError> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            self.1.check(role, session, token).await
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_sessions_bad_tokens_and_malformed_ids_take_one_path() {
+        let auth = Arc::new(Counting(AtomicU64::new(0), (*tokens()).clone()));
+        let p = PreAuthProbe::new(
+            auth.clone(),
+            RelayConfig {
+                auth_fail_burst: 0,
+                ..RelayConfig::default()
+            },
+        );
+        let mut outs = Vec::new();
+        for (role, session, token) in [
+            (Role::Gateway, SID, "nope"),
+            (Role::Gateway, OTHER, "gw-token"),
+            (Role::Operator, SID, "gw-token"),
+            (Role::Operator, "not-a-uuid", "op-token"),
+            (Role::Operator, "", ""),
+        ] {
+            let r = p.run(from(1), &hello(role, session, token)).await;
+            assert_eq!(r.accepted, None);
+            assert!(
+                refused_auth(&r.output),
+                "{session} {token} {:?} {}",
+                String::from_utf8_lossy(&r.output),
+                p.metrics().render()
+            );
+            outs.push(r.output);
+        }
+        assert!(
+            outs.windows(2).all(|w| w[0] == w[1]),
+            "byte for byte one answer"
+        );
+        // Every one of them went through the token check: no early return for any.
+        assert_eq!(auth.0.load(Ordering::Relaxed), 5);
+        let right = p
+            .run(from(1), &hello(Role::Operator, SID, "op-token"))
+            .await;
+        assert!(right.accepted.is_some());
+    }
+
+    #[tokio::test]
+    async fn pre_hello_frames_above_4_kib_are_refused_from_their_header() {
+        let p = PreAuthProbe::new(tokens(), RelayConfig::default());
+        assert_eq!(RelayConfig::default().preauth_message, 4096);
+        // Only the header of a 5,000-byte text frame: refused without waiting for it.
+        let mut input = upgrade("/");
+        let mut f = frame(1, &[b' '; 5000]);
+        f.truncate(8);
+        input.extend(f);
+        let r = p.run(from(1), &input).await;
+        assert_eq!(r.accepted, None);
+        let t = String::from_utf8_lossy(&r.output);
+        assert!(t.contains("pre-auth limit"), "{t}");
+        // A hello padded to just under 4 KiB is fine.
+        let mut h = hello(Role::Gateway, SID, "gw-token");
+        let text_at = upgrade("/").len();
+        let len = h.len() - text_at;
+        h.truncate(text_at);
+        let body = {
+            let mut v = Control::Hello(Hello {
+                version: 1,
+                role: Role::Gateway,
+                session: SID.into(),
+                token: Token("gw-token".into()),
+                instance: 7,
+                capabilities: vec![],
+                resume: Resume {
+                    peer_instance: None,
+                    last_received: 0,
+                },
+                limits: Limits::default(),
+                agent: Some(String::new()),
+            })
+            .to_text();
+            let pad = 4096 - v.len();
+            v = v.replace(
+                "\"agent\":\"\"",
+                &format!("\"agent\":\"{}\"", "a".repeat(pad)),
+            );
+            v
+        };
+        assert!(len < body.len() && body.len() == 4096);
+        h.extend(frame(1, body.as_bytes()));
+        assert!(p.run(from(1), &h).await.accepted.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_deadline_covers_the_handshake_and_the_hello() {
+        use tokio::io::AsyncWriteExt;
+        let cfg = RelayConfig {
+            hello_timeout: Duration::from_secs(10),
+            ..RelayConfig::default()
+        };
+        let p = PreAuthProbe::new(tokens(), cfg);
+        let ctx = p.ctx.clone();
+        // A slowloris client: each step alone is well within 10 s, all together not.
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let t0 = Instant::now();
+        let srv = tokio::spawn(async move {
+            let stop = CancellationToken::new();
+            let r = authenticate(server, from(1), &ctx, t0 + ctx.cfg.hello_timeout, &stop).await;
+            (r.is_some(), t0.elapsed())
+        });
+        let req = upgrade("/");
+        let h = hello(Role::Gateway, SID, "gw-token");
+        let hello_frame = &h[req.len()..];
+        client.write_all(&req[..20]).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        client.write_all(&req[20..]).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        client.write_all(&hello_frame[..10]).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let _ = client.write_all(&hello_frame[10..]).await;
+        let (accepted, at) = srv.await.unwrap();
+        assert!(!accepted);
+        assert_eq!(at, Duration::from_secs(10));
+        assert_eq!(p.metrics().drops(AdmissionDrop::Deadline), 1);
+    }
 
     #[test]
     fn session_ids_in_paths() {

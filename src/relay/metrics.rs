@@ -29,6 +29,9 @@ pub enum DropReason {
     Handshake,
     /// More bytes before the hello was accepted than the pre-auth budget allows.
     PreAuthBytes,
+    /// The oldest unauthenticated connection, closed to make room when the pre-auth cap
+    /// was full.
+    Evicted,
 }
 
 /// Why an authenticated-or-not hello was refused (`obdgw_relay_refusals_total`).
@@ -93,7 +96,10 @@ pub struct Metrics {
     pub accept_throttled: AtomicU64,
     /// Times the accept loop waited because the pre-auth cap was reached.
     pub preauth_full: AtomicU64,
-    drops: [AtomicU64; 4],
+    /// Hellos refused unchecked because their source had too many authentication failures
+    /// (also counted as `auth_failed` refusals).
+    pub auth_throttled: AtomicU64,
+    drops: [AtomicU64; 5],
     refusals: [AtomicU64; 4],
     /// Hellos accepted.
     pub attached: AtomicU64,
@@ -129,6 +135,7 @@ impl Default for Metrics {
             preauth: AtomicU64::new(0),
             accept_throttled: AtomicU64::new(0),
             preauth_full: AtomicU64::new(0),
+            auth_throttled: AtomicU64::new(0),
             drops: Default::default(),
             refusals: Default::default(),
             attached: AtomicU64::new(0),
@@ -207,6 +214,12 @@ impl Metrics {
             g(&self.preauth_full),
         );
         one(
+            "obdgw_relay_auth_throttled_total",
+            "counter",
+            "Hellos refused unchecked because their source had too many authentication failures.",
+            g(&self.auth_throttled),
+        );
+        one(
             "obdgw_relay_hellos_accepted_total",
             "counter",
             "Hellos accepted (connections attached to a session).",
@@ -271,9 +284,15 @@ impl Metrics {
             "# HELP obdgw_relay_admission_drops_total Connections dropped before authentication, by reason.\n\
              # TYPE obdgw_relay_admission_drops_total counter\n"
         );
-        for (i, r) in ["per_source", "deadline", "handshake", "preauth_bytes"]
-            .iter()
-            .enumerate()
+        for (i, r) in [
+            "per_source",
+            "deadline",
+            "handshake",
+            "preauth_bytes",
+            "evicted",
+        ]
+        .iter()
+        .enumerate()
         {
             let _ = writeln!(
                 s,
