@@ -344,40 +344,14 @@ pub enum RelayError {
     Tls(String),
 }
 
-/// Build a TLS acceptor from PEM files (certificate chain, private key), with ring.
+/// Build a TLS acceptor from PEM files (certificate chain, private key), with the one TLS
+/// setup of `crate::tls`.
 pub fn tls_acceptor(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<tokio_rustls::TlsAcceptor, RelayError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|source| RelayError::TlsFile {
-            path: p.to_owned(),
-            source,
-        })
-    };
-    let cert_pem = read(cert)?;
-    let key_pem = read(key)?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| RelayError::Tls(format!("{}: {e}", cert.display())))?;
-    if certs.is_empty() {
-        return Err(RelayError::Tls(format!(
-            "{}: no certificate found",
-            cert.display()
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| RelayError::Tls(format!("{}: {e}", key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| RelayError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| RelayError::Tls(e.to_string()))?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    let config = crate::tls::server_config(cert, key).map_err(RelayError::Tls)?;
+    Ok(tokio_rustls::TlsAcceptor::from(config))
 }
 
 /// Run the relay on an already bound listener until `shutdown` is cancelled; then close
