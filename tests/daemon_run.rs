@@ -300,3 +300,86 @@ fn the_control_socket_lets_others_read_but_not_act() {
     assert_eq!(out.status.code(), Some(0));
     let _ = run.0.kill();
 }
+
+/// The policy in force is in `obdgw status`, with raw transmit off by default; `obdgw
+/// reload` changes it at once; the old `tunnel.allow_can_tx` key is refused with what to
+/// write instead.
+#[test]
+fn the_policy_in_force_shows_in_status_and_changes_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let tunnel = "[[can]]\nname = \"car\"\ninterface = \"sim:policy-test\"\n\n[tunnel]\nrelay_url = \"ws://127.0.0.1:9/\"\nsession = \"6f1c2d3e-4a5b-4c6d-8e7f-0123456789ab\"\ntoken = \"t\"\ncan_interfaces = [\"car\"]\n";
+    let config = write_config(dir.path(), tunnel);
+    let mut run = Kill(
+        obdgw()
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("OBDGW_SIM_DIR", dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let policy = loop {
+        let (_, v) = status_json(dir.path());
+        if !v["policy"].is_null() {
+            break v["policy"].clone();
+        }
+        assert!(Instant::now() < deadline, "no status with a policy: {v:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(policy["raw_tx"], false, "{policy:#}");
+    assert!(
+        policy["diag_ids"].to_string().contains("0x7E0-0x7E7"),
+        "{policy:#}"
+    );
+    assert_eq!(policy["refusals"]["raw_tx"], 0, "{policy:#}");
+    let text = obdgw()
+        .args(["status", "--socket"])
+        .arg(dir.path().join("control.sock"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("raw transmit off"), "{text}");
+
+    // Raw transmit on for two ids: applied at once.
+    let on =
+        format!("{tunnel}\n[tunnel.policy]\nraw_tx = true\nraw_tx_ids = [\"0x7E0\", \"0x7DF\"]\n");
+    write_config(dir.path(), &on);
+    let out = obdgw()
+        .args(["reload", "--socket"])
+        .arg(dir.path().join("control.sock"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("tunnel.policy"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (_, v) = status_json(dir.path());
+    assert_eq!(v["policy"]["raw_tx"], true, "{v:#}");
+    assert_eq!(
+        v["policy"]["raw_tx_ids"],
+        serde_json::json!(["0x7E0", "0x7DF"])
+    );
+    let _ = run.0.kill();
+
+    // The key this replaced.
+    let old = write_config(dir.path(), &format!("{tunnel}allow_can_tx = true\n"));
+    let out = obdgw()
+        .args(["config", "check", "--config"])
+        .arg(&old)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("tunnel.allow_can_tx") && err.contains("raw_tx = true"),
+        "{err}"
+    );
+}
