@@ -24,12 +24,13 @@
 
 mod common;
 
-use common::procs::{CLIENT, Procs, READY, addr_after, python, start_car, start_cloud, value};
+use common::procs::{
+    CLIENT, Procs, READY, addr_after, join_ticket, python, start_car, start_cloud, value,
+};
 
 use obdgw::router::frame::{CanFrame, CanId};
 use obdgw::vehicle::can::simbus::{SimBusOptions, SimPort};
 use obdgw::vehicle::can::{CanAnyFrame, CanPort};
-use serde_json::Value;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -71,29 +72,8 @@ async fn world_of(bus: &str, can_only: bool) -> World {
     let (cloud, base_url, relay_url) = start_cloud(&mut procs, &[]).await;
 
     // 2. A ticket of the demo connector, joined by an operator: a connection = a session.
-    let api = obdgw::sim::cloud::demo_client(&base_url).unwrap();
-    let gateway_token = match api.bearer().await {
-        Ok(t) => t,
-        Err(e) => procs.fail(&format!("connector login at {base_url}: {e}")),
-    };
-    let ticket = match api
-        .create_ticket(&obdgw::sim::cloud::demo_ticket(VIN))
-        .await
-    {
-        Ok(t) => t.id,
-        Err(e) => procs.fail(&format!("creating a ticket: {e}")),
-    };
-    let http = obdgw::tls::http_client(Duration::from_secs(10)).unwrap();
-    let joined: Value = match http
-        .post(format!("{base_url}/admin/tickets/{ticket}/join"))
-        .send()
-        .await
-    {
-        Ok(r) if r.status().is_success() => r.json().await.unwrap(),
-        other => procs.fail(&format!("admin join of ticket {ticket}: {other:?}")),
-    };
-    let session = joined["connection_uuid"].as_str().unwrap().to_string();
-    let operator_token = joined["operator_token"].as_str().unwrap().to_string();
+    let (ticket, session, gateway_token, operator_token) =
+        join_ticket(&mut procs, &base_url, VIN).await;
     // The simulator also prints the connection for people.
     let printed = procs
         .line(cloud, "the new connection", |l| {
