@@ -197,10 +197,14 @@ async fn world_of(kind: Kind) -> World {
         }
         Kind::Can => {
             // The same ECUs, at the DoIP addresses the DoIP car uses, through the address map.
-            let map = obdgw::demo::doip_map(&vehicle, "can0")
+            let mut map: Vec<_> = obdgw::demo::doip_map(&vehicle, "can0")
                 .iter()
                 .map(|m| m.resolve().unwrap())
                 .collect();
+            // An address mapped to ids no ECU answers on (a module that is not fitted).
+            let mut absent = obdgw::demo::doip_map(&vehicle, "can0")[0].clone();
+            (absent.address, absent.tx_id, absent.rx_id) = (ABSENT, 0x7E5, 0x7ED);
+            map.push(absent.resolve().unwrap());
             let sim = SimVehicle::new(vehicle);
             tokio::spawn(sim.clone().run_timers(stop.clone()));
             let sim_port = Arc::new(bus.port_with(roomy()));
@@ -252,7 +256,7 @@ async fn world_of(kind: Kind) -> World {
             udp: Some(doip_u),
             // The operator announces the remote car's VIN, read through the tunnel.
             config: EntityConfig {
-                targets: vec![0x1000, 0x1001, 0x1002, 0x1003],
+                targets: vec![0x1000, 0x1001, 0x1002, 0x1003, ABSENT],
                 announce_to: None,
                 ..EntityConfig::default()
             },
@@ -660,6 +664,32 @@ async fn vin_dtcs_and_download(kind: Kind) {
     })
     .await
     .expect("timed out");
+    w.shutdown().await;
+}
+
+/// The DoIP address of a mapped ECU that is not there (a CAN-only car's world).
+const ABSENT: u16 = 0x1004;
+
+/// A multi-frame request to a mapped ECU that never sends flow control: the gateway's
+/// ISO-TP channel reports `isotp_timeout`, and the tester gets a negative response
+/// (generalReject) within seconds instead of response-pending until it gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_error_reaches_the_tester_as_a_negative_response() {
+    let mut w = world_of(Kind::Can).await;
+    let c = tester(&w).await;
+    let started = std::time::Instant::now();
+    // WriteDataByIdentifier with 12 bytes: a first frame that needs flow control.
+    let data = [0x2E, 0xF1, 0x98, 1, 2, 3, 4, 5, 6, 7, 8, 9];
+    let r = tokio::time::timeout(LIMIT, c.request(ABSENT, Bytes::copy_from_slice(&data)))
+        .await
+        .expect("no answer at all");
+    let r = r.unwrap_or_else(|e| panic!("request failed instead of a negative response: {e}"));
+    assert_eq!(&r[..], &[0x7F, 0x2E, 0x10], "{r:02X?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
     w.shutdown().await;
 }
 

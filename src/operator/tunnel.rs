@@ -24,7 +24,9 @@ use crate::vehicle::can::CanAnyFrame;
 use crate::vehicle::doip::client_core::is_response_pending;
 use crate::vehicle::doip::entity::{DiagHandler, DiagRequest, Entity, EntityConfig, Replies};
 use crate::wire::socketcand::IsoTpConf;
-use crate::wire::tunnel::{ChannelParams, Control, PduRecord, RecordBody, RecordRepr, Role, Token};
+use crate::wire::tunnel::{
+    ChannelParams, Control, ErrorCode, PduRecord, RecordBody, RecordRepr, Role, Token,
+};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -447,7 +449,11 @@ impl DiagHandler for TunnelDiag {
                     wait = self.timing.pending_every.max(self.timing.pending_after);
                 }
                 Ok(Some(RecordBody::Error(e))) => {
-                    tracing::warn!(target = req.target, code = %e.code, "request failed at the gateway: {}", e.message);
+                    // The tester gets the matching negative response at once rather than
+                    // response-pending until it gives up.
+                    let nrc = nrc_for(e.code);
+                    tracing::warn!(target = req.target, code = %e.code, "request failed at the gateway: {}; answering 7F {sid:02X} {nrc:02X}", e.message);
+                    let _ = replies.send(Bytes::from(vec![0x7F, sid, nrc])).await;
                     return;
                 }
                 Ok(Some(_)) => {}
@@ -479,6 +485,17 @@ impl DiagHandler for TunnelDiag {
                 }
             }
         }
+    }
+}
+
+/// The UDS negative response code a tester gets for a channel error from the gateway:
+/// `conditionsNotCorrect` (0x22) when the gateway's policy refused the request, otherwise
+/// `generalReject` (0x10: the request did not reach the ECU or it did not answer).
+pub fn nrc_for(code: ErrorCode) -> u8 {
+    if code == ErrorCode::POLICY_REFUSED {
+        0x22
+    } else {
+        0x10
     }
 }
 
@@ -948,5 +965,24 @@ mod tests {
         let err = opening.await.unwrap().unwrap_err();
         assert!(err.contains("no DoIP vehicle"), "{err}");
         assert!(remote.table().sinks.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod nrc_tests {
+    use super::*;
+
+    #[test]
+    fn policy_refusals_and_failures_map_to_distinct_negative_responses() {
+        assert_eq!(nrc_for(ErrorCode::POLICY_REFUSED), 0x22);
+        for c in [
+            ErrorCode::ISOTP_TIMEOUT,
+            ErrorCode::TARGET_UNREACHABLE,
+            ErrorCode::SEND_FAILED,
+            ErrorCode::CAN_BUS_OFF,
+            ErrorCode::DOIP_NACK,
+        ] {
+            assert_eq!(nrc_for(c), 0x10, "{c}");
+        }
     }
 }
