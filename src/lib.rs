@@ -11,6 +11,7 @@ pub mod logging;
 pub mod operator;
 pub mod relay;
 pub mod router;
+pub mod signals;
 pub mod sim;
 pub mod tls;
 pub mod tunnel;

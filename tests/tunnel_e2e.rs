@@ -675,7 +675,7 @@ const ABSENT: u16 = 0x1004;
 /// (generalReject) within seconds instead of response-pending until it gives up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_error_reaches_the_tester_as_a_negative_response() {
-    let mut w = world_of(Kind::Can).await;
+    let w = world_of(Kind::Can).await;
     let c = tester(&w).await;
     let started = std::time::Instant::now();
     // WriteDataByIdentifier with 12 bytes: a first frame that needs flow control.

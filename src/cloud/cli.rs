@@ -831,27 +831,6 @@ pub fn event_line(ev: &StatusEvent, time: &str) -> String {
     format!("{time}  {what}")
 }
 
-/// Cancel `stop` on Ctrl-C (SIGINT) or SIGTERM.
-async fn stop_on_signal(stop: tokio_util::sync::CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    async fn wait(kind: SignalKind) {
-        match signal(kind) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!("cannot install a handler for signal {kind:?}: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-    tokio::select! {
-        _ = wait(SignalKind::interrupt()) => {}
-        _ = wait(SignalKind::terminate()) => {}
-    }
-    stop.cancel();
-}
-
 fn run_watch(common: &CloudCliArgs, w: &WatchArgs) -> ExitCode {
     let result = (|| {
         let env = setup(common, Some(w))?;
@@ -901,7 +880,10 @@ async fn watch(env: Env, uuid: String, as_json: bool) -> Result<(), (ExitCode, S
         settings.url.split('?').next().unwrap_or_default()
     );
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let signals = tokio::spawn(stop_on_signal(shutdown.clone()));
+    let signals = match crate::signals::spawn(shutdown.clone(), None) {
+        Ok(t) => t,
+        Err(e) => return Err((ExitCode::FAILURE, format!("{e:#}"))),
+    };
     let refresher = {
         let c = client.clone();
         let stop = shutdown.clone();

@@ -106,32 +106,18 @@ pub fn run_cli(args: crate::cli::RunArgs) -> ExitCode {
 /// A request to reload, from SIGHUP (no reply wanted) or the control socket.
 pub type ReloadRequest = Option<oneshot::Sender<Result<ReloadOutcome, ErrorBody>>>;
 
-/// SIGTERM and SIGINT cancel `shutdown`; SIGHUP asks for a reload (when `reload` is given).
-/// The one signal handler of the project's long-running commands.
+/// SIGTERM and SIGINT cancel `shutdown`; SIGHUP asks for a reload (when `reload` is given):
+/// [`crate::signals::spawn`] with the daemon's reload queue as the hook.
 pub fn spawn_signal_handler(
     shutdown: CancellationToken,
     reload: Option<mpsc::Sender<ReloadRequest>>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    Ok(tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM received; shutting down"); break }
-                _ = int.recv() => { tracing::info!("SIGINT received; shutting down"); break }
-                _ = hup.recv() => match &reload {
-                    Some(tx) => {
-                        tracing::info!("SIGHUP received; reloading the configuration");
-                        let _ = tx.try_send(None);
-                    }
-                    None => tracing::info!("SIGHUP ignored (nothing to reload)"),
-                },
-            }
-        }
-        shutdown.cancel();
-    }))
+    let hook: crate::signals::OnHangup = reload.map(|tx| {
+        Box::new(move || {
+            let _ = tx.try_send(None);
+        }) as Box<dyn Fn() + Send + Sync>
+    });
+    crate::signals::spawn(shutdown, hook)
 }
 
 /// How [`run`] was started.

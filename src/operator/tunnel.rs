@@ -892,7 +892,10 @@ fn run_operator_inner(args: OperatorArgs) -> anyhow::Result<()> {
             shutdown.clone(),
         )
         .await?;
-        println!("obdgw operator: session {} via {}", args.session, args.relay);
+        println!(
+            "obdgw operator: session {} via {}",
+            args.session, args.relay
+        );
         if let Some(a) = served.doip {
             let t: Vec<String> = args.targets.iter().map(|t| format!("0x{t:04X}")).collect();
             println!("  DoIP entity on {a} (TCP+UDP), ECUs {}", t.join(" "));
@@ -900,16 +903,7 @@ fn run_operator_inner(args: OperatorArgs) -> anyhow::Result<()> {
         if let Some(a) = served.socketcand {
             println!("  socketcand on {a}, buses {}", args.buses.join(" "));
         }
-        let s2 = shutdown.clone();
-        tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-            }
-            s2.cancel();
-        });
+        crate::signals::spawn(shutdown.clone(), None)?;
         let _ = served.done.await;
         let fatal = served
             .fatal

@@ -834,8 +834,8 @@ fn run_relay_inner(args: RelayArgs) -> anyhow::Result<()> {
     }
     .context("starting the tokio runtime")?;
     rt.block_on(async move {
-        let listener = bind_listener(args.listen, 4096)
-            .with_context(|| format!("binding {}", args.listen))?;
+        let listener =
+            bind_listener(args.listen, 4096).with_context(|| format!("binding {}", args.listen))?;
         let local = listener.local_addr()?;
         let hub = Hub::new(cfg.max_sessions, cfg.keepalive_ms);
         let shutdown = CancellationToken::new();
@@ -856,21 +856,19 @@ fn run_relay_inner(args: RelayArgs) -> anyhow::Result<()> {
                 let l = TcpListener::bind(a)
                     .await
                     .with_context(|| format!("binding the metrics address {a}"))?;
-                say(format!("obdgw relay metrics on http://{}/metrics", l.local_addr()?));
-                Some(tokio::spawn(metrics::serve(l, hub.clone(), shutdown.clone())))
+                say(format!(
+                    "obdgw relay metrics on http://{}/metrics",
+                    l.local_addr()?
+                ));
+                Some(tokio::spawn(metrics::serve(
+                    l,
+                    hub.clone(),
+                    shutdown.clone(),
+                )))
             }
             None => None,
         };
-        let s2 = shutdown.clone();
-        tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-            }
-            s2.cancel();
-        });
+        crate::signals::spawn(shutdown.clone(), None)?;
         run_with_hub(listener, tls, Arc::new(tokens), cfg, hub, shutdown).await;
         if let Some(t) = metrics_task {
             let _ = t.await;

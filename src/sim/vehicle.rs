@@ -489,8 +489,8 @@ fn run_inner(args: SimVehicleArgs) -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     rt.block_on(async move {
         // Installed before the ready line, so a signal right after it stops us cleanly.
-        let signals = Signals::new()?;
         let shutdown = CancellationToken::new();
+        let signals = crate::signals::spawn(shutdown.clone(), None)?;
         let vehicle = Vehicle::standard(vin, Instant::now().into_std());
         let sim = SimVehicle::new(vehicle);
         let timers = tokio::spawn(sim.clone().run_timers(shutdown.clone()));
@@ -535,7 +535,8 @@ fn run_inner(args: SimVehicleArgs) -> anyhow::Result<()> {
         }
         println!("obdgw sim vehicle: ready");
 
-        signals.wait().await;
+        shutdown.cancelled().await;
+        let _ = signals.await;
         shutdown.cancel();
         for t in served {
             let _ = t.await;
@@ -544,29 +545,4 @@ fn run_inner(args: SimVehicleArgs) -> anyhow::Result<()> {
         eprintln!("obdgw sim vehicle: stopped");
         anyhow::Ok(())
     })
-}
-
-/// SIGINT and SIGTERM, caught from creation on.
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> anyhow::Result<Signals> {
-        use anyhow::Context;
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Signals {
-            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
-            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
-        })
-    }
-
-    /// Returns at the first SIGINT or SIGTERM.
-    async fn wait(mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
-    }
 }

@@ -352,17 +352,9 @@ pub fn run_cli(args: CloudSimArgs) -> ExitCode {
         };
         let shared = Shared::new(data, opts);
         let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            stop.cancel();
-        });
-        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                term.recv().await;
-                stop.cancel();
-            });
+        if let Err(e) = crate::signals::spawn(shutdown.clone(), None) {
+            eprintln!("obdgw sim cloud: {e:#}");
+            return ExitCode::FAILURE;
         }
         let relay = match args.relay_listen {
             Some(a) => match relay::start(a, relay_tls, shared.clone(), shutdown.clone()).await {
