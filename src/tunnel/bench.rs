@@ -322,6 +322,8 @@ async fn bench_tunnel(args: TunnelBench) -> anyhow::Result<()> {
     //    millisecond), then an unpaced burst.
     let id = CanId::standard(0x123).ok_or_else(|| anyhow::anyhow!("id"))?;
     let mut best_lossless = 0.0f64;
+    // Paced runs that lost frames: the bench fails at the end (after printing everything).
+    let mut losses: Vec<String> = Vec::new();
     let mut mirror_run = async |rate: Option<u32>| -> (u32, f64) {
         while raw.rx.try_recv().is_ok() {}
         let cp = car_port.clone();
@@ -370,6 +372,8 @@ async fn bench_tunnel(args: TunnelBench) -> anyhow::Result<()> {
         let lost = frames - got;
         if lost == 0 {
             best_lossless = best_lossless.max(fps);
+        } else {
+            losses.push(format!("{lost} of {frames} at {rate} frames/s"));
         }
         println!(
             "raw mirror paced at {rate} frames/s: {got} of {frames} received, {lost} lost, {fps:.0} frames/s through the tunnel"
@@ -449,6 +453,12 @@ async fn bench_tunnel(args: TunnelBench) -> anyhow::Result<()> {
             }
         }
         let _ = sender.await;
+        if (lat.len() as u64) < n {
+            losses.push(format!(
+                "{} of {n} at {rate} frames/s (latency run)",
+                n - lat.len() as u64
+            ));
+        }
         lat.sort_unstable();
         println!(
             "raw mirror at {rate} frames/s ({bus}; bursts of {per_tick} each ms) for {}s: {} of {n} received, added latency p50 {} us, p99 {} us, max {} us",
@@ -513,5 +523,10 @@ async fn bench_tunnel(args: TunnelBench) -> anyhow::Result<()> {
         );
     }
     stop.cancel();
+    anyhow::ensure!(
+        losses.is_empty(),
+        "paced rates lost frames (each must lose nothing): {}",
+        losses.join("; ")
+    );
     Ok(())
 }
