@@ -690,6 +690,22 @@ async fn a_channel_error_reaches_the_tester_as_a_negative_response() {
         "took {:?}",
         started.elapsed()
     );
+    // A single-frame request it never answers: the gateway's P2 bound (1 s), not the
+    // operator's 120 s of invented response-pending.
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(
+        LIMIT,
+        c.request(ABSENT, Bytes::from_static(&[0x22, 0xF1, 0x90])),
+    )
+    .await
+    .expect("no answer at all")
+    .unwrap_or_else(|e| panic!("request failed instead of a negative response: {e}"));
+    assert_eq!(&r[..], &[0x7F, 0x22, 0x10], "{r:02X?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
     w.shutdown().await;
 }
 

@@ -52,6 +52,12 @@ const MIRROR_TAP_QUEUE: usize = 16 * 1024;
 const ISOTP_TAP_QUEUE: usize = 1024;
 /// Most frames a raw mirror forwards per wake-up.
 const MIRROR_RUN: usize = 256;
+/// How long a mapped ECU may take to answer a request (UDS P2, 50 ms on the bus, with room
+/// for a loaded gateway and a busy bus)...
+const P2_BOUND: Duration = Duration::from_millis(1_000);
+/// ...and, after it answered response-pending (`7F sid 78`), the next answer (UDS P2*,
+/// 5,000 ms, plus the same room).
+const P2_STAR_BOUND: Duration = Duration::from_millis(6_000);
 /// Largest PDU an ISO-TP channel of the tunnel sends or accepts.
 const ISOTP_MAX_PDU: u32 = 64 * 1024;
 
@@ -1093,8 +1099,13 @@ async fn isotp_channel(
     // The tester address the last request came from (answers go back to it).
     let mut requester = 0x0E00u16;
     let ecu = doip_address.unwrap_or_else(|| handle.addr().tx_id.id() as u16);
+    // A mapped ECU's request waiting for its answer: (service id, deadline). The gateway
+    // enforces P2/P2* itself, so a module that never answers is reported to the tester at
+    // once instead of looking busy (the operator answers the tester's pending meanwhile).
+    let mut awaiting: Option<(u8, Instant)> = None;
     loop {
         let due = guard.due_at();
+        let answer_by = awaiting.map(|(_, at)| at);
         let o = tokio::select! {
             b = input.recv() => {
                 let Some(body) = b else { return };
@@ -1111,8 +1122,13 @@ async fn isotp_channel(
                     }
                 };
                 guard.on_request(Instant::now());
+                let expects = doip_address.is_some() && !data.is_empty() && !suppresses_response(&data);
+                let sid = data.first().copied().unwrap_or(0);
                 match handle.send(data).await {
-                    Ok(()) => continue,
+                    Ok(()) => {
+                        awaiting = expects.then(|| (sid, Instant::now() + P2_BOUND));
+                        continue;
+                    }
                     Err(IsoTpError::Closed) => closed(channel, "the CAN port closed"),
                     Err(e) => error_record(channel, isotp_error_code(&e), e.to_string()),
                 }
@@ -1120,6 +1136,13 @@ async fn isotp_channel(
             r = handle.recv_pdu() => match r {
                 Ok(pdu) => {
                     guard.on_response(&pdu.data);
+                    if let Some((sid, _)) = awaiting {
+                        awaiting = if pdu.data[..] == [0x7F, sid, 0x78] {
+                            Some((sid, Instant::now() + P2_STAR_BOUND))
+                        } else {
+                            None
+                        };
+                    }
                     let timestamp = if pdu.timestamp.0 == 0 { now_ns() } else { pdu.timestamp };
                     let body = match doip_address {
                         Some(source) => RecordBody::Doip(DoipMessage {
@@ -1139,6 +1162,18 @@ async fn isotp_channel(
                 let sent = handle.send(Bytes::from_static(&TESTER_PRESENT)).await;
                 note_keepalive(&mut guard, &counters, channel, ecu, sent.err());
                 continue;
+            }
+            _ = sleep_until_opt(answer_by) => {
+                let sid = awaiting.take().map_or(0, |(sid, _)| sid);
+                error_record(
+                    channel,
+                    ErrorCode::ISOTP_TIMEOUT,
+                    format!(
+                        "ECU 0x{ecu:04X} did not answer service 0x{sid:02X} within P2 ({} ms) or, after response-pending, P2* ({} ms)",
+                        P2_BOUND.as_millis(),
+                        P2_STAR_BOUND.as_millis()
+                    ),
+                )
             }
         };
         let end = matches!(o, Outgoing::Control(Control::Closed { .. }));
