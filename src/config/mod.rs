@@ -368,7 +368,14 @@ impl figment::Provider for EnvSnapshot {
             if keys.iter().any(|k| k.is_empty()) {
                 continue;
             }
-            let value: Value = raw.parse().unwrap_or_else(|_| Value::from(raw.clone()));
+            // figment's value parser slices by character index when it unescapes a quoted
+            // string, and panics on a non-ASCII character before a backslash (found by the
+            // `config` fuzz target): such a value is taken as the plain string it is.
+            let value: Value = if raw.is_ascii() || !raw.contains('\\') {
+                raw.parse().unwrap_or_else(|_| Value::from(raw.clone()))
+            } else {
+                Value::from(raw.clone())
+            };
             insert_nested(&mut root, &keys, value);
         }
         Ok(figment::Profile::Default.collect(root))

@@ -228,3 +228,17 @@ fn render_round_trips() {
     let back: Config = toml::from_str(&text).unwrap();
     assert_eq!(back, l.config);
 }
+
+#[test]
+fn a_quoted_non_ascii_environment_value_with_an_escape_does_not_panic() {
+    // Found by the `config` fuzz target: figment's unescaping panicked on this shape.
+    for raw in ["\"é\\n\"", "\"vte\u{e7}\\r.p\"", "ü\\"] {
+        let r = load_with_env(
+            &ConfigSource::Default(fixture("none.toml")),
+            vec![("OBDGW_LOG__LEVEL".to_string(), raw.to_string())],
+        );
+        // Taken as a plain string: an invalid log level, reported, not a crash.
+        let e = r.unwrap_err();
+        assert_eq!(e.issues[0].key, "log.level", "{raw}: {e}");
+    }
+}
