@@ -284,7 +284,7 @@ pub fn validate(c: &CloudConfig) -> Vec<ConfigIssue> {
         ("status.url", c.status.url.as_deref()),
     ] {
         if let Some(u) = url
-            && (u.contains("://") && is_http_url(u) || u.starts_with("ws://"))
+            && (is_http_url(u) || u.starts_with("ws://") || u.starts_with("wss://"))
             && let Err(e) = crate::tls::check_scheme(u)
         {
             issue(key, e);
@@ -431,6 +431,24 @@ mod tests {
             c.resolve_pincode_with(None)
                 .unwrap_err()
                 .contains("missing")
+        );
+    }
+
+    #[test]
+    fn plaintext_cloud_urls_are_refused_outside_loopback() {
+        let mut c = CloudConfig::default();
+        assert!(
+            validate(&c).is_empty(),
+            "the loopback simulator default is allowed"
+        );
+        c.base_url = "http://api.example.com".into();
+        c.status.url = Some("ws://api.example.com/v1/ws".into());
+        let issues = validate(&c);
+        let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(keys, ["cloud.base_url", "cloud.status.url"], "{issues:?}");
+        assert!(
+            issues[0].message.contains("https://api.example.com"),
+            "{issues:?}"
         );
     }
 

@@ -1355,6 +1355,19 @@ can_interfaces = ["can0"]"#,
         assert!(issues[3].1.contains("0x1001") && issues[3].1.contains("tx_id 0x900"));
     }
 
+    /// Close `channel` and expect the gateway's `closed`.
+    async fn close_channel(
+        tx: &mpsc::Sender<Event>,
+        rx: &mut mpsc::Receiver<Outgoing>,
+        channel: u16,
+    ) {
+        let o = answer(tx, rx, Event::Control(Control::Close { channel })).await;
+        assert!(
+            matches!(o, Outgoing::Control(Control::Closed { channel: c, .. }) if c == channel),
+            "{o:?}"
+        );
+    }
+
     async fn answer(
         tx: &mpsc::Sender<Event>,
         rx: &mut mpsc::Receiver<Outgoing>,
@@ -1503,16 +1516,7 @@ can_interfaces = ["can0"]"#,
             }
             other => panic!("{other:?}"),
         }
-        let o = answer(
-            &ev_tx,
-            &mut out_rx,
-            Event::Control(Control::Close { channel: 3 }),
-        )
-        .await;
-        assert!(
-            matches!(o, Outgoing::Control(Control::Closed { channel: 3, .. })),
-            "{o:?}"
-        );
+        close_channel(&ev_tx, &mut out_rx, 3).await;
         let o = answer(&ev_tx, &mut out_rx, open(0, mirror("can0", false))).await;
         expect_error(o, ErrorCode::BAD_CHANNEL_PARAMS, 0, "reserved");
         // A good open, idempotent; other parameters on the same channel are refused.
@@ -1560,16 +1564,7 @@ can_interfaces = ["can0"]"#,
         let o = answer(&ev_tx, &mut out_rx, open(13, isotp("can0", 0x7E1))).await;
         expect_error(o, ErrorCode::PORT_UNAVAILABLE, 13, "already open");
         // Closing frees the ids at once.
-        let o = answer(
-            &ev_tx,
-            &mut out_rx,
-            Event::Control(Control::Close { channel: 12 }),
-        )
-        .await;
-        assert!(
-            matches!(o, Outgoing::Control(Control::Closed { channel: 12, .. })),
-            "{o:?}"
-        );
+        close_channel(&ev_tx, &mut out_rx, 12).await;
         let o = answer(&ev_tx, &mut out_rx, open(13, isotp("can0", 0x7E1))).await;
         assert!(
             matches!(o, Outgoing::Control(Control::Opened { channel: 13 })),
@@ -1587,16 +1582,7 @@ can_interfaces = ["can0"]"#,
         );
         let o = answer(&ev_tx, &mut out_rx, open(22, mirror("can0", false))).await;
         expect_error(o, ErrorCode::POLICY_REFUSED, 22, "max_channels");
-        let o = answer(
-            &ev_tx,
-            &mut out_rx,
-            Event::Control(Control::Close { channel: 21 }),
-        )
-        .await;
-        assert!(
-            matches!(o, Outgoing::Control(Control::Closed { channel: 21, .. })),
-            "{o:?}"
-        );
+        close_channel(&ev_tx, &mut out_rx, 21).await;
         // A record of the wrong kind on an ISO-TP channel.
         let rec = can_record(
             13,
@@ -1647,16 +1633,7 @@ can_interfaces = ["can0"]"#,
             } => assert_eq!(e.code, ErrorCode::BAD_CHANNEL_PARAMS),
             other => panic!("{other:?}"),
         }
-        let o = answer(
-            &ev_tx,
-            &mut out_rx,
-            Event::Control(Control::Close { channel: 4 }),
-        )
-        .await;
-        assert!(
-            matches!(o, Outgoing::Control(Control::Closed { channel: 4, .. })),
-            "{o:?}"
-        );
+        close_channel(&ev_tx, &mut out_rx, 4).await;
         stop.cancel();
         task.await.unwrap();
     }
